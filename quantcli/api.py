@@ -1,0 +1,168 @@
+"""The Python API the CLI calls: convert() runs load -> preprocess -> calibrate -> plan -> rewrite -> verify."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from quantcli.calibration.collect import Ranges, collect_ranges, make_session
+from quantcli.calibration.data import InputSpec, iter_samples, read_labels, split_samples
+from quantcli.errors import UnsupportedModelError, UsageError
+from quantcli.model_io import check_output_path, load_model, save_model
+from quantcli.preprocess import preprocess
+from quantcli.quantize.params import QType
+from quantcli.quantize.plan import INT8, NodePlan, QuantPlan, StaticConfig, plan_static
+from quantcli.quantize.qdq import rewrite_qdq
+from quantcli.verify import Agreement, checker_error, compare_sessions
+
+MODES = ("static",)
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything `quantcli convert` accepts, as keyword-only fields."""
+
+    model: Path
+    output: Path
+    mode: str = "static"
+    calib: Path | None = None
+    calib_samples: int = 200
+    eval: Path | None = None
+    eval_samples: int | None = None
+    per_channel: bool = True
+    activation_type: QType = QType.UINT8
+    save_plan: Path | None = None
+    plan: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"--mode {self.mode}: not one of {', '.join(MODES)}")
+        if self.calib_samples < 1:
+            raise UsageError(f"--calib-samples {self.calib_samples}: must be at least 1")
+        if self.eval_samples is not None and self.eval_samples < 1:
+            raise UsageError(f"--eval-samples {self.eval_samples}: must be at least 1")
+        if self.mode == "static" and self.calib is None and self.plan is None:
+            raise UsageError("--mode static needs calibration data: pass --calib DIR (or --plan FILE)")
+
+
+@dataclass
+class ConvertResult:
+    """The facts of one conversion; report.py renders them."""
+
+    model: Path
+    output: Path
+    mode: str
+    input_bytes: int
+    output_bytes: int
+    nodes: list[NodePlan]
+    agreement: Agreement | None
+    eval_source: str
+    calibration_samples: int
+    preprocess_applied: list[str] = field(default_factory=list)
+    preprocess_notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    plan_replayed: bool = False
+
+    @property
+    def size_ratio(self) -> float:
+        return self.output_bytes / self.input_bytes if self.input_bytes else 0.0
+
+    def compute_counts(self) -> dict[str, int]:
+        """Compute nodes (Conv, ConvTranspose, Gemm, MatMul) in INT8 and in float."""
+        compute = [n for n in self.nodes if n.op_type in COMPUTE_OPS]
+        q = sum(n.precision == INT8 for n in compute)
+        return {"quantized": q, "float": len(compute) - q, "total": len(compute)}
+
+    def float_reasons(self) -> list[tuple[str, str, int]]:
+        """(op_type, reason, count) for every node kept in float, most frequent first."""
+        c = Counter((n.op_type, n.reason) for n in self.nodes if n.precision != INT8)
+        return [(op, reason, k) for (op, reason), k in c.most_common()]
+
+
+def convert(
+    options: ConvertOptions, *, progress: Callable[[str, int, int], None] | None = None
+) -> ConvertResult:
+    """Quantize `options.model` into `options.output`; raises QuantcliError subclasses on bad input."""
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    source = load_model(options.model)
+    check_output_path(options.output, [options.model])
+    if options.save_plan is not None:
+        check_output_path(options.save_plan, [options.model, options.output])
+    plan = QuantPlan.load(options.plan) if options.plan is not None else None
+    input_bytes = Path(options.model).stat().st_size
+
+    pre = preprocess(source)
+    model = pre.model
+    specs = InputSpec.from_model(model)
+    split = split_samples(options.calib, options.calib_samples, options.eval, options.eval_samples)
+    labels = read_labels(split.eval_dir, split.eval) if split.eval_dir and split.eval else None
+    seconds["preprocess"] = time.perf_counter() - t0
+
+    if plan is None:
+        t = time.perf_counter()
+        total = len(split.calib)
+        ranges: Ranges = collect_ranges(
+            model,
+            iter_samples(split.calib, specs),
+            progress=(lambda k: progress("calibrating", k, total)) if progress else None,
+        )
+        seconds["calibrate"] = time.perf_counter() - t
+        config = StaticConfig(per_channel=options.per_channel, activation_type=options.activation_type)
+        plan = plan_static(model, ranges, config)
+        replayed = False
+    else:
+        replayed = True
+
+    t = time.perf_counter()
+    quantized = rewrite_qdq(model, plan)
+    _keep_source_value_info(quantized, source)
+    seconds["rewrite"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    problem = checker_error(quantized)
+    if problem:
+        raise UnsupportedModelError(
+            f"{options.model}: the quantized model fails onnx.checker ({problem}); this is a quantcli bug, please report it"
+        )
+    candidate = make_session(quantized)
+    agreement = None
+    if split.eval:
+        reference = make_session(source)
+        agreement = compare_sessions(reference, candidate, iter_samples(split.eval, specs), labels)
+    seconds["verify"] = time.perf_counter() - t
+
+    output_bytes = save_model(quantized, options.output)
+    if options.save_plan is not None:
+        plan.save(options.save_plan)
+    seconds["total"] = time.perf_counter() - t0
+    return ConvertResult(
+        model=Path(options.model),
+        output=Path(options.output),
+        mode=plan.mode,
+        input_bytes=input_bytes,
+        output_bytes=output_bytes,
+        nodes=plan.nodes,
+        agreement=agreement,
+        eval_source=split.eval_source,
+        calibration_samples=plan.calibration_samples,
+        preprocess_applied=pre.applied,
+        preprocess_notes=pre.notes,
+        seconds=seconds,
+        plan_replayed=replayed,
+    )
+
+
+def _keep_source_value_info(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Drop the value_info that preprocessing inferred: onnxruntime re-infers it at load, and on a
+    small model it is a visible share of the file."""
+    keep = {v.name for v in source.graph.value_info}
+    stale = [v for v in model.graph.value_info if v.name not in keep]
+    for v in stale:
+        model.graph.value_info.remove(v)

@@ -1,0 +1,1 @@
+"""Calibration: sample readers, observers and the onnxruntime runs that feed them."""

@@ -1,0 +1,188 @@
+"""The `quantcli` command line: parse, call the API, render, map errors to exit codes."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from quantcli import __version__
+from quantcli.errors import ExitCode, QuantcliError
+
+_PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
+
+
+def _terminate(signum: int, frame: Any) -> None:  # noqa: ARG001
+    raise SystemExit(ExitCode.TERMINATED)
+
+
+def _run(command: str, json_output: bool, debug: bool, body: Callable[[], int]) -> None:
+    """The program with error handling: every failure below raises, and is reported here once."""
+    from quantcli import report
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = body()
+    except QuantcliError as exc:
+        if debug:
+            traceback.print_exc()
+        report.err(f"quantcli {command}: error: {exc.message}")
+        if json_output:
+            report.render_json(
+                {
+                    "schema_version": report.SCHEMA_VERSION,
+                    "command": command,
+                    "error": {"message": exc.message, "exit_code": int(exc.exit_code)},
+                }
+            )
+        sys.exit(int(exc.exit_code))
+    except KeyboardInterrupt:
+        report.err(f"quantcli {command}: interrupted")
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except (SystemExit, click.exceptions.Exit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug: short line, traceback on --debug
+        if debug:
+            traceback.print_exc()
+        report.err(
+            f"quantcli {command}: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with --debug for the traceback and please report it)"
+        )
+        sys.exit(int(ExitCode.INTERNAL))
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="quantcli")
+def main() -> None:
+    """Post-training quantization of ONNX models (static INT8 with QDQ)."""
+
+
+@main.command()
+@click.argument("model", type=_PATH)
+@click.option("-o", "--output", type=_PATH, required=True, help="Where to write the quantized model.")
+@click.option(
+    "--mode",
+    type=click.Choice(["static"]),
+    default="static",
+    show_default=True,
+    help="static: INT8 weights and activations, calibrated on --calib.",
+)
+@click.option("--calib", type=_PATH, help="Directory of calibration samples (.npz/.npy, one per file).")
+@click.option(
+    "--calib-samples",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Use the first N calibration samples in sorted order.",
+)
+@click.option(
+    "--eval",
+    "eval_dir",
+    type=_PATH,
+    help="Held-out samples (+ labels.npy) for the accuracy report [default: the last 20% of --calib, not used to calibrate].",
+)
+@click.option("--eval-samples", type=click.IntRange(min=1), help="Use the first N evaluation samples.")
+@click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
+@click.option(
+    "--activation-type",
+    type=click.Choice(["uint8", "int8"]),
+    default="uint8",
+    show_default=True,
+    help="uint8: asymmetric (fastest on x86); int8: symmetric, zero point 0.",
+)
+@click.option("--save-plan", type=_PATH, help="Write the QuantPlan (every decision) as JSON.")
+@click.option(
+    "--plan", "plan_path", type=_PATH, help="Replay a saved or edited QuantPlan instead of calibrating."
+)
+@click.option("--json", "json_output", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def convert(
+    model: Path,
+    output: Path,
+    mode: str,
+    calib: Path | None,
+    calib_samples: int,
+    eval_dir: Path | None,
+    eval_samples: int | None,
+    per_tensor: bool,
+    activation_type: str,
+    save_plan: Path | None,
+    plan_path: Path | None,
+    json_output: bool,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Quantize MODEL and write the result to --output, with a size and accuracy report.
+
+    \b
+    Example:
+      quantcli convert model.onnx --calib calib_dir -o model_int8.onnx
+    """
+
+    def body() -> int:
+        from quantcli import report
+        from quantcli.api import ConvertOptions
+        from quantcli.api import convert as run_convert
+        from quantcli.quantize.params import QType
+
+        options = ConvertOptions(
+            model=model,
+            output=output,
+            mode=mode,
+            calib=calib,
+            calib_samples=calib_samples,
+            eval=eval_dir,
+            eval_samples=eval_samples,
+            per_channel=not per_tensor,
+            activation_type=QType(activation_type),
+            save_plan=save_plan,
+            plan=plan_path,
+        )
+        with _progress(enabled=not quiet and not json_output) as progress:
+            result = run_convert(options, progress=progress)
+        if json_output:
+            report.render_json(report.convert_to_dict(result))
+        else:
+            report.render_convert(result, rich_output=sys.stdout.isatty())
+        return int(ExitCode.OK)
+
+    _run("convert", json_output, debug, body)
+
+
+class _progress:
+    """A rich progress bar on stderr when it is a terminal; otherwise nothing."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar = None
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Callable[[str, int, int], None] | None:
+        if not self.enabled:
+            return None
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self.bar = Progress(console=Console(stderr=True), transient=True)
+        self.bar.start()
+        return self.update
+
+    def update(self, label: str, done: int, total: int) -> None:
+        if label not in self.tasks:
+            self.tasks[label] = self.bar.add_task(label, total=total)
+        self.bar.update(self.tasks[label], completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,60 @@
+"""Typed user-facing failures, each carrying its stable exit code (ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Exit codes of every quantcli command; CI jobs depend on them, so they never change."""
+
+    OK = 0
+    THRESHOLD_NOT_MET = 1
+    BAD_INPUT = 2
+    CANNOT_DO = 3
+    INTERNAL = 70  # a quantcli bug (EX_SOFTWARE); the message asks for a report
+    INTERRUPTED = 130
+    TERMINATED = 143
+
+
+class QuantcliError(Exception):
+    """Base of every failure the CLI reports as one line instead of a traceback."""
+
+    exit_code: ExitCode = ExitCode.BAD_INPUT
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadModelError(QuantcliError):
+    """The model file is missing, unreadable or not a valid ONNX model."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class BadDataError(QuantcliError):
+    """Calibration or evaluation samples are missing or do not match the model's inputs."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class UsageError(QuantcliError):
+    """Options that are invalid or contradict each other, or an unusable output path."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class BadPlanError(QuantcliError):
+    """A QuantPlan file that cannot be read or does not fit the model."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class UnsupportedModelError(QuantcliError):
+    """Valid ONNX that cannot be done as asked (onnxruntime cannot load it, unsupported opset...)."""
+
+    exit_code = ExitCode.CANNOT_DO

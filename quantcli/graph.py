@@ -1,0 +1,77 @@
+"""Use-def index over an ONNX graph: who produces and who consumes each tensor, built once."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+class GraphIndex:
+    """Producer/consumer maps and initializer lookup for the main graph (not subgraphs)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.initializers: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    self.producer[out] = node
+            for inp in node.input:
+                if inp:
+                    self.consumers[inp].append(node)
+            # Tensors read inside subgraphs (If/Loop bodies) count as consumed by the outer node.
+            for name in _subgraph_reads(node):
+                self.consumers[name].append(node)
+        self.graph_inputs = {i.name for i in graph.input} - set(self.initializers)
+        self.graph_outputs = {o.name for o in graph.output}
+        self.value_info = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
+
+    def is_initializer(self, name: str) -> bool:
+        return name in self.initializers
+
+    def array(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self.initializers[name])
+
+    def elem_type(self, name: str) -> int | None:
+        if name in self.initializers:
+            return self.initializers[name].data_type
+        vi = self.value_info.get(name)
+        if vi is None or not vi.type.HasField("tensor_type"):
+            return None
+        return vi.type.tensor_type.elem_type or None
+
+    def rank(self, name: str) -> int | None:
+        if name in self.initializers:
+            return len(self.initializers[name].dims)
+        vi = self.value_info.get(name)
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            return None
+        return len(vi.type.tensor_type.shape.dim)
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+        for g in graphs:
+            for sub in g.node:
+                names.update(i for i in sub.input if i)
+                names.update(_subgraph_reads(sub))
+    return names
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):  # noqa: ANN001 - attribute values vary
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """A node's name, or a stable stand-in when the exporter left it empty."""
+    return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"

@@ -1,0 +1,55 @@
+"""Pre-processing: opset upgrade, node naming, constant folding, Conv+BN fusion, shape inference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+
+from quantcli.preprocess.base import Pass, PassResult
+from quantcli.preprocess.fold_constants import FoldConstants
+from quantcli.preprocess.fuse_bn import FuseConvBatchNorm
+from quantcli.preprocess.names import NameNodes
+from quantcli.preprocess.opset import UpgradeOpset
+from quantcli.preprocess.shapes import InferShapes
+
+
+@dataclass
+class PreprocessResult:
+    model: onnx.ModelProto
+    applied: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+DEFAULT_PASSES: tuple[type[Pass], ...] = (
+    UpgradeOpset,
+    NameNodes,
+    FoldConstants,
+    FuseConvBatchNorm,
+    InferShapes,
+)
+
+
+def preprocess(model: onnx.ModelProto) -> PreprocessResult:
+    """Run the default passes on one copy; the caller's model object is left untouched."""
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    result = PreprocessResult(work)
+    for pass_cls in DEFAULT_PASSES:
+        step: PassResult = pass_cls().call(result.model)
+        result.model = step.model
+        result.notes.extend(step.notes)
+        if step.modified:
+            result.applied.append(pass_cls.name)
+    _drop_stale_value_info(result.model)
+    return result
+
+
+def _drop_stale_value_info(model: onnx.ModelProto) -> None:
+    live = {o for n in model.graph.node for o in n.output}
+    stale = [v for v in model.graph.value_info if v.name not in live]
+    for v in stale:
+        model.graph.value_info.remove(v)
+
+
+__all__ = ["PreprocessResult", "preprocess"]

@@ -1,0 +1,79 @@
+"""Turn Constant nodes into initializers and bypass Identity nodes that forward an initializer.
+
+Exporters (Paddle, some torch paths) hand weights to Conv/MatMul through Constant or Identity
+nodes; quantization rules only see a weight when it is an initializer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from quantcli.graph import GraphIndex
+from quantcli.preprocess.base import Pass, PassResult
+
+_SCALAR_ATTRS = {
+    "value_float": np.float32,
+    "value_floats": np.float32,
+    "value_int": np.int64,
+    "value_ints": np.int64,
+}
+
+
+def constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a Constant node, or None for forms that are not plain tensors."""
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name in _SCALAR_ATTRS:
+            return np.array(onnx.helper.get_attribute_value(a), dtype=_SCALAR_ATTRS[a.name])
+    return None
+
+
+class FoldConstants(Pass):
+    name = "fold_constants"
+    in_place = True
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        out = model
+        graph = out.graph
+        outputs = {o.name for o in graph.output}
+        existing = {t.name for t in graph.initializer}
+        kept: list[onnx.NodeProto] = []
+        rename: dict[str, str] = {}
+        folded = bypassed = 0
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name in rename:
+                    node.input[i] = rename[name]
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                value = constant_value(node)
+                if value is not None and node.output[0] not in outputs:
+                    graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+                    existing.add(node.output[0])
+                    folded += 1
+                    continue
+            if node.op_type == "Identity" and node.input[0] in existing and node.output[0] not in outputs:
+                rename[node.output[0]] = node.input[0]
+                bypassed += 1
+                continue
+            kept.append(node)
+        if not (folded or bypassed):
+            return PassResult(model, False)
+        del graph.node[:]
+        graph.node.extend(kept)
+        # Subgraphs may read a renamed tensor by its old name; keep an initializer under it.
+        index = GraphIndex(graph)
+        for old, new in sorted(rename.items()):
+            if index.consumers.get(old):
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(index.initializers[new])
+                tensor.name = old
+                graph.initializer.append(tensor)
+        notes = [f"folded {folded} Constant node(s), bypassed {bypassed} Identity node(s)"]
+        return PassResult(out, True, notes)
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    return FoldConstants().call(model).model

@@ -1,0 +1,1 @@
+"""Planning and rewriting: params (scale/zero point), rules (per op), plan, qdq (the rewriter)."""

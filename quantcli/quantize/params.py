@@ -1,0 +1,94 @@
+"""Scale and zero-point maths shared by every mode.
+
+Affine mapping: q = clamp(round(x / scale) + zero_point, qmin, qmax), x ~ (q - zero_point) * scale.
+Edge cases (as in torch.ao's observers): the range always includes 0 so that 0.0 is exact; if
+min == max == 0 the scale is 1.0 and the zero point is 0 (or qmin for unsigned asymmetric).
+Symmetric INT8 uses [-127, 127] so that zero_point is 0 and -x quantizes to -q.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+from onnx import TensorProto
+
+
+class QType(str, Enum):
+    """Integer types a tensor can be quantized to."""
+
+    UINT8 = "uint8"
+    INT8 = "int8"
+    INT32 = "int32"
+
+    @property
+    def numpy(self) -> type[np.integer]:
+        return {"uint8": np.uint8, "int8": np.int8, "int32": np.int32}[self.value]
+
+    @property
+    def onnx(self) -> int:
+        return {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8, "int32": TensorProto.INT32}[self.value]
+
+    def bounds(self, symmetric: bool) -> tuple[int, int]:
+        if self is QType.UINT8:
+            return 0, 255
+        if self is QType.INT8:
+            return (-127, 127) if symmetric else (-128, 127)
+        return -(2**31) + 1, 2**31 - 1
+
+
+def calculate_qparams(
+    rmin: np.ndarray | float,
+    rmax: np.ndarray | float,
+    qtype: QType,
+    symmetric: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale (float32) and zero point (qtype) for ranges [rmin, rmax], element-wise over channels."""
+    rmin = np.minimum(np.asarray(rmin, dtype=np.float64), 0.0)
+    rmax = np.maximum(np.asarray(rmax, dtype=np.float64), 0.0)
+    qmin, qmax = qtype.bounds(symmetric)
+    if symmetric:
+        absmax = np.maximum(np.abs(rmin), np.abs(rmax))
+        scale = absmax / ((qmax - qmin) / 2.0)
+        zero_point = np.zeros_like(scale) if qtype is not QType.UINT8 else np.full_like(scale, 128)
+    else:
+        scale = (rmax - rmin) / float(qmax - qmin)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zero_point = np.where(scale > 0, np.round(qmin - rmin / np.where(scale > 0, scale, 1)), qmin)
+    degenerate = ~(scale > np.finfo(np.float32).tiny)
+    scale = np.where(degenerate, 1.0, scale)
+    if not symmetric:
+        zero_point = np.where(degenerate, qmin if qtype is QType.UINT8 else 0, zero_point)
+    zero_point = np.clip(zero_point, qmin, qmax)
+    return scale.astype(np.float32), zero_point.astype(qtype.numpy)
+
+
+def quantize_array(
+    x: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    qtype: QType,
+    axis: int | None,
+    symmetric: bool = True,
+) -> np.ndarray:
+    """Quantize `x` per tensor (axis None) or per channel along `axis`."""
+    scale = np.asarray(scale, dtype=np.float64)
+    zp = np.asarray(zero_point, dtype=np.float64)
+    if axis is not None and scale.ndim == 1 and scale.size > 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        zp = zp.reshape(shape)
+    qmin, qmax = qtype.bounds(symmetric)
+    q = np.round(x.astype(np.float64) / scale) + zp
+    return np.clip(q, qmin, qmax).astype(qtype.numpy)
+
+
+def weight_qparams(
+    w: np.ndarray, axis: int | None, qtype: QType = QType.INT8, symmetric: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (axis) or per-tensor (axis None) min/max parameters of a weight."""
+    if axis is None or w.ndim == 0:
+        return calculate_qparams(np.min(w, initial=0.0), np.max(w, initial=0.0), qtype, symmetric)
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    return calculate_qparams(w.min(axis=reduce), w.max(axis=reduce), qtype, symmetric)

@@ -1,0 +1,168 @@
+"""Rewrite a float model into QDQ form from a QuantPlan; it decides nothing.
+
+Activations: producer -> T -> QuantizeLinear -> T_quantized -> DequantizeLinear -> T_dequantized
+-> every consumer (a graph output keeps its name on the DequantizeLinear output).
+Initializers (weights, INT32 biases, constants): stored quantized as T_quantized and dequantized
+by a DequantizeLinear whose output keeps the original name T, so consumers are unchanged.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper, numpy_helper
+
+from quantcli import __version__
+from quantcli.errors import BadPlanError
+from quantcli.graph import GraphIndex
+from quantcli.quantize.params import quantize_array
+from quantcli.quantize.plan import INT8, QuantPlan, TensorParams
+
+
+class _Names:
+    """Allocates tensor and node names that do not collide with the graph's."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.used = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+        self.used |= {o for n in graph.node for o in n.output} | {n.name for n in graph.node}
+
+    def new(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used:
+            name = f"{base}_{k}"
+            k += 1
+        self.used.add(name)
+        return name
+
+
+def quantized_tensor_names(model: onnx.ModelProto, plan: QuantPlan) -> list[str]:
+    """Tensors the plan's INT8 nodes need quantized, in graph order; validates the plan."""
+    names = {n.name for n in model.graph.node}
+    for node in plan.nodes:
+        if node.name not in names:
+            raise BadPlanError(f"plan names node '{node.name}', which is not in the model")
+    wanted: list[str] = []
+    seen: set[str] = set()
+    for node in plan.nodes:
+        if node.precision != INT8:
+            continue
+        for t in (*node.quantized_inputs, *node.quantized_outputs):
+            if t not in plan.tensors:
+                raise BadPlanError(
+                    f"plan quantizes tensor '{t}' of node '{node.name}' but gives no parameters for it"
+                )
+            if t not in seen:
+                seen.add(t)
+                wanted.append(t)
+    return wanted
+
+
+def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """A new model with Q/DQ inserted as the plan says; `model` is not modified."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    index = GraphIndex(graph)
+    names = _Names(graph)
+    wanted = quantized_tensor_names(out, plan)
+
+    head: list[onnx.NodeProto] = []  # DQ of initializers, Q/DQ of graph inputs
+    after: dict[str, list[onnx.NodeProto]] = {}  # producer node name -> Q/DQ that follow it
+    rewire: dict[str, str] = {}
+    new_inits: list[onnx.TensorProto] = []
+    drop_inits: set[str] = set()
+
+    shared_qparams: dict[tuple, tuple[str, str]] = {}
+    for t in wanted:
+        params = plan.tensors[t]
+        scale, zp = params.arrays()
+        # Tensors with equal parameters (a Reshape's input and output) share one scale/zero point.
+        key = (params.dtype, params.axis, scale.tobytes(), zp.tobytes())
+        if key not in shared_qparams:
+            scale_name = names.new(f"{t}_scale")
+            zp_name = names.new(f"{t}_zero_point")
+            new_inits.append(numpy_helper.from_array(scale, scale_name))
+            new_inits.append(numpy_helper.from_array(zp, zp_name))
+            shared_qparams[key] = (scale_name, zp_name)
+        scale_name, zp_name = shared_qparams[key]
+        axis_attr = {"axis": params.axis} if params.axis is not None else {}
+        if t in index.initializers:
+            values = index.array(t)
+            _check_shape(t, values.shape, params)
+            symmetric = params.role in ("weight", "bias")
+            q = quantize_array(values, scale, zp, params.dtype, params.axis, symmetric=symmetric)
+            q_name = names.new(f"{t}_quantized")
+            new_inits.append(numpy_helper.from_array(q, q_name))
+            drop_inits.add(t)
+            head.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [q_name, scale_name, zp_name],
+                    [t],
+                    name=names.new(f"{t}_DequantizeLinear"),
+                    **axis_attr,
+                )
+            )
+            continue
+        q_name = names.new(f"{t}_quantized")
+        if t in index.graph_outputs:
+            source, dq_out = names.new(f"{t}_prequant"), t
+            producer = index.producer.get(t)
+            if producer is not None:
+                producer.output[list(producer.output).index(t)] = source
+        else:
+            source, dq_out = t, names.new(f"{t}_dequantized")
+            rewire[t] = dq_out
+        pair = [
+            helper.make_node(
+                "QuantizeLinear",
+                [source, scale_name, zp_name],
+                [q_name],
+                name=names.new(f"{t}_QuantizeLinear"),
+                **axis_attr,
+            ),
+            helper.make_node(
+                "DequantizeLinear",
+                [q_name, scale_name, zp_name],
+                [dq_out],
+                name=names.new(f"{t}_DequantizeLinear"),
+                **axis_attr,
+            ),
+        ]
+        producer = index.producer.get(t)
+        if producer is None:
+            head.extend(pair)
+        else:
+            after.setdefault(producer.name, []).extend(pair)
+
+    nodes: list[onnx.NodeProto] = list(head)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rewire:
+                node.input[i] = rewire[name]
+        nodes.append(node)
+        nodes.extend(after.get(node.name, []))
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+    kept = [t for t in graph.initializer if t.name not in drop_inits]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    graph.initializer.extend(new_inits)
+    # Value infos of retyped or renamed tensors would contradict the new graph.
+    stale = [v for v in graph.value_info if v.name in drop_inits]
+    for v in stale:
+        graph.value_info.remove(v)
+    out.producer_name = "quantcli"
+    out.producer_version = __version__
+    return out
+
+
+def _check_shape(name: str, shape: tuple[int, ...], params: TensorParams) -> None:
+    if params.axis is None:
+        if len(params.scale) != 1:
+            raise BadPlanError(f"plan gives {len(params.scale)} scales for per-tensor '{name}'")
+        return
+    if params.axis >= len(shape) or shape[params.axis] != len(params.scale):
+        raise BadPlanError(
+            f"plan gives {len(params.scale)} scales on axis {params.axis} for '{name}' of shape {list(shape)}"
+        )

@@ -1,0 +1,155 @@
+"""Rendering of result dataclasses to rich tables, plain text or JSON; computes nothing.
+
+All output goes through `out()` (results, stdout) and `err()` (logs and progress, stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+from quantcli import __version__
+from quantcli.api import ConvertResult
+from quantcli.quantize.plan import INT8
+
+SCHEMA_VERSION = 1
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
+    sys.stdout.flush()
+
+
+def err(text: str) -> None:
+    sys.stderr.write(text + ("\n" if not text.endswith("\n") else ""))
+    sys.stderr.flush()
+
+
+def _num(x: float | None) -> float | str | None:
+    """JSON has no infinity: +inf becomes the string "inf"."""
+    if x is None:
+        return None
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
+    """The documented `convert --json` object (schema_version 1)."""
+    a = r.agreement
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": "convert",
+        "quantcli_version": __version__,
+        "model": str(r.model),
+        "output": str(r.output),
+        "mode": r.mode,
+        "plan_replayed": r.plan_replayed,
+        "size": {"input_bytes": r.input_bytes, "output_bytes": r.output_bytes, "ratio": r.size_ratio},
+        "compute_nodes": r.compute_counts(),
+        "nodes_by_precision": {
+            "int8": sum(n.precision == INT8 for n in r.nodes),
+            "float": sum(n.precision != INT8 for n in r.nodes),
+        },
+        "float_reasons": [
+            {"op_type": op, "reason": reason, "count": k} for op, reason, k in r.float_reasons()
+        ],
+        "nodes": [
+            {"name": n.name, "op_type": n.op_type, "precision": n.precision, "reason": n.reason}
+            for n in r.nodes
+        ],
+        "calibration_samples": r.calibration_samples,
+        "preprocess": {"applied": r.preprocess_applied, "notes": r.preprocess_notes},
+        "accuracy": None
+        if a is None
+        else {
+            "samples": a.samples,
+            "eval_source": r.eval_source,
+            "reference_accuracy": a.reference_accuracy,
+            "candidate_accuracy": a.candidate_accuracy,
+            "outputs": [
+                {
+                    "name": o.name,
+                    "cosine_mean": o.cosine_mean,
+                    "cosine_min": o.cosine_min,
+                    "max_abs_error": o.max_abs_error,
+                    "mean_abs_error": o.mean_abs_error,
+                    "sqnr_db": _num(o.sqnr_db),
+                    "top1_agreement": o.top1_agreement,
+                }
+                for o in a.outputs
+            ],
+        },
+        "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
+    }
+
+
+def render_json(data: dict[str, Any]) -> None:
+    out(json.dumps(data, indent=2, allow_nan=False))
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
+    c = r.compute_counts()
+    rows = [
+        ("output", str(r.output)),
+        ("mode", r.mode + (" (plan replayed)" if r.plan_replayed else "")),
+        ("size", f"{r.input_bytes:,} B -> {r.output_bytes:,} B (ratio {r.size_ratio:.3f})"),
+        ("compute nodes", f"{c['quantized']} of {c['total']} in INT8, {c['float']} in float"),
+    ]
+    if r.calibration_samples:
+        rows.append(("calibration", f"{r.calibration_samples} samples, MinMax"))
+    a = r.agreement
+    if a is None:
+        rows.append(("accuracy", "not measured (no evaluation samples: pass --eval DIR)"))
+    else:
+        rows.append(("evaluated on", f"{a.samples} samples ({r.eval_source})"))
+        for o in a.outputs:
+            text = f"cosine {o.cosine_mean:.5f} (min {o.cosine_min:.5f}), max abs error {o.max_abs_error:.4g}"
+            if o.top1_agreement is not None:
+                text += f", top-1 agreement {_pct(o.top1_agreement)}"
+            rows.append((f"output {o.name}", text))
+        if a.reference_accuracy is not None:
+            rows.append(
+                (
+                    "accuracy vs labels",
+                    f"float {_pct(a.reference_accuracy)} -> quantized {_pct(a.candidate_accuracy)}",
+                )
+            )
+    rows.append(("time", f"{r.seconds.get('total', 0.0):.2f} s"))
+    return rows
+
+
+def render_convert(r: ConvertResult, *, rich_output: bool) -> None:
+    rows = _convert_rows(r)
+    reasons = r.float_reasons()
+    if rich_output:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        table = Table(title=f"quantcli convert {r.model.name}", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        for k, v in rows:
+            table.add_row(k, v)
+        console.print(table)
+        if reasons:
+            kept = Table(title="kept in float", show_header=True)
+            kept.add_column("op")
+            kept.add_column("nodes", justify="right")
+            kept.add_column("why")
+            for op, reason, k in reasons:
+                kept.add_row(op, str(k), reason)
+            console.print(kept)
+        return
+    width = max(len(k) for k, _ in rows)
+    out("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    if reasons:
+        out("kept in float:")
+        out("\n".join(f"  {op} x{k}: {reason}" for op, reason, k in reasons))

@@ -1,0 +1,68 @@
+"""Shared fixtures: the shipped sample models, converted once per test session."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import pytest
+
+from quantcli.api import ConvertOptions, ConvertResult, convert
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_models"
+DATA = ROOT / "calibration_data"
+SAMPLE_NAMES = ("digits_cnn", "digits_vit", "digits_mlp")
+CALIB_SAMPLES = 64
+
+
+@dataclass
+class Converted:
+    name: str
+    source: Path
+    output: Path
+    plan: Path
+    result: ConvertResult
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def optimized_op_counts(model_path: Path, tmp_dir: Path) -> collections.Counter:
+    """Op types of the graph onnxruntime's CPU provider actually runs (after its QDQ fusions)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    # Extended level: the QDQ fusions, without hardware-specific NCHWc layout rewrites.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_dir / f"{model_path.stem}.optimized.onnx")
+    ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(opts.optimized_model_filepath)
+    return collections.Counter(n.op_type for n in optimized.graph.node), optimized
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Converted]:
+    out_dir = tmp_path_factory.mktemp("converted")
+    results = {}
+    for name in SAMPLE_NAMES:
+        output = out_dir / f"{name}_int8.onnx"
+        plan = out_dir / f"{name}_plan.json"
+        result = convert(
+            ConvertOptions(
+                model=SAMPLES / f"{name}.onnx",
+                output=output,
+                calib=DATA / name / "calib",
+                calib_samples=CALIB_SAMPLES,
+                eval=DATA / name / "eval",
+                save_plan=plan,
+            )
+        )
+        results[name] = Converted(name, SAMPLES / f"{name}.onnx", output, plan, result)
+    return results

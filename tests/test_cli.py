@@ -1,0 +1,139 @@
+"""The CLI as a user meets it: bad input gives one line and exit 2, nothing written; --json; --help."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DATA, ROOT, SAMPLES, sha256
+
+CNN = SAMPLES / "digits_cnn.onnx"
+CALIB = DATA / "digits_cnn" / "calib"
+
+
+def quantcli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "quantcli.cli", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def make_samples(directory: Path, arrays: dict[str, np.ndarray], n: int = 3) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        np.savez(directory / f"s{i}.npz", **arrays)
+    return directory
+
+
+def test_convert_reports_in_plain_text_when_piped(tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    proc = quantcli("convert", CNN, "--calib", CALIB, "--calib-samples", 16, "-o", out, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "ratio" in proc.stdout and "compute nodes" in proc.stdout and "5 of 5 in INT8" in proc.stdout
+    assert "\x1b[" not in proc.stdout + proc.stderr  # no colour or progress bar off a terminal
+    assert proc.stderr == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]  # nothing else in the cwd
+
+
+def test_convert_json(tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    proc = quantcli("convert", CNN, "--calib", CALIB, "--calib-samples", 16, "-o", out, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["schema_version"] == 1 and data["command"] == "convert"
+    assert data["size"]["output_bytes"] == out.stat().st_size
+    assert data["compute_nodes"] == {"quantized": 5, "float": 0, "total": 5}
+    assert data["accuracy"]["outputs"][0]["name"] == "logits"
+    assert 0.99 < data["accuracy"]["outputs"][0]["cosine_mean"] <= 1.0
+
+
+def test_version_and_help(tmp_path: Path) -> None:
+    proc = quantcli("--version", cwd=tmp_path)
+    assert proc.returncode == 0 and "quantcli, version" in proc.stdout
+    for args in (["--help"], ["convert", "--help"]):
+        proc = quantcli(*args, cwd=tmp_path)
+        assert proc.returncode == 0 and "Usage:" in proc.stdout
+
+
+BAD_INPUTS = {
+    "missing model": (lambda d: ["convert", d / "nope.onnx", "--calib", CALIB, "-o", d / "o.onnx"], ["nope.onnx", "no such file"]),
+    "directory as model": (lambda d: ["convert", d, "--calib", CALIB, "-o", d / "o.onnx"], ["is a directory"]),
+    "not onnx": (lambda d: ["convert", _write(d / "junk.onnx", b"\x01\x02garbage" * 50), "--calib", CALIB, "-o", d / "o.onnx"], ["junk.onnx", "not an ONNX model"]),
+    "empty model file": (lambda d: ["convert", _write(d / "empty.onnx", b""), "--calib", CALIB, "-o", d / "o.onnx"], ["empty.onnx", "empty"]),
+    "static without calib": (lambda d: ["convert", CNN, "-o", d / "o.onnx"], ["--mode static needs calibration data"]),
+    "empty calib dir": (lambda d: ["convert", CNN, "--calib", _mkdir(d / "calib"), "-o", d / "o.onnx"], ["calib", "no .npz or .npy"]),
+    "missing calib dir": (lambda d: ["convert", CNN, "--calib", d / "nodir", "-o", d / "o.onnx"], ["nodir", "no such directory"]),
+    "wrong input name": (lambda d: ["convert", CNN, "--calib", make_samples(d / "c", {"image": np.zeros((1, 1, 8, 8), np.float32)}), "-o", d / "o.onnx"], ["s0.npz", "missing input", "unexpected image"]),
+    "wrong dtype": (lambda d: ["convert", CNN, "--calib", make_samples(d / "c", {"input": np.zeros((1, 1, 8, 8), np.float64)}), "-o", d / "o.onnx"], ["s0.npz", "dtype float64", "float32"]),
+    "wrong rank": (lambda d: ["convert", CNN, "--calib", make_samples(d / "c", {"input": np.zeros((1, 8, 8), np.float32)}), "-o", d / "o.onnx"], ["s0.npz", "rank 3", "rank 4"]),
+    "wrong shape": (lambda d: ["convert", CNN, "--calib", make_samples(d / "c", {"input": np.zeros((1, 1, 9, 9), np.float32)}), "-o", d / "o.onnx"], ["s0.npz", "shape [1, 1, 9, 9]"]),
+    "nan in calib": (lambda d: ["convert", CNN, "--calib", make_samples(d / "c", {"input": np.full((1, 1, 8, 8), np.nan, np.float32)}), "-o", d / "o.onnx"], ["s0.npz", "NaN"]),
+    "unreadable sample": (lambda d: ["convert", CNN, "--calib", _bad_npz(d / "c"), "-o", d / "o.onnx"], ["s0.npz", "cannot read sample"]),
+    "output is input": (lambda d: ["convert", _copy(CNN, d / "m.onnx"), "--calib", CALIB, "-o", d / "m.onnx"], ["output path is the input"]),
+    "output dir missing": (lambda d: ["convert", CNN, "--calib", CALIB, "-o", d / "no" / "o.onnx"], ["does not exist"]),
+    "output parent is a file": (lambda d: ["convert", CNN, "--calib", CALIB, "-o", _write(d / "f", b"x") / "o.onnx"], ["is not a directory"]),
+    "bad plan": (lambda d: ["convert", CNN, "--plan", _write(d / "p.json", b"{not json"), "-o", d / "o.onnx"], ["p.json", "cannot read plan"]),
+}
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def _bad_npz(directory: Path) -> Path:
+    directory.mkdir()
+    (directory / "s0.npz").write_bytes(b"PK\x03\x04 truncated zip")
+    return directory
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, case: str) -> None:
+    make_args, needles = BAD_INPUTS[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    args = make_args(work)
+    before = {p: sha256(p) for p in work.rglob("*") if p.is_file()}
+    cnn_hash = sha256(CNN)
+    proc = quantcli(*args, cwd=work)
+    assert_one_line_error(proc, 2, *needles)
+    after = {p: sha256(p) for p in work.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing changed, no temp files left
+    assert sha256(CNN) == cnn_hash
+
+
+def test_bad_input_with_json_still_prints_one_object(tmp_path: Path) -> None:
+    proc = quantcli("convert", tmp_path / "nope.onnx", "--calib", CALIB, "-o", tmp_path / "o.onnx", "--json", cwd=tmp_path)
+    assert proc.returncode == 2
+    data = json.loads(proc.stdout)
+    assert data["error"]["exit_code"] == 2 and "no such file" in data["error"]["message"]
+
+
+def test_unknown_option_is_a_usage_error(tmp_path: Path) -> None:
+    proc = quantcli("convert", CNN, "--no-such-flag", cwd=tmp_path)
+    assert proc.returncode == 2 and "No such option" in proc.stderr

@@ -1,0 +1,46 @@
+"""Scale/zero-point maths against hand-computed values and the quantization error bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from quantcli.quantize.params import QType, calculate_qparams, quantize_array, weight_qparams
+
+
+def test_uint8_asymmetric_range_maps_ends_exactly() -> None:
+    scale, zp = calculate_qparams(-1.0, 3.0, QType.UINT8, symmetric=False)
+    assert scale == pytest.approx(4.0 / 255, rel=1e-6)
+    assert int(zp) == 64  # round(1 / (4/255)) = round(63.75)
+    q = quantize_array(np.array([-1.0, 0.0, 3.0], np.float32), scale, zp, QType.UINT8, None, False)
+    assert q.tolist() == [0, 64, 255]
+
+
+def test_range_always_contains_zero() -> None:
+    scale, zp = calculate_qparams(2.0, 6.0, QType.UINT8, symmetric=False)
+    assert int(zp) == 0 and scale == pytest.approx(6.0 / 255, rel=1e-6)
+
+
+def test_degenerate_range_gives_unit_scale() -> None:
+    scale, zp = calculate_qparams(0.0, 0.0, QType.UINT8, symmetric=False)
+    assert float(scale) == 1.0 and int(zp) == 0
+    scale, zp = calculate_qparams(0.0, 0.0, QType.INT8, symmetric=True)
+    assert float(scale) == 1.0 and int(zp) == 0
+
+
+def test_symmetric_int8_weight_per_channel() -> None:
+    w = np.array([[0.5, -1.0], [2.0, 0.1]], np.float32)
+    scale, zp = weight_qparams(w, axis=0)
+    np.testing.assert_allclose(scale, [1.0 / 127, 2.0 / 127], rtol=1e-6)
+    assert zp.dtype == np.int8 and not zp.any()
+    q = quantize_array(w, scale, zp, QType.INT8, axis=0)
+    assert q.tolist() == [[64, -127], [127, 6]]
+
+
+def test_quantization_error_is_at_most_half_a_step() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 3, 3, 3)).astype(np.float32) * rng.uniform(0.01, 10, size=(16, 1, 1, 1))
+    scale, zp = weight_qparams(x.astype(np.float32), axis=0)
+    q = quantize_array(x, scale, zp, QType.INT8, axis=0)
+    back = q.astype(np.float64) * scale.reshape(-1, 1, 1, 1)
+    assert np.all(np.abs(back - x) <= scale.reshape(-1, 1, 1, 1) / 2 + 1e-7)

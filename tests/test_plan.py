@@ -1,0 +1,110 @@
+"""Planner and rewriter on tiny graphs: decisions, graph outputs, and what onnxruntime fuses."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import optimized_op_counts
+from onnx import TensorProto, helper, numpy_helper
+
+from quantcli.calibration.collect import collect_ranges, make_session
+from quantcli.errors import BadPlanError
+from quantcli.preprocess import preprocess
+from quantcli.quantize.plan import QuantPlan, StaticConfig, plan_static
+from quantcli.quantize.qdq import rewrite_qdq
+from quantcli.verify import checker_error
+
+RNG = np.random.default_rng(1)
+
+
+def conv_relu_model() -> onnx.ModelProto:
+    w = numpy_helper.from_array(RNG.normal(size=(8, 3, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(RNG.normal(size=8).astype(np.float32), "b")
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])], [w, b],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def matmul_model() -> onnx.ModelProto:
+    w = numpy_helper.from_array(RNG.normal(size=(32, 16)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])], [w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def quantize(model: onnx.ModelProto, x: np.ndarray) -> tuple[QuantPlan, onnx.ModelProto]:
+    pre = preprocess(model).model
+    ranges = collect_ranges(pre, [{"x": x[i : i + 1]} for i in range(len(x))] if x.ndim == 4 else [{"x": x}])
+    plan = plan_static(pre, ranges, StaticConfig())
+    return plan, rewrite_qdq(pre, plan)
+
+
+def test_relu_is_absorbed_and_graph_output_keeps_its_name(tmp_path) -> None:
+    model = conv_relu_model()
+    x = RNG.normal(size=(8, 3, 16, 16)).astype(np.float32)
+    plan, q = quantize(model, x)
+    assert plan.node("conv").precision == "int8"
+    relu = plan.node("relu")
+    assert relu.precision == "int8" and "absorbed into conv" in relu.reason
+    assert plan.tensors["y"].zero_point == [0]  # Relu output range starts at 0
+    assert "c" not in plan.tensors  # no Q/DQ between Conv and Relu
+    assert checker_error(q) is None
+    assert [o.name for o in q.graph.output] == ["y"]
+    onnx.save(q, tmp_path / "q.onnx")
+    counts, _ = optimized_op_counts(tmp_path / "q.onnx", tmp_path)
+    assert counts["QLinearConv"] == 1 and counts["Relu"] == 0 and counts["Conv"] == 0
+    ref = make_session(model).run(None, {"x": x[:1]})[0]
+    got = make_session(q).run(None, {"x": x[:1]})[0]
+    assert np.abs(ref - got).max() <= 4 * plan.tensors["y"].scale[0] + 0.02 * np.abs(ref).max()
+
+
+def test_matmul_into_graph_output_returns_float(tmp_path) -> None:
+    x = RNG.normal(size=(4, 32)).astype(np.float32)
+    plan, q = quantize(matmul_model(), x)
+    mm = plan.node("mm")
+    assert mm.precision == "int8" and mm.quantized_outputs == []
+    assert plan.tensors["w"].axis == 1 and len(plan.tensors["w"].scale) == 16
+    onnx.save(q, tmp_path / "q.onnx")
+    counts, _ = optimized_op_counts(tmp_path / "q.onnx", tmp_path)
+    assert counts["MatMulIntegerToFloat"] == 1 and counts["MatMul"] == 0
+
+
+def test_plan_json_round_trip(tmp_path) -> None:
+    plan, _ = quantize(conv_relu_model(), RNG.normal(size=(2, 3, 16, 16)).astype(np.float32))
+    plan.save(tmp_path / "plan.json")
+    again = QuantPlan.load(tmp_path / "plan.json")
+    assert again.to_dict() == plan.to_dict()
+
+
+def test_plan_naming_an_unknown_node_is_rejected() -> None:
+    model = preprocess(conv_relu_model()).model
+    plan, _ = quantize(conv_relu_model(), RNG.normal(size=(2, 3, 16, 16)).astype(np.float32))
+    plan.nodes[0].name = "not_there"
+    with pytest.raises(BadPlanError, match="not_there"):
+        rewrite_qdq(model, plan)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda d: d.update(schema_version=99), "schema_version"),
+        (lambda d: d["nodes"][0].update(precision="int4"), "precision"),
+        (lambda d: d.pop("tensors"), "not a valid quantcli plan"),
+    ],
+)
+def test_malformed_plans_are_rejected(edit, match) -> None:
+    plan, _ = quantize(conv_relu_model(), RNG.normal(size=(2, 3, 16, 16)).astype(np.float32))
+    data = plan.to_dict()
+    edit(data)
+    with pytest.raises(BadPlanError, match=match):
+        QuantPlan.from_dict(data)

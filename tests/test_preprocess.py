@@ -1,0 +1,145 @@
+"""Each preprocess pass on a tiny graph: `modified`, the surviving nodes, and unchanged numerics."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from quantcli.preprocess import preprocess
+from quantcli.preprocess.fold_constants import FoldConstants
+from quantcli.preprocess.fuse_bn import FuseConvBatchNorm
+from quantcli.preprocess.names import NameNodes
+from quantcli.preprocess.opset import UpgradeOpset
+from quantcli.preprocess.shapes import InferShapes
+
+RNG = np.random.default_rng(0)
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+def conv_bn_model(opset: int = 17, with_bias: bool = True) -> onnx.ModelProto:
+    w = RNG.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "w")]
+    conv_inputs = ["x", "w"]
+    if with_bias:
+        inits.append(numpy_helper.from_array(RNG.normal(size=4).astype(np.float32), "b"))
+        conv_inputs.append("b")
+    for name, values in {
+        "gamma": RNG.uniform(0.5, 2, 4),
+        "beta": RNG.normal(size=4),
+        "mean": RNG.normal(size=4),
+        "var": RNG.uniform(0.1, 3, 4),
+    }.items():
+        inits.append(numpy_helper.from_array(values.astype(np.float32), name))
+    nodes = [
+        helper.make_node("Conv", conv_inputs, ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"], name="bn", epsilon=1e-3),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_fuse_conv_bn_removes_bn_and_keeps_outputs() -> None:
+    for with_bias in (True, False):
+        model = conv_bn_model(with_bias=with_bias)
+        x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
+        expected = run(model, x)
+        result = FuseConvBatchNorm().call(model)
+        assert result.modified
+        assert [n.op_type for n in result.model.graph.node] == ["Conv"]
+        assert {t.name for t in result.model.graph.initializer} == {"w", "b"} if with_bias else {"w", "w_bn_bias"}
+        onnx.checker.check_model(result.model, full_check=True)
+        np.testing.assert_allclose(run(result.model, x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fuse_conv_bn_says_why_not() -> None:
+    model = conv_bn_model()
+    model.graph.output.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, None))
+    result = FuseConvBatchNorm().call(model)
+    assert not result.modified
+    assert any("other consumers" in note for note in result.notes)
+
+
+def test_fold_constants_and_identity() -> None:
+    w = RNG.normal(size=(3, 5)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["w_const"], name="const", value=numpy_helper.from_array(w)),
+        helper.make_node("Identity", ["w_const"], ["w_id"], name="id"),
+        helper.make_node("MatMul", ["x", "w_id"], ["y"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = RNG.normal(size=(2, 3)).astype(np.float32)
+    expected = run(model, x)
+    result = FoldConstants().call(model)
+    assert result.modified
+    assert [n.op_type for n in result.model.graph.node] == ["MatMul"]
+    assert result.model.graph.node[0].input[1] == "w_const"
+    assert [t.name for t in result.model.graph.initializer] == ["w_const"]
+    onnx.checker.check_model(result.model, full_check=True)
+    np.testing.assert_array_equal(run(result.model, x), expected)
+
+
+def test_opset_upgrade_keeps_outputs() -> None:
+    model = conv_bn_model(opset=11)
+    x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    expected = run(model, x)
+    result = UpgradeOpset().call(model)
+    assert result.modified
+    assert next(o.version for o in result.model.opset_import if o.domain == "") == 13
+    np.testing.assert_allclose(run(result.model, x), expected, rtol=1e-6, atol=1e-6)
+    assert not UpgradeOpset().call(result.model).modified
+
+
+def test_shape_inference_tolerates_unknown_ops() -> None:
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Mystery", ["r"], ["y"], name="mystery", domain="custom.domain"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.domain", 1)])
+    result = InferShapes().call(model)
+    assert [v.name for v in result.model.graph.value_info] == ["r"]
+
+
+def test_name_nodes_makes_names_unique() -> None:
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Relu", ["a"], ["b"], name="n"),
+        helper.make_node("Relu", ["b"], ["y"], name="n"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    result = NameNodes().call(helper.make_model(graph))
+    names = [n.name for n in result.model.graph.node]
+    assert result.modified and len(set(names)) == 3 and names[1] == "n"
+
+
+def test_preprocess_does_not_touch_the_callers_model() -> None:
+    model = conv_bn_model(opset=17)
+    before = model.SerializeToString()
+    result = preprocess(model)
+    assert model.SerializeToString() == before
+    assert "fuse_conv_bn" in result.applied
+    assert [n.op_type for n in result.model.graph.node] == ["Conv"]
