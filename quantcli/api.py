@@ -18,7 +18,7 @@ from quantcli.preprocess import preprocess
 from quantcli.quantize.params import QType
 from quantcli.quantize.plan import INT8, NodePlan, QuantPlan, StaticConfig, plan_static
 from quantcli.quantize.qdq import rewrite_qdq
-from quantcli.verify import Agreement, checker_error, compare_sessions
+from quantcli.verify import Agreement, checker_error, compare_sessions, requantized_by_onnxruntime
 
 MODES = ("static",)
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -68,6 +68,7 @@ class ConvertResult:
     preprocess_notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     plan_replayed: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def size_ratio(self) -> float:
@@ -131,6 +132,13 @@ def convert(
         raise UnsupportedModelError(
             f"{options.model}: the quantized model fails onnx.checker ({problem}); this is a quantcli bug, please report it"
         )
+    float_nodes = {n.name for n in plan.nodes if n.precision != INT8}
+    warnings = [
+        f"{name}: kept in float by the plan, but onnxruntime will quantize it per-tensor at load "
+        "(WeightBiasQuantization: its input is dequantized and its output feeds a QuantizeLinear); "
+        "set its neighbours to float too to keep it in float"
+        for name in requantized_by_onnxruntime(quantized, float_nodes)
+    ]
     candidate = make_session(quantized)
     agreement = None
     if split.eval:
@@ -156,6 +164,7 @@ def convert(
         preprocess_notes=pre.notes,
         seconds=seconds,
         plan_replayed=replayed,
+        warnings=warnings,
     )
 
 

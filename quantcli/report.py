@@ -82,6 +82,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
                 for o in a.outputs
             ],
         },
+        "warnings": r.warnings,
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
     }
 
@@ -122,6 +123,7 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
                 )
             )
     rows.append(("time", f"{r.seconds.get('total', 0.0):.2f} s"))
+    rows.extend(("warning", w) for w in r.warnings)
     return rows
 
 

@@ -134,3 +134,36 @@ def compare_sessions(
         reference_accuracy=ref_correct / labelled if labelled else None,
         candidate_accuracy=cand_correct / labelled if labelled else None,
     )
+
+
+def requantized_by_onnxruntime(model: onnx.ModelProto, float_nodes: set[str]) -> list[str]:
+    """Float Conv/ConvTranspose/Gemm that onnxruntime will quantize anyway when it loads the model.
+
+    onnxruntime's WeightBiasQuantization transformer (core/optimizer/qdq_transformer/
+    weight_bias_quantization.cc) gives a float Conv/ConvTranspose/Gemm INT8 per-tensor weights when
+    its input comes from a per-tensor DequantizeLinear and its output runs, through Relu/Clip only
+    and without branching, into a QuantizeLinear. A node the plan keeps in float then does not run
+    in float; the caller reports it.
+    """
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    found = []
+    for node in model.graph.node:
+        if node.name not in float_nodes or node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
+            continue
+        parent = producers.get(node.input[0])
+        if parent is None or parent.op_type != "DequantizeLinear":
+            continue
+        current = node
+        while len(current.output) == 1 and len(consumers.get(current.output[0], [])) == 1:
+            nxt = consumers[current.output[0]][0]
+            if nxt.op_type == "QuantizeLinear":
+                found.append(node.name)
+                break
+            if nxt.op_type not in ("Relu", "Clip"):
+                break
+            current = nxt
+    return found

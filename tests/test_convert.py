@@ -124,17 +124,21 @@ def test_plan_replay_is_byte_identical(converted: dict[str, Converted], name: st
     assert replay.read_bytes() == c.output.read_bytes()
 
 
-def test_edited_plan_changes_exactly_the_edited_node(converted: dict[str, Converted], tmp_path) -> None:
-    c = converted["digits_cnn"]
-    plan = json.loads(c.plan.read_text())
-    convs = [n for n in plan["nodes"] if n["op_type"] == "Conv"]
-    target = convs[1]["name"]
+def _edit_plan(plan_path, tmp_path, pick) -> tuple[str, object]:
+    plan = json.loads(plan_path.read_text())
+    target = pick(plan["nodes"])["name"]
     for n in plan["nodes"]:
         if n["name"] == target:
             n["precision"] = "float"
             n["reason"] = "kept in float by hand"
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(plan))
+    return target, edited
+
+
+def test_edited_plan_changes_exactly_the_edited_node(converted: dict[str, Converted], tmp_path) -> None:
+    c = converted["digits_cnn"]
+    target, edited = _edit_plan(c.plan, tmp_path, lambda nodes: [n for n in nodes if n["op_type"] == "Gemm"][-1])
     out = tmp_path / "edited.onnx"
     result = convert(ConvertOptions(model=c.source, output=out, plan=edited, eval=DATA / "digits_cnn" / "eval"))
 
@@ -144,9 +148,24 @@ def test_edited_plan_changes_exactly_the_edited_node(converted: dict[str, Conver
 
     model = onnx.load(out)
     producers = {o: n for n in model.graph.node for o in n.output}
-    conv = next(n for n in model.graph.node if n.name == target)
-    assert producers[conv.input[1]].op_type != "DequantizeLinear"  # weight back to float
-    assert any(i.data_type == onnx.TensorProto.FLOAT and i.name == conv.input[1] for i in model.graph.initializer)
+    gemm = next(n for n in model.graph.node if n.name == target)
+    assert gemm.input[1] not in producers  # the weight is a float initializer again, no DequantizeLinear
+    assert any(i.data_type == onnx.TensorProto.FLOAT and i.name == gemm.input[1] for i in model.graph.initializer)
     counts, _ = optimized_op_counts(out, tmp_path)
-    assert counts["QLinearConv"] == 2 and counts["Conv"] + counts["FusedConv"] == 1
-    assert result.agreement.outputs[0].cosine_mean > 0.999
+    assert counts["QGemm"] == 1 and counts["QLinearConv"] == 3
+    assert counts["Gemm"] + counts["FusedGemm"] == 1
+    assert result.warnings == []
+    assert result.agreement.outputs[0].cosine_mean > 0.9995
+
+
+def test_float_conv_between_qdq_is_flagged(converted: dict[str, Converted], tmp_path) -> None:
+    """onnxruntime re-quantizes a float Conv sandwiched by DQ and Q; the report must say so."""
+    c = converted["digits_cnn"]
+    target, edited = _edit_plan(c.plan, tmp_path, lambda nodes: [n for n in nodes if n["op_type"] == "Conv"][1])
+    out = tmp_path / "edited.onnx"
+    result = convert(ConvertOptions(model=c.source, output=out, plan=edited))
+    conv = next(n for n in onnx.load(out).graph.node if n.name == target)
+    assert any(i.data_type == onnx.TensorProto.FLOAT and i.name == conv.input[1] for i in onnx.load(out).graph.initializer)
+    assert len(result.warnings) == 1 and result.warnings[0].startswith(f"{target}: kept in float")
+    counts, _ = optimized_op_counts(out, tmp_path)
+    assert counts["QLinearConv"] == 3  # what onnxruntime does with it, and why the warning exists
