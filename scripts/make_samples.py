@@ -187,9 +187,7 @@ class EncoderBlock(nn.Module):
 class DigitsViT(nn.Module):
     """Tiny ViT: 2x2 patches (16 tokens) + CLS token, 4 encoder blocks."""
 
-    def __init__(
-        self, dim: int = 128, depth: int = 4, num_heads: int = 4, mlp_dim: int = 512
-    ) -> None:
+    def __init__(self, dim: int = 128, depth: int = 4, num_heads: int = 4, mlp_dim: int = 512) -> None:
         super().__init__()
         self.patch_embed = nn.Conv2d(1, dim, kernel_size=2, stride=2)
         num_patches = (8 // 2) ** 2
@@ -198,10 +196,7 @@ class DigitsViT(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.blocks = nn.Sequential(
-            *(
-                EncoderBlock(dim, num_heads, mlp_dim, num_patches + 1)
-                for _ in range(depth)
-            )
+            *(EncoderBlock(dim, num_heads, mlp_dim, num_patches + 1) for _ in range(depth))
         )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, NUM_CLASSES)
@@ -307,9 +302,7 @@ def train(spec: ModelSpec, x: np.ndarray, y: np.ndarray, seed: int) -> nn.Module
     targets = torch.from_numpy(y)
     batch_size = 64
     steps_per_epoch = math.ceil(len(targets) / batch_size)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=spec.lr,
@@ -349,9 +342,7 @@ def count_params(model: nn.Module) -> int:
 # --------------------------------------------------------------------------- #
 
 
-def export_onnx(
-    spec: ModelSpec, model: nn.Module, example: np.ndarray, path: Path
-) -> None:
+def export_onnx(spec: ModelSpec, model: nn.Module, example: np.ndarray, path: Path) -> None:
     """Export with the TorchScript exporter, then check and clean the graph."""
     if spec.keep_batchnorm:
         # TrainingMode.EVAL runs a peephole pass that folds BN into Conv;
@@ -397,9 +388,7 @@ def op_counts(path: Path) -> Counter[str]:
 def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
-    session = ort.InferenceSession(
-        str(path), options, providers=["CPUExecutionProvider"]
-    )
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
 
@@ -478,8 +467,7 @@ def build_one(spec: ModelSpec, split: DigitsSplit) -> Result:
 
 def print_report(results: list[Result]) -> None:
     header = (
-        f"{'model':<12} {'params':>8} {'onnx size':>12} "
-        f"{'torch acc':>9} {'ort acc':>8} {'max|diff|':>10}"
+        f"{'model':<12} {'params':>8} {'onnx size':>12} {'torch acc':>9} {'ort acc':>8} {'max|diff|':>10}"
     )
     print(header)
     print("-" * len(header))

@@ -20,7 +20,11 @@ def quantcli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "quantcli.cli", *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, env=env, timeout=300,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
 
 
@@ -52,7 +56,9 @@ def test_convert_reports_in_plain_text_when_piped(tmp_path: Path) -> None:
 
 def test_convert_json(tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
-    proc = quantcli("convert", CNN, "--calib", CALIB, "--calib-samples", 16, "-o", out, "--json", cwd=tmp_path)
+    proc = quantcli(
+        "convert", CNN, "--calib", CALIB, "--calib-samples", 16, "-o", out, "--json", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["schema_version"] == 1 and data["command"] == "convert"
@@ -71,23 +77,116 @@ def test_version_and_help(tmp_path: Path) -> None:
 
 
 BAD_INPUTS = {
-    "missing model": (lambda d: ["convert", d / "nope.onnx", "--calib", CALIB, "-o", d / "o.onnx"], ["nope.onnx", "no such file"]),
-    "directory as model": (lambda d: ["convert", d, "--calib", CALIB, "-o", d / "o.onnx"], ["is a directory"]),
-    "not onnx": (lambda d: ["convert", _write(d / "junk.onnx", b"\x01\x02garbage" * 50), "--calib", CALIB, "-o", d / "o.onnx"], ["junk.onnx", "not an ONNX model"]),
-    "empty model file": (lambda d: ["convert", _write(d / "empty.onnx", b""), "--calib", CALIB, "-o", d / "o.onnx"], ["empty.onnx", "empty"]),
-    "static without calib": (lambda d: ["convert", CNN, "-o", d / "o.onnx"], ["--mode static needs calibration data"]),
-    "empty calib dir": (lambda d: ["convert", CNN, "--calib", _mkdir(d / "calib"), "-o", d / "o.onnx"], ["calib", "no .npz or .npy"]),
-    "missing calib dir": (lambda d: ["convert", CNN, "--calib", d / "nodir", "-o", d / "o.onnx"], ["nodir", "no such directory"]),
-    "wrong input name": (lambda d: ["convert", CNN, "--calib", make_samples(d / "c", {"image": np.zeros((1, 1, 8, 8), np.float32)}), "-o", d / "o.onnx"], ["s0.npz", "missing input", "unexpected image"]),
-    "wrong dtype": (lambda d: ["convert", CNN, "--calib", make_samples(d / "c", {"input": np.zeros((1, 1, 8, 8), np.float64)}), "-o", d / "o.onnx"], ["s0.npz", "dtype float64", "float32"]),
-    "wrong rank": (lambda d: ["convert", CNN, "--calib", make_samples(d / "c", {"input": np.zeros((1, 8, 8), np.float32)}), "-o", d / "o.onnx"], ["s0.npz", "rank 3", "rank 4"]),
-    "wrong shape": (lambda d: ["convert", CNN, "--calib", make_samples(d / "c", {"input": np.zeros((1, 1, 9, 9), np.float32)}), "-o", d / "o.onnx"], ["s0.npz", "shape [1, 1, 9, 9]"]),
-    "nan in calib": (lambda d: ["convert", CNN, "--calib", make_samples(d / "c", {"input": np.full((1, 1, 8, 8), np.nan, np.float32)}), "-o", d / "o.onnx"], ["s0.npz", "NaN"]),
-    "unreadable sample": (lambda d: ["convert", CNN, "--calib", _bad_npz(d / "c"), "-o", d / "o.onnx"], ["s0.npz", "cannot read sample"]),
-    "output is input": (lambda d: ["convert", _copy(CNN, d / "m.onnx"), "--calib", CALIB, "-o", d / "m.onnx"], ["output path is the input"]),
-    "output dir missing": (lambda d: ["convert", CNN, "--calib", CALIB, "-o", d / "no" / "o.onnx"], ["does not exist"]),
-    "output parent is a file": (lambda d: ["convert", CNN, "--calib", CALIB, "-o", _write(d / "f", b"x") / "o.onnx"], ["is not a directory"]),
-    "bad plan": (lambda d: ["convert", CNN, "--plan", _write(d / "p.json", b"{not json"), "-o", d / "o.onnx"], ["p.json", "cannot read plan"]),
+    "missing model": (
+        lambda d: ["convert", d / "nope.onnx", "--calib", CALIB, "-o", d / "o.onnx"],
+        ["nope.onnx", "no such file"],
+    ),
+    "directory as model": (
+        lambda d: ["convert", d, "--calib", CALIB, "-o", d / "o.onnx"],
+        ["is a directory"],
+    ),
+    "not onnx": (
+        lambda d: [
+            "convert",
+            _write(d / "junk.onnx", b"\x01\x02garbage" * 50),
+            "--calib",
+            CALIB,
+            "-o",
+            d / "o.onnx",
+        ],
+        ["junk.onnx", "not an ONNX model"],
+    ),
+    "empty model file": (
+        lambda d: ["convert", _write(d / "empty.onnx", b""), "--calib", CALIB, "-o", d / "o.onnx"],
+        ["empty.onnx", "empty"],
+    ),
+    "static without calib": (
+        lambda d: ["convert", CNN, "-o", d / "o.onnx"],
+        ["--mode static needs calibration data"],
+    ),
+    "empty calib dir": (
+        lambda d: ["convert", CNN, "--calib", _mkdir(d / "calib"), "-o", d / "o.onnx"],
+        ["calib", "no .npz or .npy"],
+    ),
+    "missing calib dir": (
+        lambda d: ["convert", CNN, "--calib", d / "nodir", "-o", d / "o.onnx"],
+        ["nodir", "no such directory"],
+    ),
+    "wrong input name": (
+        lambda d: [
+            "convert",
+            CNN,
+            "--calib",
+            make_samples(d / "c", {"image": np.zeros((1, 1, 8, 8), np.float32)}),
+            "-o",
+            d / "o.onnx",
+        ],
+        ["s0.npz", "missing input", "unexpected image"],
+    ),
+    "wrong dtype": (
+        lambda d: [
+            "convert",
+            CNN,
+            "--calib",
+            make_samples(d / "c", {"input": np.zeros((1, 1, 8, 8), np.float64)}),
+            "-o",
+            d / "o.onnx",
+        ],
+        ["s0.npz", "dtype float64", "float32"],
+    ),
+    "wrong rank": (
+        lambda d: [
+            "convert",
+            CNN,
+            "--calib",
+            make_samples(d / "c", {"input": np.zeros((1, 8, 8), np.float32)}),
+            "-o",
+            d / "o.onnx",
+        ],
+        ["s0.npz", "rank 3", "rank 4"],
+    ),
+    "wrong shape": (
+        lambda d: [
+            "convert",
+            CNN,
+            "--calib",
+            make_samples(d / "c", {"input": np.zeros((1, 1, 9, 9), np.float32)}),
+            "-o",
+            d / "o.onnx",
+        ],
+        ["s0.npz", "shape [1, 1, 9, 9]"],
+    ),
+    "nan in calib": (
+        lambda d: [
+            "convert",
+            CNN,
+            "--calib",
+            make_samples(d / "c", {"input": np.full((1, 1, 8, 8), np.nan, np.float32)}),
+            "-o",
+            d / "o.onnx",
+        ],
+        ["s0.npz", "NaN"],
+    ),
+    "unreadable sample": (
+        lambda d: ["convert", CNN, "--calib", _bad_npz(d / "c"), "-o", d / "o.onnx"],
+        ["s0.npz", "cannot read sample"],
+    ),
+    "output is input": (
+        lambda d: ["convert", _copy(CNN, d / "m.onnx"), "--calib", CALIB, "-o", d / "m.onnx"],
+        ["output path is the input"],
+    ),
+    "output dir missing": (
+        lambda d: ["convert", CNN, "--calib", CALIB, "-o", d / "no" / "o.onnx"],
+        ["does not exist"],
+    ),
+    "output parent is a file": (
+        lambda d: ["convert", CNN, "--calib", CALIB, "-o", _write(d / "f", b"x") / "o.onnx"],
+        ["is not a directory"],
+    ),
+    "bad plan": (
+        lambda d: ["convert", CNN, "--plan", _write(d / "p.json", b"{not json"), "-o", d / "o.onnx"],
+        ["p.json", "cannot read plan"],
+    ),
 }
 
 
@@ -128,7 +227,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, case: s
 
 
 def test_bad_input_with_json_still_prints_one_object(tmp_path: Path) -> None:
-    proc = quantcli("convert", tmp_path / "nope.onnx", "--calib", CALIB, "-o", tmp_path / "o.onnx", "--json", cwd=tmp_path)
+    proc = quantcli(
+        "convert", tmp_path / "nope.onnx", "--calib", CALIB, "-o", tmp_path / "o.onnx", "--json", cwd=tmp_path
+    )
     assert proc.returncode == 2
     data = json.loads(proc.stdout)
     assert data["error"]["exit_code"] == 2 and "no such file" in data["error"]["message"]

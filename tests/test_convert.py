@@ -89,7 +89,9 @@ def test_onnxruntime_runs_planned_compute_nodes_in_integer_kernels(
     producers = {o: n for n in optimized.graph.node for o in n.output}
     for node in optimized.graph.node:
         if node.op_type in ("Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm"):
-            assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input)
+            assert all(
+                producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input
+            )
 
 
 def test_cnn_batchnorm_was_fused_and_all_compute_is_int8(converted: dict[str, Converted]) -> None:
@@ -97,7 +99,9 @@ def test_cnn_batchnorm_was_fused_and_all_compute_is_int8(converted: dict[str, Co
     assert "fuse_conv_bn" in r.preprocess_applied
     assert not any(n.op_type == "BatchNormalization" for n in r.nodes)
     assert r.compute_counts() == {"quantized": 5, "float": 0, "total": 5}
-    assert any(n.op_type == "BatchNormalization" for n in onnx.load(converted["digits_cnn"].source).graph.node)
+    assert any(
+        n.op_type == "BatchNormalization" for n in onnx.load(converted["digits_cnn"].source).graph.node
+    )
 
 
 def test_float_nodes_carry_a_reason(converted: dict[str, Converted]) -> None:
@@ -110,7 +114,11 @@ def test_float_nodes_carry_a_reason(converted: dict[str, Converted]) -> None:
 def test_input_model_is_not_modified(converted: dict[str, Converted], tmp_path) -> None:
     c = converted["digits_mlp"]
     before = sha256(c.source)
-    convert(ConvertOptions(model=c.source, output=tmp_path / "out.onnx", calib=DATA / "digits_mlp" / "calib", calib_samples=8))
+    convert(
+        ConvertOptions(
+            model=c.source, output=tmp_path / "out.onnx", calib=DATA / "digits_mlp" / "calib", calib_samples=8
+        )
+    )
     assert sha256(c.source) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
 
@@ -138,9 +146,13 @@ def _edit_plan(plan_path, tmp_path, pick) -> tuple[str, object]:
 
 def test_edited_plan_changes_exactly_the_edited_node(converted: dict[str, Converted], tmp_path) -> None:
     c = converted["digits_cnn"]
-    target, edited = _edit_plan(c.plan, tmp_path, lambda nodes: [n for n in nodes if n["op_type"] == "Gemm"][-1])
+    target, edited = _edit_plan(
+        c.plan, tmp_path, lambda nodes: [n for n in nodes if n["op_type"] == "Gemm"][-1]
+    )
     out = tmp_path / "edited.onnx"
-    result = convert(ConvertOptions(model=c.source, output=out, plan=edited, eval=DATA / "digits_cnn" / "eval"))
+    result = convert(
+        ConvertOptions(model=c.source, output=out, plan=edited, eval=DATA / "digits_cnn" / "eval")
+    )
 
     before = {n.name: n.precision for n in c.result.nodes}
     after = {n.name: n.precision for n in result.nodes}
@@ -150,7 +162,9 @@ def test_edited_plan_changes_exactly_the_edited_node(converted: dict[str, Conver
     producers = {o: n for n in model.graph.node for o in n.output}
     gemm = next(n for n in model.graph.node if n.name == target)
     assert gemm.input[1] not in producers  # the weight is a float initializer again, no DequantizeLinear
-    assert any(i.data_type == onnx.TensorProto.FLOAT and i.name == gemm.input[1] for i in model.graph.initializer)
+    assert any(
+        i.data_type == onnx.TensorProto.FLOAT and i.name == gemm.input[1] for i in model.graph.initializer
+    )
     counts, _ = optimized_op_counts(out, tmp_path)
     assert counts["QGemm"] == 1 and counts["QLinearConv"] == 3
     assert counts["Gemm"] + counts["FusedGemm"] == 1
@@ -161,11 +175,16 @@ def test_edited_plan_changes_exactly_the_edited_node(converted: dict[str, Conver
 def test_float_conv_between_qdq_is_flagged(converted: dict[str, Converted], tmp_path) -> None:
     """onnxruntime re-quantizes a float Conv sandwiched by DQ and Q; the report must say so."""
     c = converted["digits_cnn"]
-    target, edited = _edit_plan(c.plan, tmp_path, lambda nodes: [n for n in nodes if n["op_type"] == "Conv"][1])
+    target, edited = _edit_plan(
+        c.plan, tmp_path, lambda nodes: [n for n in nodes if n["op_type"] == "Conv"][1]
+    )
     out = tmp_path / "edited.onnx"
     result = convert(ConvertOptions(model=c.source, output=out, plan=edited))
     conv = next(n for n in onnx.load(out).graph.node if n.name == target)
-    assert any(i.data_type == onnx.TensorProto.FLOAT and i.name == conv.input[1] for i in onnx.load(out).graph.initializer)
+    assert any(
+        i.data_type == onnx.TensorProto.FLOAT and i.name == conv.input[1]
+        for i in onnx.load(out).graph.initializer
+    )
     assert len(result.warnings) == 1 and result.warnings[0].startswith(f"{target}: kept in float")
     counts, _ = optimized_op_counts(out, tmp_path)
     assert counts["QLinearConv"] == 3  # what onnxruntime does with it, and why the warning exists

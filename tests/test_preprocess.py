@@ -38,10 +38,13 @@ def conv_bn_model(opset: int = 17, with_bias: bool = True) -> onnx.ModelProto:
         inits.append(numpy_helper.from_array(values.astype(np.float32), name))
     nodes = [
         helper.make_node("Conv", conv_inputs, ["c"], name="conv", pads=[1, 1, 1, 1]),
-        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"], name="bn", epsilon=1e-3),
+        helper.make_node(
+            "BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"], name="bn", epsilon=1e-3
+        ),
     ]
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
         inits,
@@ -59,7 +62,11 @@ def test_fuse_conv_bn_removes_bn_and_keeps_outputs() -> None:
         result = FuseConvBatchNorm().call(model)
         assert result.modified
         assert [n.op_type for n in result.model.graph.node] == ["Conv"]
-        assert {t.name for t in result.model.graph.initializer} == {"w", "b"} if with_bias else {"w", "w_bn_bias"}
+        assert (
+            {t.name for t in result.model.graph.initializer} == {"w", "b"}
+            if with_bias
+            else {"w", "w_bn_bias"}
+        )
         onnx.checker.check_model(result.model, full_check=True)
         np.testing.assert_allclose(run(result.model, x), expected, rtol=1e-4, atol=1e-5)
 
@@ -80,7 +87,8 @@ def test_fold_constants_and_identity() -> None:
         helper.make_node("MatMul", ["x", "w_id"], ["y"], name="mm"),
     ]
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])],
     )
@@ -113,10 +121,14 @@ def test_shape_inference_tolerates_unknown_ops() -> None:
         helper.make_node("Mystery", ["r"], ["y"], name="mystery", domain="custom.domain"),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.domain", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.domain", 1)]
+    )
     result = InferShapes().call(model)
     assert [v.name for v in result.model.graph.value_info] == ["r"]
 
@@ -128,7 +140,9 @@ def test_name_nodes_makes_names_unique() -> None:
         helper.make_node("Relu", ["b"], ["y"], name="n"),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
     )
     result = NameNodes().call(helper.make_model(graph))

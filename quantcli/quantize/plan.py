@@ -250,7 +250,9 @@ def _decide(
     return INT8, f"{rule.kernel}"
 
 
-def _float_output_producer(node: onnx.NodeProto, index: GraphIndex, precision: dict[str, str]) -> onnx.NodeProto | None:
+def _float_output_producer(
+    node: onnx.NodeProto, index: GraphIndex, precision: dict[str, str]
+) -> onnx.NodeProto | None:
     """The INT8 MatMul/Gemm whose bias this Add adds, when that kernel can return float.
 
     MatMul + Add(bias) is how exporters write a Linear on 3-D input. Returning float from the
