@@ -13,7 +13,7 @@ import onnx
 from quantcli.calibration.collect import Ranges, collect_ranges, make_session
 from quantcli.calibration.data import InputSpec, iter_samples, read_labels, split_samples
 from quantcli.errors import UnsupportedModelError, UsageError
-from quantcli.model_io import check_output_path, load_model, save_model
+from quantcli.model_io import check_output_path, load_model, serialize_model, write_model_bytes
 from quantcli.preprocess import preprocess
 from quantcli.quantize.params import QType
 from quantcli.quantize.plan import INT8, NodePlan, QuantPlan, StaticConfig, plan_static
@@ -100,6 +100,8 @@ def convert(
     input_bytes = Path(options.model).stat().st_size
 
     pre = preprocess(source)
+    source_value_info = {v.name for v in source.graph.value_info}
+    del source  # the preprocessed copy is all that is needed from here on
     model = pre.model
     specs = InputSpec.from_model(model)
     split = split_samples(options.calib, options.calib_samples, options.eval, options.eval_samples)
@@ -122,8 +124,10 @@ def convert(
         replayed = True
 
     t = time.perf_counter()
-    quantized = rewrite_qdq(model, plan)
-    _keep_source_value_info(quantized, source)
+    quantized = rewrite_qdq(model, plan, in_place=True)
+    applied, notes = pre.applied, pre.notes
+    del model, pre
+    _drop_inferred_value_info(quantized, source_value_info)
     seconds["rewrite"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -139,14 +143,16 @@ def convert(
         "set its neighbours to float too to keep it in float"
         for name in requantized_by_onnxruntime(quantized, float_nodes)
     ]
-    candidate = make_session(quantized)
+    quantized_bytes = serialize_model(quantized)
+    del quantized
+    candidate = make_session(quantized_bytes)
     agreement = None
     if split.eval:
-        reference = make_session(source)
+        reference = make_session(Path(options.model))
         agreement = compare_sessions(reference, candidate, iter_samples(split.eval, specs), labels)
     seconds["verify"] = time.perf_counter() - t
 
-    output_bytes = save_model(quantized, options.output)
+    output_bytes = write_model_bytes(quantized_bytes, options.output)
     if options.save_plan is not None:
         plan.save(options.save_plan)
     seconds["total"] = time.perf_counter() - t0
@@ -160,18 +166,17 @@ def convert(
         agreement=agreement,
         eval_source=split.eval_source,
         calibration_samples=plan.calibration_samples,
-        preprocess_applied=pre.applied,
-        preprocess_notes=pre.notes,
+        preprocess_applied=applied,
+        preprocess_notes=notes,
         seconds=seconds,
         plan_replayed=replayed,
         warnings=warnings,
     )
 
 
-def _keep_source_value_info(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
+def _drop_inferred_value_info(model: onnx.ModelProto, keep: set[str]) -> None:
     """Drop the value_info that preprocessing inferred: onnxruntime re-infers it at load, and on a
     small model it is a visible share of the file."""
-    keep = {v.name for v in source.graph.value_info}
     stale = [v for v in model.graph.value_info if v.name not in keep]
     for v in stale:
         model.graph.value_info.remove(v)

@@ -79,14 +79,18 @@ def serialize_model(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> int:
-    """Save atomically; returns the number of bytes written."""
-    data = serialize_model(model)
+def write_model_bytes(data: bytes, path: str | os.PathLike[str]) -> int:
+    """Write a serialised model atomically; returns the number of bytes written."""
     try:
         write_bytes_atomic(Path(path), data)
     except OSError as exc:
         raise UsageError(f"{path}: cannot write output: {exc.strerror or exc}") from exc
     return len(data)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> int:
+    """Save atomically; returns the number of bytes written."""
+    return write_model_bytes(serialize_model(model), path)
 
 
 def file_size(path: str | os.PathLike[str]) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -34,8 +35,8 @@ def float_tensors(model: onnx.ModelProto) -> list[str]:
     return [n for n in names if known.get(n, onnx.TensorProto.FLOAT) in (onnx.TensorProto.FLOAT, 0)]
 
 
-def make_session(model: onnx.ModelProto, *, threads: int = 0, optimize: bool = True):  # noqa: ANN201
-    """An onnxruntime CPU session over an in-memory model; a load failure is exit 3."""
+def make_session(model: onnx.ModelProto | bytes | Path, *, threads: int = 0, optimize: bool = True):  # noqa: ANN201
+    """An onnxruntime CPU session over a model, its serialised bytes or its path; a load failure is exit 3."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -43,8 +44,11 @@ def make_session(model: onnx.ModelProto, *, threads: int = 0, optimize: bool = T
     opts.log_severity_level = 3
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = serialize_model(model) if isinstance(model, onnx.ModelProto) else model
     try:
-        return ort.InferenceSession(serialize_model(model), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(source) if isinstance(source, Path) else source, opts, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(f"onnxruntime cannot load the model: {first}") from exc
@@ -58,13 +62,17 @@ def collect_ranges(
 ) -> Ranges:
     """Stream samples through the model with every float tensor exposed; keep only min/max."""
     names = float_tensors(model)
-    augmented = onnx.ModelProto()
-    augmented.CopyFrom(model)
-    existing = {o.name for o in augmented.graph.output}
-    for name in names:
-        if name not in existing:
-            augmented.graph.output.append(onnx.ValueInfoProto(name=name))
-    session = make_session(augmented)
+    # Expose every candidate as a graph output just long enough to build the session; the model
+    # is restored after, so no second copy of its weights is made.
+    n_outputs = len(model.graph.output)
+    existing = {o.name for o in model.graph.output}
+    try:
+        for name in names:
+            if name not in existing:
+                model.graph.output.append(onnx.ValueInfoProto(name=name))
+        session = make_session(model)
+    finally:
+        del model.graph.output[n_outputs:]
     out_names = [o.name for o in session.get_outputs()]
     observers = {n: MinMaxObserver() for n in names}
     count = 0

@@ -56,10 +56,14 @@ def quantized_tensor_names(model: onnx.ModelProto, plan: QuantPlan) -> list[str]
     return wanted
 
 
-def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
-    """A new model with Q/DQ inserted as the plan says; `model` is not modified."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = False) -> onnx.ModelProto:
+    """The model with Q/DQ inserted as the plan says; a copy unless `in_place` (saves one copy of
+    the weights on a big model)."""
+    if in_place:
+        out = model
+    else:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
     graph = out.graph
     index = GraphIndex(graph)
     names = _Names(graph)
