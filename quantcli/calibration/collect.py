@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +43,28 @@ def make_session(model: onnx.ModelProto | bytes | Path, *, threads: int = 0, opt
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
+    # Pre-packed weights are a second copy of every MatMul/Conv weight; calibration and
+    # verification run few samples, so the memory matters more than the speed.
+    opts.add_session_config_entry("session.disable_prepacking", "1")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if isinstance(model, onnx.ModelProto) and model.ByteSize() > _SPILL_BYTES:
+        # A big model goes through a private temporary file, so that its serialised bytes are
+        # freed before onnxruntime builds its own copy of the weights.
+        with tempfile.TemporaryDirectory(prefix="quantcli-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(serialize_model(model))
+            return _session(ort, str(path), opts)
     source = serialize_model(model) if isinstance(model, onnx.ModelProto) else model
+    return _session(ort, str(source) if isinstance(source, Path) else source, opts)
+
+
+_SPILL_BYTES = 64 * 2**20
+
+
+def _session(ort, source: str | bytes, opts):  # noqa: ANN001, ANN202
     try:
-        return ort.InferenceSession(
-            str(source) if isinstance(source, Path) else source, opts, providers=["CPUExecutionProvider"]
-        )
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(f"onnxruntime cannot load the model: {first}") from exc
