@@ -15,12 +15,14 @@ from quantcli.calibration.data import InputSpec, iter_samples, read_labels, spli
 from quantcli.errors import UnsupportedModelError, UsageError
 from quantcli.model_io import check_output_path, load_model, serialize_model, write_model_bytes
 from quantcli.preprocess import preprocess
+from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
 from quantcli.quantize.params import QType
-from quantcli.quantize.plan import INT8, NodePlan, QuantPlan, StaticConfig, plan_static
+from quantcli.quantize.plan import FLOAT, MODES, NodePlan, QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
+from quantcli.quantize.static import plan_static
+from quantcli.quantize.weights import plan_weights_int8
 from quantcli.verify import Agreement, checker_error, compare_sessions, requantized_by_onnxruntime
 
-MODES = ("static",)
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
@@ -30,24 +32,25 @@ class ConvertOptions:
 
     model: Path
     output: Path
-    mode: str = "static"
+    mode: str | None = None  # static, or the plan's mode with --plan
     calib: Path | None = None
     calib_samples: int = 200
     eval: Path | None = None
     eval_samples: int | None = None
     per_channel: bool = True
     activation_type: QType = QType.UINT8
+    keep_io_types: bool = True
     save_plan: Path | None = None
     plan: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
+        if self.mode is not None and self.mode not in MODES:
             raise UsageError(f"--mode {self.mode}: not one of {', '.join(MODES)}")
         if self.calib_samples < 1:
             raise UsageError(f"--calib-samples {self.calib_samples}: must be at least 1")
         if self.eval_samples is not None and self.eval_samples < 1:
             raise UsageError(f"--eval-samples {self.eval_samples}: must be at least 1")
-        if self.mode == "static" and self.calib is None and self.plan is None:
+        if self.mode in ("static", None) and self.calib is None and self.plan is None:
             raise UsageError("--mode static needs calibration data: pass --calib DIR (or --plan FILE)")
 
 
@@ -75,14 +78,14 @@ class ConvertResult:
         return self.output_bytes / self.input_bytes if self.input_bytes else 0.0
 
     def compute_counts(self) -> dict[str, int]:
-        """Compute nodes (Conv, ConvTranspose, Gemm, MatMul) in INT8 and in float."""
+        """Compute nodes (Conv, ConvTranspose, Gemm, MatMul) in the mode's precision and in float32."""
         compute = [n for n in self.nodes if n.op_type in COMPUTE_OPS]
-        q = sum(n.precision == INT8 for n in compute)
+        q = sum(n.precision != FLOAT for n in compute)
         return {"quantized": q, "float": len(compute) - q, "total": len(compute)}
 
     def float_reasons(self) -> list[tuple[str, str, int]]:
-        """(op_type, reason, count) for every node kept in float, most frequent first."""
-        c = Counter((n.op_type, n.reason) for n in self.nodes if n.precision != INT8)
+        """(op_type, reason, count) for every node kept in float32, most frequent first."""
+        c = Counter((n.op_type, n.reason) for n in self.nodes if n.precision == FLOAT)
         return [(op, reason, k) for (op, reason), k in c.most_common()]
 
 
@@ -108,7 +111,18 @@ def convert(
     labels = read_labels(split.eval_dir, split.eval) if split.eval_dir and split.eval else None
     seconds["preprocess"] = time.perf_counter() - t0
 
-    if plan is None:
+    config = QuantConfig(
+        per_channel=options.per_channel,
+        activation_type=options.activation_type,
+        keep_io_types=options.keep_io_types,
+    )
+    replayed = plan is not None
+    if plan is not None:
+        if options.mode is not None and options.mode != plan.mode:
+            raise UsageError(
+                f"--mode {options.mode} contradicts the plan {options.plan}, made for --mode {plan.mode}"
+            )
+    elif options.mode in ("static", None):
         t = time.perf_counter()
         total = len(split.calib)
         ranges: Ranges = collect_ranges(
@@ -117,14 +131,18 @@ def convert(
             progress=(lambda k: progress("calibrating", k, total)) if progress else None,
         )
         seconds["calibrate"] = time.perf_counter() - t
-        config = StaticConfig(per_channel=options.per_channel, activation_type=options.activation_type)
         plan = plan_static(model, ranges, config)
-        replayed = False
+    elif options.mode == "dynamic":
+        plan = plan_dynamic(model, config)
+    elif options.mode == "weights-int8":
+        plan = plan_weights_int8(model, config)
     else:
-        replayed = True
+        from quantcli.quantize.fp16 import plan_fp16
+
+        plan = QuantPlan("fp16", config, plan_fp16(model), {}, 0)
 
     t = time.perf_counter()
-    quantized = rewrite_qdq(model, plan, in_place=True)
+    quantized = _rewrite(model, plan)
     applied, notes = pre.applied, pre.notes
     del model, pre
     _drop_inferred_value_info(quantized, source_value_info)
@@ -136,7 +154,7 @@ def convert(
         raise UnsupportedModelError(
             f"{options.model}: the quantized model fails onnx.checker ({problem}); this is a quantcli bug, please report it"
         )
-    float_nodes = {n.name for n in plan.nodes if n.precision != INT8}
+    float_nodes = {n.name for n in plan.nodes if n.precision == FLOAT}
     warnings = [
         f"{name}: kept in float by the plan, but onnxruntime will quantize it per-tensor at load "
         "(WeightBiasQuantization: its input is dequantized and its output feeds a QuantizeLinear); "
@@ -172,6 +190,17 @@ def convert(
         plan_replayed=replayed,
         warnings=warnings,
     )
+
+
+def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """The plan's rewriter, in place on the pipeline's own preprocessed copy."""
+    if plan.mode == "dynamic":
+        return rewrite_dynamic(model, plan, in_place=True)
+    if plan.mode == "fp16":
+        from quantcli.quantize.fp16 import rewrite_fp16
+
+        return rewrite_fp16(model, plan.nodes, keep_io_types=plan.config.keep_io_types)
+    return rewrite_qdq(model, plan, in_place=True)
 
 
 def _drop_inferred_value_info(model: onnx.ModelProto, keep: set[str]) -> None:

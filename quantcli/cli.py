@@ -13,6 +13,7 @@ import click
 
 from quantcli import __version__
 from quantcli.errors import ExitCode, QuantcliError
+from quantcli.quantize.plan import MODES
 
 _PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
 
@@ -68,10 +69,10 @@ def main() -> None:
 @click.option("-o", "--output", type=_PATH, required=True, help="Where to write the quantized model.")
 @click.option(
     "--mode",
-    type=click.Choice(["static"]),
-    default="static",
-    show_default=True,
-    help="static: INT8 weights and activations, calibrated on --calib.",
+    type=click.Choice(list(MODES)),
+    help="static (default): INT8 weights and activations, calibrated on --calib; dynamic: INT8 MatMul/Gemm "
+    "weights, activations quantized at run time; weights-int8: INT8 weights, float compute; fp16: float16 "
+    "weights and compute.",
 )
 @click.option("--calib", type=_PATH, help="Directory of calibration samples (.npz/.npy, one per file).")
 @click.option(
@@ -96,6 +97,12 @@ def main() -> None:
     show_default=True,
     help="uint8: asymmetric (fastest on x86); int8: symmetric, zero point 0.",
 )
+@click.option(
+    "--keep-io-types/--no-keep-io-types",
+    default=True,
+    show_default=True,
+    help="fp16: keep float32 model inputs and outputs (Casts at the boundary).",
+)
 @click.option("--save-plan", type=_PATH, help="Write the QuantPlan (every decision) as JSON.")
 @click.option(
     "--plan", "plan_path", type=_PATH, help="Replay a saved or edited QuantPlan instead of calibrating."
@@ -106,13 +113,14 @@ def main() -> None:
 def convert(
     model: Path,
     output: Path,
-    mode: str,
+    mode: str | None,
     calib: Path | None,
     calib_samples: int,
     eval_dir: Path | None,
     eval_samples: int | None,
     per_tensor: bool,
     activation_type: str,
+    keep_io_types: bool,
     save_plan: Path | None,
     plan_path: Path | None,
     json_output: bool,
@@ -142,6 +150,7 @@ def convert(
             eval_samples=eval_samples,
             per_channel=not per_tensor,
             activation_type=QType(activation_type),
+            keep_io_types=keep_io_types,
             save_plan=save_plan,
             plan=plan_path,
         )

@@ -54,6 +54,22 @@ class GraphIndex:
         return len(vi.type.tensor_type.shape.dim)
 
 
+class NameAllocator:
+    """Allocates tensor and node names that do not collide with the graph's."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.used = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+        self.used |= {o for n in graph.node for o in n.output} | {n.name for n in graph.node}
+
+    def new(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used:
+            name = f"{base}_{k}"
+            k += 1
+        self.used.add(name)
+        return name
+
+
 def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
     names: set[str] = set()
     for attr in node.attribute:

@@ -8,13 +8,20 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections import Counter
 from typing import Any
 
 from quantcli import __version__
 from quantcli.api import ConvertResult
-from quantcli.quantize.plan import INT8
 
 SCHEMA_VERSION = 1
+
+PRECISION_LABEL = {
+    "static": "in INT8",
+    "dynamic": "in INT8 (activations quantized at run time)",
+    "weights-int8": "with INT8 weights (float compute)",
+    "fp16": "in FP16",
+}
 
 
 def out(text: str) -> None:
@@ -49,10 +56,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         "plan_replayed": r.plan_replayed,
         "size": {"input_bytes": r.input_bytes, "output_bytes": r.output_bytes, "ratio": r.size_ratio},
         "compute_nodes": r.compute_counts(),
-        "nodes_by_precision": {
-            "int8": sum(n.precision == INT8 for n in r.nodes),
-            "float": sum(n.precision != INT8 for n in r.nodes),
-        },
+        "nodes_by_precision": dict(sorted(Counter(n.precision for n in r.nodes).items())),
         "float_reasons": [
             {"op_type": op, "reason": reason, "count": k} for op, reason, k in r.float_reasons()
         ],
@@ -101,7 +105,10 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
         ("output", str(r.output)),
         ("mode", r.mode + (" (plan replayed)" if r.plan_replayed else "")),
         ("size", f"{r.input_bytes:,} B -> {r.output_bytes:,} B (ratio {r.size_ratio:.3f})"),
-        ("compute nodes", f"{c['quantized']} of {c['total']} in INT8, {c['float']} in float"),
+        (
+            "compute nodes",
+            f"{c['quantized']} of {c['total']} {PRECISION_LABEL[r.mode]}, {c['float']} in float32",
+        ),
     ]
     if r.calibration_samples:
         rows.append(("calibration", f"{r.calibration_samples} samples, MinMax"))

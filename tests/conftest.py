@@ -66,3 +66,28 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Converted]:
         )
         results[name] = Converted(name, SAMPLES / f"{name}.onnx", output, plan, result)
     return results
+
+
+@pytest.fixture(scope="session")
+def converted_modes(tmp_path_factory: pytest.TempPathFactory):
+    """Convert (model, mode) on first use, once per session; modes that need no calibration."""
+    out_dir = tmp_path_factory.mktemp("modes")
+    cache: dict[tuple[str, str], Converted] = {}
+
+    def get(name: str, mode: str) -> Converted:
+        if (name, mode) not in cache:
+            output = out_dir / f"{name}_{mode}.onnx"
+            plan = out_dir / f"{name}_{mode}_plan.json"
+            result = convert(
+                ConvertOptions(
+                    model=SAMPLES / f"{name}.onnx",
+                    output=output,
+                    mode=mode,
+                    eval=DATA / name / "eval",
+                    save_plan=plan,
+                )
+            )
+            cache[(name, mode)] = Converted(name, SAMPLES / f"{name}.onnx", output, plan, result)
+        return cache[(name, mode)]
+
+    return get

@@ -11,8 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 from quantcli.calibration.collect import collect_ranges, make_session
 from quantcli.errors import BadPlanError
 from quantcli.preprocess import preprocess
-from quantcli.quantize.plan import QuantPlan, StaticConfig, plan_static
+from quantcli.quantize.plan import QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
+from quantcli.quantize.static import plan_static
 from quantcli.verify import checker_error
 
 RNG = np.random.default_rng(1)
@@ -50,7 +51,7 @@ def matmul_model() -> onnx.ModelProto:
 def quantize(model: onnx.ModelProto, x: np.ndarray) -> tuple[QuantPlan, onnx.ModelProto]:
     pre = preprocess(model).model
     ranges = collect_ranges(pre, [{"x": x[i : i + 1]} for i in range(len(x))] if x.ndim == 4 else [{"x": x}])
-    plan = plan_static(pre, ranges, StaticConfig())
+    plan = plan_static(pre, ranges, QuantConfig())
     return plan, rewrite_qdq(pre, plan)
 
 

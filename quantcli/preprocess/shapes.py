@@ -36,7 +36,9 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         if nbytes <= _KEEP_VALUES_BYTES:
             light.graph.initializer.append(init)
         elif init.name not in inputs:
-            light.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+            light.graph.input.append(
+                onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+            )
     return light
 
 

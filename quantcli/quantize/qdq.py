@@ -13,25 +13,9 @@ from onnx import helper, numpy_helper
 
 from quantcli import __version__
 from quantcli.errors import BadPlanError
-from quantcli.graph import GraphIndex
+from quantcli.graph import GraphIndex, NameAllocator
 from quantcli.quantize.params import quantize_array
 from quantcli.quantize.plan import INT8, QuantPlan, TensorParams
-
-
-class _Names:
-    """Allocates tensor and node names that do not collide with the graph's."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.used = {t.name for t in graph.initializer} | {i.name for i in graph.input}
-        self.used |= {o for n in graph.node for o in n.output} | {n.name for n in graph.node}
-
-    def new(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.used:
-            name = f"{base}_{k}"
-            k += 1
-        self.used.add(name)
-        return name
 
 
 def quantized_tensor_names(model: onnx.ModelProto, plan: QuantPlan) -> list[str]:
@@ -66,7 +50,7 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
         out.CopyFrom(model)
     graph = out.graph
     index = GraphIndex(graph)
-    names = _Names(graph)
+    names = NameAllocator(graph)
     wanted = quantized_tensor_names(out, plan)
 
     head: list[onnx.NodeProto] = []  # DQ of initializers, Q/DQ of graph inputs

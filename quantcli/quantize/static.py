@@ -1,0 +1,254 @@
+"""Static INT8 planning: each node's precision from the op rules, each tensor's scale and zero point
+from the calibrated ranges (activations) or the values (weights, constants, INT32 biases)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from quantcli.calibration.collect import Ranges
+from quantcli.graph import GraphIndex
+from quantcli.quantize.params import QType, calculate_qparams
+from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
+from quantcli.quantize.rules import Kind, OpRule, activation_input_indices, rule_for
+
+
+def _absorbable(
+    node: onnx.NodeProto,
+    producer: onnx.NodeProto | None,
+    index: GraphIndex,
+    precision: dict[str, str],
+    config: QuantConfig,
+) -> str | None:
+    """Why a Relu/Clip cannot vanish into its producer's output QuantizeLinear, or None."""
+    if config.symmetric_activations:
+        return "symmetric INT8 activations cannot absorb it (zero point is not the type minimum)"
+    if producer is None or precision.get(producer.name) != INT8:
+        return "its input is not produced by an INT8 node"
+    prule = rule_for(producer)
+    if prule is None or prule.kind not in (Kind.COMPUTE, Kind.ELEMENTWISE):
+        return f"{producer.op_type} output cannot absorb it"
+    src = node.input[0]
+    if len(index.consumers[src]) != 1 or src in index.graph_outputs:
+        return "its input has other consumers"
+    return None
+
+
+def plan_static(model: onnx.ModelProto, ranges: Ranges, config: QuantConfig) -> QuantPlan:
+    """Decide each node's precision and each quantized tensor's parameters."""
+    index = GraphIndex(model.graph)
+    precision: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    produced_int8: set[str] = set()
+
+    for node in model.graph.node:
+        rule = rule_for(node)
+        decision, reason = _decide(node, rule, index, ranges, precision, produced_int8, config)
+        precision[node.name] = decision
+        reasons[node.name] = reason
+        if decision == INT8:
+            produced_int8.update(o for o in node.output if o)
+
+    nodes: list[NodePlan] = []
+    tensors: dict[str, TensorParams] = {}
+    for node in model.graph.node:
+        rule = rule_for(node)
+        plan = NodePlan(node.name, node.op_type, precision[node.name], reasons[node.name])
+        nodes.append(plan)
+        if plan.precision != INT8 or rule is None:
+            continue
+        _plan_tensors(node, rule, plan, index, ranges, precision, tensors, config)
+    return QuantPlan("static", config, nodes, tensors, ranges.samples)
+
+
+def _decide(
+    node,
+    rule: OpRule | None,
+    index: GraphIndex,
+    ranges: Ranges,
+    precision,
+    produced_int8,
+    config: QuantConfig,
+) -> tuple[str, str]:  # noqa: ANN001
+    if rule is None:
+        where = (
+            f"domain {node.domain}" if node.domain not in ("", "ai.onnx") else "onnxruntime's CPU provider"
+        )
+        return FLOAT, f"no INT8 kernel for {node.op_type} in {where}"
+    why_not = rule.check(node, index)
+    if why_not:
+        return FLOAT, why_not
+    if rule.kind is Kind.ABSORBED:
+        producer = index.producer.get(node.input[0])
+        why_not = _absorbable(node, producer, index, precision, config)
+        if why_not:
+            return FLOAT, f"{node.op_type} kept in float: {why_not}"
+        if node.output[0] not in ranges.ranges:
+            return FLOAT, f"no calibrated range for {node.output[0]}"
+        return INT8, f"absorbed into {producer.name}'s output range"
+    act_inputs = [
+        node.input[i] for i in activation_input_indices(rule, node) if node.input[i] not in index.initializers
+    ]
+    if rule.op_type == "MatMul" and node.input[1] in index.initializers:
+        act_inputs = [node.input[0]]
+    if rule.op_type == "Add":
+        producer = _float_output_producer(node, index, precision)
+        if producer is not None:
+            return FLOAT, (
+                f"bias of an INT8 {producer.op_type}: added in float to the integer kernel's "
+                "float output (more accurate than requantizing for QLinearAdd)"
+            )
+    if rule.kind in (Kind.ELEMENTWISE, Kind.FIXED, Kind.SHARED):
+        fed = [t for t in act_inputs if t in produced_int8]
+        if rule.kind is Kind.SHARED:
+            fed = fed[:1] if act_inputs and act_inputs[0] in produced_int8 else []
+        if not fed:
+            return FLOAT, "its inputs are float; Q/DQ around it alone would only add cost"
+    if rule.kind is not Kind.SHARED:
+        needed = list(act_inputs)
+        if rule.kind not in (Kind.FIXED,):
+            needed += [o for o in node.output[:1] if not _float_output(rule, node, index)]
+        missing = [t for t in needed if t not in ranges.ranges and t not in produced_int8]
+        missing = [t for t in missing if t not in ranges.ranges]
+        if missing:
+            return FLOAT, f"no calibrated range for {missing[0]}"
+    return INT8, f"{rule.kernel}"
+
+
+def _float_output_producer(
+    node: onnx.NodeProto, index: GraphIndex, precision: dict[str, str]
+) -> onnx.NodeProto | None:
+    """The INT8 MatMul/Gemm whose bias this Add adds, when that kernel can return float.
+
+    MatMul + Add(bias) is how exporters write a Linear on 3-D input. Returning float from the
+    MatMul (MatMulIntegerToFloat) and adding the bias in float is more accurate than
+    requantizing the MatMul output for a QLinearAdd, and saves a Q/DQ pair and a kernel.
+    """
+    consts = [i for i in node.input if i in index.initializers]
+    acts = [i for i in node.input if i and i not in index.initializers]
+    if len(consts) != 1 or len(acts) != 1:
+        return None
+    producer = index.producer.get(acts[0])
+    prule = rule_for(producer) if producer is not None else None
+    if prule is None or not prule.float_output_ok or precision.get(producer.name) != INT8:
+        return None
+    if len(index.consumers[acts[0]]) != 1 or acts[0] in index.graph_outputs:
+        return None
+    return producer
+
+
+def _float_output(rule: OpRule, node: onnx.NodeProto, index: GraphIndex) -> bool:
+    """True when the node's output stays float (integer kernel with float output)."""
+    return rule.float_output_ok and node.output[0] in index.graph_outputs
+
+
+def _plan_tensors(
+    node,
+    rule: OpRule,
+    plan: NodePlan,
+    index: GraphIndex,
+    ranges: Ranges,
+    precision: dict[str, str],
+    tensors: dict[str, TensorParams],
+    config: QuantConfig,
+) -> None:  # noqa: ANN001
+    act = config.activation_type
+    sym = config.symmetric_activations
+
+    def activation(name: str) -> TensorParams:
+        if name in tensors:
+            return tensors[name]
+        producer = index.producer.get(name)
+        prule = rule_for(producer) if producer is not None else None
+        if prule is not None and precision.get(producer.name) == INT8:
+            if prule.kind is Kind.SHARED:
+                src = activation(producer.input[0])
+                params = TensorParams(
+                    "activation", src.dtype, list(src.scale), list(src.zero_point), None, src.range
+                )
+                tensors[name] = params
+                return params
+            if prule.kind is Kind.FIXED and prule.fixed_range is not None:
+                lo, hi = prule.fixed_range
+                scale, zp = calculate_qparams(lo, hi, act, sym)
+                tensors[name] = TensorParams("activation", act, [float(scale)], [int(zp)], None, [lo, hi])
+                return tensors[name]
+        lo, hi = ranges.ranges[name]
+        scale, zp = calculate_qparams(lo, hi, act, sym)
+        tensors[name] = TensorParams("activation", act, [float(scale)], [int(zp)], None, [lo, hi])
+        return tensors[name]
+
+    def constant(name: str) -> None:
+        if name in tensors:
+            return
+        values = index.array(name)
+        lo, hi = float(np.min(values, initial=0.0)), float(np.max(values, initial=0.0))
+        scale, zp = calculate_qparams(lo, hi, act, sym)
+        tensors[name] = TensorParams("constant", act, [float(scale)], [int(zp)], None, [lo, hi])
+
+    if rule.kind is Kind.ABSORBED:
+        activation(node.output[0])
+        plan.quantized_outputs.append(node.output[0])
+        return
+
+    weight_name = None
+    if rule.weight_input is not None and rule.weight_input < len(node.input):
+        candidate = node.input[rule.weight_input]
+        if candidate in index.initializers:
+            weight_name = candidate
+
+    for i in activation_input_indices(rule, node):
+        name = node.input[i]
+        if name == weight_name:
+            continue
+        if name in index.initializers:
+            constant(name)
+        else:
+            activation(name)
+        plan.quantized_inputs.append(name)
+
+    if weight_name is not None:
+        if weight_name not in tensors:
+            w = index.array(weight_name)
+            axis = rule.weight_axis(node, index) if config.per_channel else None
+            tensors[weight_name] = TensorParams.for_weight(w, axis)
+        plan.quantized_inputs.append(weight_name)
+        bias_i = rule.bias_input
+        if bias_i is not None and bias_i < len(node.input) and node.input[bias_i] in index.initializers:
+            bias = node.input[bias_i]
+            in_scale = np.float32(tensors[node.input[0]].scale[0])
+            w_scale = np.asarray(tensors[weight_name].scale, dtype=np.float32)
+            b_scale = (in_scale * w_scale).astype(np.float32)
+            if bias not in tensors:
+                tensors[bias] = TensorParams(
+                    "bias",
+                    QType.INT32,
+                    b_scale.tolist(),
+                    [0] * b_scale.size,
+                    0 if b_scale.size > 1 else None,
+                )
+            plan.quantized_inputs.append(bias)
+
+    # Outputs: quantized unless a consumer absorbs them or the kernel may return float.
+    out = node.output[0]
+    consumers = index.consumers[out]
+    absorbed = (
+        len(consumers) == 1
+        and precision.get(consumers[0].name) == INT8
+        and (rule_for(consumers[0]) is not None and rule_for(consumers[0]).kind is Kind.ABSORBED)
+    )
+    if absorbed:
+        return
+    if rule.float_output_ok:
+        if out in index.graph_outputs:
+            return
+        feeds_int8 = any(
+            precision.get(c.name) == INT8
+            and out in [c.input[i] for i in activation_input_indices(rule_for(c), c)]
+            for c in consumers
+            if rule_for(c) is not None
+        )
+        if not feeds_int8:
+            return
+    activation(out)
+    plan.quantized_outputs.append(out)
