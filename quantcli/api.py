@@ -15,9 +15,10 @@ from quantcli.calibration.data import InputSpec, iter_samples, read_labels, spli
 from quantcli.errors import UnsupportedModelError, UsageError
 from quantcli.model_io import check_output_path, load_model, serialize_model, write_model_bytes
 from quantcli.preprocess import preprocess
+from quantcli.quantize import MODES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
 from quantcli.quantize.params import QType
-from quantcli.quantize.plan import FLOAT, MODES, NodePlan, QuantConfig, QuantPlan
+from quantcli.quantize.plan import FLOAT, NodePlan, QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
 from quantcli.quantize.weights import plan_weights_int8

@@ -13,7 +13,7 @@ import click
 
 from quantcli import __version__
 from quantcli.errors import ExitCode, QuantcliError
-from quantcli.quantize.plan import MODES
+from quantcli.quantize import MODES
 
 _PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
 
@@ -139,6 +139,7 @@ def convert(
         from quantcli.api import ConvertOptions
         from quantcli.api import convert as run_convert
         from quantcli.quantize.params import QType
+        from quantcli.report.convert import convert_to_dict, render_convert
 
         options = ConvertOptions(
             model=model,
@@ -157,9 +158,9 @@ def convert(
         with _progress(enabled=not quiet and not json_output) as progress:
             result = run_convert(options, progress=progress)
         if json_output:
-            report.render_json(report.convert_to_dict(result))
+            report.render_json(convert_to_dict(result))
         else:
-            report.render_convert(result, rich_output=sys.stdout.isatty())
+            render_convert(result, rich_output=sys.stdout.isatty())
         return int(ExitCode.OK)
 
     _run("convert", json_output, debug, body)

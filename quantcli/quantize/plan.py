@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from quantcli.errors import BadPlanError
+from quantcli.quantize import MODES
 from quantcli.quantize.params import QType, weight_qparams
 
 PLAN_SCHEMA_VERSION = 1
@@ -22,7 +23,6 @@ INT8 = "int8"
 FP16 = "fp16"
 FLOAT = "float"
 PRECISIONS = (INT8, FP16, FLOAT)
-MODES = ("static", "dynamic", "weights-int8", "fp16")
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,13 @@
-"""Rendering of result dataclasses to rich tables, plain text or JSON; computes nothing.
-
-All output goes through `out()` (results, stdout) and `err()` (logs and progress, stderr).
-"""
+"""Rendering of a ConvertResult: rich table, plain text, or the `convert --json` object."""
 
 from __future__ import annotations
 
-import json
-import math
-import sys
 from collections import Counter
 from typing import Any
 
 from quantcli import __version__
 from quantcli.api import ConvertResult
-
-SCHEMA_VERSION = 1
+from quantcli.report import SCHEMA_VERSION, number, out
 
 PRECISION_LABEL = {
     "static": "in INT8",
@@ -22,25 +15,6 @@ PRECISION_LABEL = {
     "weights-int8": "with INT8 weights (float compute)",
     "fp16": "in FP16",
 }
-
-
-def out(text: str) -> None:
-    sys.stdout.write(text + ("\n" if not text.endswith("\n") else ""))
-    sys.stdout.flush()
-
-
-def err(text: str) -> None:
-    sys.stderr.write(text + ("\n" if not text.endswith("\n") else ""))
-    sys.stderr.flush()
-
-
-def _num(x: float | None) -> float | str | None:
-    """JSON has no infinity: +inf becomes the string "inf"."""
-    if x is None:
-        return None
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
 
 
 def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
@@ -80,7 +54,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
                     "cosine_min": o.cosine_min,
                     "max_abs_error": o.max_abs_error,
                     "mean_abs_error": o.mean_abs_error,
-                    "sqnr_db": _num(o.sqnr_db),
+                    "sqnr_db": number(o.sqnr_db),
                     "top1_agreement": o.top1_agreement,
                 }
                 for o in a.outputs
@@ -89,10 +63,6 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         "warnings": r.warnings,
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
     }
-
-
-def render_json(data: dict[str, Any]) -> None:
-    out(json.dumps(data, indent=2, allow_nan=False))
 
 
 def _pct(x: float | None) -> str:
