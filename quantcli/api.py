@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
 
-from quantcli.calibration.collect import Ranges, collect_ranges, make_session
+from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_ranges, make_session
 from quantcli.calibration.data import InputSpec, iter_samples, read_labels, split_samples
 from quantcli.errors import UnsupportedModelError, UsageError
 from quantcli.model_io import check_output_path, load_model, serialize_model, write_model_bytes
@@ -40,6 +40,7 @@ class ConvertOptions:
     eval_samples: int | None = None
     per_channel: bool = True
     activation_type: QType = QType.UINT8
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     keep_io_types: bool = True
     save_plan: Path | None = None
     plan: Path | None = None
@@ -68,6 +69,7 @@ class ConvertResult:
     agreement: Agreement | None
     eval_source: str
     calibration_samples: int
+    calib_method: str
     preprocess_applied: list[str] = field(default_factory=list)
     preprocess_notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -115,6 +117,7 @@ def convert(
     config = QuantConfig(
         per_channel=options.per_channel,
         activation_type=options.activation_type,
+        calib_method=options.calibration.method.value,
         keep_io_types=options.keep_io_types,
     )
     replayed = plan is not None
@@ -126,10 +129,16 @@ def convert(
     elif options.mode in ("static", None):
         t = time.perf_counter()
         total = len(split.calib)
+
+        def report_progress(group: int, groups: int, done: int) -> None:
+            label = "calibrating" + (f" (pass {group + 1} of {groups})" if groups > 1 else "")
+            progress(label, done, total)
+
         ranges: Ranges = collect_ranges(
             model,
-            iter_samples(split.calib, specs),
-            progress=(lambda k: progress("calibrating", k, total)) if progress else None,
+            lambda: iter_samples(split.calib, specs),
+            replace(options.calibration, symmetric=options.activation_type is QType.INT8),
+            progress=report_progress if progress else None,
         )
         seconds["calibrate"] = time.perf_counter() - t
         plan = plan_static(model, ranges, config)
@@ -185,6 +194,7 @@ def convert(
         agreement=agreement,
         eval_source=split.eval_source,
         calibration_samples=plan.calibration_samples,
+        calib_method=plan.config.calib_method,
         preprocess_applied=applied,
         preprocess_notes=notes,
         seconds=seconds,

@@ -89,6 +89,30 @@ def main() -> None:
     help="Held-out samples (+ labels.npy) for the accuracy report [default: the last 20% of --calib, not used to calibrate].",
 )
 @click.option("--eval-samples", type=click.IntRange(min=1), help="Use the first N evaluation samples.")
+@click.option(
+    "--calib-method",
+    type=click.Choice(["minmax", "entropy", "percentile", "mse"]),
+    default="minmax",
+    show_default=True,
+    help="How activation ranges are chosen from the calibration statistics.",
+)
+@click.option(
+    "--percentile",
+    type=click.FloatRange(min=50.0, max=100.0, min_open=True),
+    default=99.99,
+    show_default=True,
+    help="--calib-method percentile: the share of values kept inside the range.",
+)
+@click.option(
+    "--calib-bins", type=click.IntRange(min=128), default=2048, show_default=True, help="Histogram bins."
+)
+@click.option(
+    "--calib-memory",
+    type=click.IntRange(min=16),
+    default=1024,
+    show_default=True,
+    help="MB of activations one calibration pass may hold; more tensors take more passes.",
+)
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
 @click.option(
     "--activation-type",
@@ -118,6 +142,10 @@ def convert(
     calib_samples: int,
     eval_dir: Path | None,
     eval_samples: int | None,
+    calib_method: str,
+    percentile: float,
+    calib_bins: int,
+    calib_memory: int,
     per_tensor: bool,
     activation_type: str,
     keep_io_types: bool,
@@ -138,6 +166,8 @@ def convert(
         from quantcli import report
         from quantcli.api import ConvertOptions
         from quantcli.api import convert as run_convert
+        from quantcli.calibration.collect import CalibrationConfig
+        from quantcli.calibration.ranges import CalibMethod
         from quantcli.quantize.params import QType
         from quantcli.report.convert import convert_to_dict, render_convert
 
@@ -151,6 +181,12 @@ def convert(
             eval_samples=eval_samples,
             per_channel=not per_tensor,
             activation_type=QType(activation_type),
+            calibration=CalibrationConfig(
+                method=CalibMethod(calib_method),
+                bins=calib_bins,
+                percentile=percentile,
+                memory_budget_bytes=calib_memory * 2**20,
+            ),
             keep_io_types=keep_io_types,
             save_plan=save_plan,
             plan=plan_path,

@@ -50,7 +50,8 @@ def matmul_model() -> onnx.ModelProto:
 
 def quantize(model: onnx.ModelProto, x: np.ndarray) -> tuple[QuantPlan, onnx.ModelProto]:
     pre = preprocess(model).model
-    ranges = collect_ranges(pre, [{"x": x[i : i + 1]} for i in range(len(x))] if x.ndim == 4 else [{"x": x}])
+    samples = [{"x": x[i : i + 1]} for i in range(len(x))] if x.ndim == 4 else [{"x": x}]
+    ranges = collect_ranges(pre, lambda: samples)
     plan = plan_static(pre, ranges, QuantConfig())
     return plan, rewrite_qdq(pre, plan)
 

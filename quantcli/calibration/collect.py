@@ -1,4 +1,4 @@
-"""Run the float model in onnxruntime, one sample at a time, and observe activation ranges."""
+"""Run the float model in onnxruntime over the calibration samples and observe activation ranges."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from quantcli.calibration.observers import MinMaxObserver
+from quantcli.calibration.observers import DEFAULT_BINS
+from quantcli.calibration.ranges import CalibMethod, compute_range, make_observer
 from quantcli.errors import UnsupportedModelError
 from quantcli.model_io import serialize_model
 
@@ -70,40 +71,155 @@ def _session(ort, source: str | bytes, opts):  # noqa: ANN001, ANN202
         raise UnsupportedModelError(f"onnxruntime cannot load the model: {first}") from exc
 
 
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How activations are observed and their ranges chosen."""
+
+    method: CalibMethod = CalibMethod.MINMAX
+    bins: int = DEFAULT_BINS
+    percentile: float = 99.99
+    symmetric: bool = False
+    memory_budget_bytes: int = 1 << 30
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], not {self.percentile}")
+
+
+SampleSource = Callable[[], Iterable[dict[str, np.ndarray]]]
+
+
 def collect_ranges(
     model: onnx.ModelProto,
-    samples: Iterable[dict[str, np.ndarray]],
+    samples: SampleSource,
+    config: CalibrationConfig | None = None,
     *,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> Ranges:
-    """Stream samples through the model with every float tensor exposed; keep only min/max."""
+    """Stream samples through the model with float tensors exposed as outputs; keep statistics only.
+
+    `samples()` yields one sample at a time and is called once per pass. Tensors are exposed in
+    groups whose estimated size per sample fits the memory budget: one pass when everything fits,
+    several passes over the samples otherwise. A model whose inputs have a free batch axis runs
+    `batch_size` samples at a time.
+    """
+    config = config or CalibrationConfig()
     names = float_tensors(model)
-    # Expose every candidate as a graph output just long enough to build the session; the model
-    # is restored after, so no second copy of its weights is made.
+    groups = tensor_groups(model, names, config.memory_budget_bytes // max(1, config.batch_size))
+    observers = {n: make_observer(config.method, config.bins) for n in names}
+    batch = config.batch_size if _has_free_batch_axis(model) else 1
+    count = 0
+    for g, group in enumerate(groups):
+        session = _exposing_session(model, group)
+        out_names = [o.name for o in session.get_outputs()]
+        count = 0
+        for feeds, n in _batches(samples(), batch):
+            results = [_run(session, out_names, feeds, strict=n == 1)]
+            if results[0] is None:  # the batch axis is not really free: one sample at a time from now on
+                batch = 1
+                results = [_run(session, out_names, one, strict=True) for one in _split(feeds, n)]
+            for values in results:
+                for name, value in zip(out_names, values, strict=True):
+                    obs = observers.get(name)
+                    if obs is not None and isinstance(value, np.ndarray) and value.dtype == np.float32:
+                        obs.update(value)
+            count += n
+            if progress is not None:
+                progress(g, len(groups), count)
+        del session
+    ranges = {
+        n: compute_range(o, config.method, symmetric=config.symmetric, percentile=config.percentile)
+        for n, o in observers.items()
+        if o.count
+    }
+    return Ranges(ranges, count, config.method.value)
+
+
+def tensor_groups(model: onnx.ModelProto, names: list[str], budget: int) -> list[list[str]]:
+    """Split `names` into groups whose estimated bytes per sample stay under `budget`."""
+    sizes = _estimated_bytes(model)
+    groups: list[list[str]] = [[]]
+    used = 0
+    for name in names:
+        size = sizes.get(name, 0)
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(name)
+        used += size
+    return groups
+
+
+def _estimated_bytes(model: onnx.ModelProto) -> dict[str, int]:
+    """Bytes of one sample of each tensor, from the inferred shapes (free dimensions count as 1)."""
+    out = {}
+    for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        n = 1
+        for d in tt.shape.dim:
+            n *= d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
+        out[vi.name] = 4 * n
+    return out
+
+
+def _exposing_session(model: onnx.ModelProto, names: list[str]):  # noqa: ANN202
+    # Expose the tensors as graph outputs just long enough to build the session; the model is
+    # restored after, so no second copy of its weights is made.
     n_outputs = len(model.graph.output)
     existing = {o.name for o in model.graph.output}
     try:
         for name in names:
             if name not in existing:
                 model.graph.output.append(onnx.ValueInfoProto(name=name))
-        session = make_session(model)
+        return make_session(model)
     finally:
         del model.graph.output[n_outputs:]
-    out_names = [o.name for o in session.get_outputs()]
-    observers = {n: MinMaxObserver() for n in names}
-    count = 0
+
+
+def _has_free_batch_axis(model: onnx.ModelProto) -> bool:
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    for vi in inputs:
+        dims = vi.type.tensor_type.shape.dim
+        if not dims or (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            return False
+    return bool(inputs)
+
+
+def _batches(samples: Iterable[dict[str, np.ndarray]], size: int):  # noqa: ANN202
+    """Concatenate up to `size` consecutive samples along axis 0; yields (feeds, sample count)."""
+    pending: list[dict[str, np.ndarray]] = []
     for feeds in samples:
-        try:
-            values = session.run(out_names, feeds)
-        except Exception as exc:  # noqa: BLE001
-            raise UnsupportedModelError(
-                f"onnxruntime failed running a calibration sample: {str(exc).splitlines()[0]}"
-            ) from exc
-        for name, value in zip(out_names, values, strict=True):
-            obs = observers.get(name)
-            if obs is not None and isinstance(value, np.ndarray) and value.dtype == np.float32:
-                obs.update(value)
-        count += 1
-        if progress is not None:
-            progress(count)
-    return Ranges({n: o.range() for n, o in observers.items() if o.count}, count)
+        pending.append(feeds)
+        if len(pending) == size:
+            yield _concat(pending), len(pending)
+            pending = []
+    if pending:
+        yield _concat(pending), len(pending)
+
+
+def _concat(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(items) == 1:
+        return items[0]
+    return {k: np.concatenate([it[k] for it in items]) for k in items[0]}
+
+
+def _split(feeds: dict[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
+    if n == 1:
+        return [feeds]
+    return [{k: v[i : i + 1] for k, v in feeds.items()} for i in range(n)]
+
+
+def _run(session, out_names: list[str], feeds: dict[str, np.ndarray], strict: bool):  # noqa: ANN001, ANN202
+    """The session's outputs; None for a failed batched run (strict=False), an error otherwise."""
+    try:
+        return session.run(out_names, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        if not strict:
+            return None
+        raise UnsupportedModelError(
+            f"onnxruntime failed running a calibration sample: {str(exc).strip().splitlines()[0]}"
+        ) from exc

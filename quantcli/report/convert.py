@@ -39,6 +39,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
             for n in r.nodes
         ],
         "calibration_samples": r.calibration_samples,
+        "calib_method": r.calib_method if r.calibration_samples else None,
         "preprocess": {"applied": r.preprocess_applied, "notes": r.preprocess_notes},
         "accuracy": None
         if a is None
@@ -81,7 +82,7 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
         ),
     ]
     if r.calibration_samples:
-        rows.append(("calibration", f"{r.calibration_samples} samples, MinMax"))
+        rows.append(("calibration", f"{r.calibration_samples} samples, {r.calib_method}"))
     a = r.agreement
     if a is None:
         rows.append(("accuracy", "not measured (no evaluation samples: pass --eval DIR)"))

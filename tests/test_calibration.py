@@ -1,0 +1,190 @@
+"""Observers and calibration methods against direct, non-streaming reference computations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+from conftest import DATA, ROOT, SAMPLES
+
+from quantcli.calibration.collect import CalibrationConfig, collect_ranges, tensor_groups
+from quantcli.calibration.data import InputSpec, iter_samples, list_samples
+from quantcli.calibration.observers import HistogramObserver, MinMaxObserver
+from quantcli.calibration.ranges import CalibMethod, abs_histogram, compute_range, entropy_threshold
+from quantcli.preprocess import preprocess
+
+
+def growing_stream(n: int = 500, seed: int = 0) -> list[np.ndarray]:
+    """500 batches whose spread grows 100x along the way, with a positive skew."""
+    rng = np.random.default_rng(seed)
+    scales = np.geomspace(0.05, 5.0, n)
+    return [(rng.standard_normal(256) * s + 0.3 * s).astype(np.float32) for s in scales]
+
+
+def test_histogram_stream_keeps_all_mass_and_exact_extremes() -> None:
+    stream = growing_stream()
+    h = HistogramObserver(2048)
+    for x in stream:
+        h.update(x)
+    allx = np.concatenate(stream)
+    assert h.counts.sum() == allx.size
+    assert (h.min, h.max) == (float(allx.min()), float(allx.max()))
+    assert h.lo <= allx.min() and h.hi >= allx.max()
+    # Each value sits in the bin its value says (merging is exact): compare the CDF at bin edges.
+    edges = h.edges()
+    ref = np.histogram(allx, bins=edges)[0]
+    np.testing.assert_array_equal(h.counts, ref)
+
+
+@pytest.mark.parametrize("p", [99.0, 99.9, 99.99])
+def test_percentile_matches_numpy_within_one_bin(p: float) -> None:
+    stream = growing_stream()
+    h = HistogramObserver(2048)
+    for x in stream:
+        h.update(x)
+    allx = np.concatenate(stream)
+    lo, hi = compute_range(h, CalibMethod.PERCENTILE, percentile=p)
+    assert abs(hi - np.percentile(allx, p)) <= h.width
+    assert abs(lo - np.percentile(allx, 100 - p)) <= h.width
+    # Symmetric: percentile of |x|.
+    lo_s, hi_s = compute_range(h, CalibMethod.PERCENTILE, percentile=p, symmetric=True)
+    assert abs(hi_s - np.percentile(np.abs(allx), p)) <= 2 * h.width
+    assert lo_s == pytest.approx(max(-hi_s, float(allx.min())))
+
+
+def reference_kl_threshold(values: np.ndarray, bins: int = 2048, levels: int = 128) -> float:
+    """TensorRT's entropy calibration written out plainly, on all values at once."""
+    hist, edges = np.histogram(np.abs(values), bins=bins, range=(0, np.abs(values).max()))
+    best, best_kl = bins, np.inf
+    for i in range(levels, bins + 1, 4):
+        p = hist[:i].astype(np.float64)
+        p[i - 1] += hist[i:].sum()
+        q = np.zeros(i)
+        for j in range(levels):
+            start, stop = (j * i) // levels, ((j + 1) * i) // levels
+            chunk = hist[start:stop]
+            nonzero = p[start:stop] > 0
+            if nonzero.any():
+                q[start:stop][nonzero] = chunk.sum() / nonzero.sum()
+        p, q = p / p.sum(), q / q.sum()
+        m = p > 0
+        kl = np.sum(p[m] * np.log(p[m] / np.maximum(q[m], 1e-12)))
+        if kl < best_kl:
+            best, best_kl = i, kl
+    return best * (edges[1] - edges[0])
+
+
+def test_entropy_threshold_for_gaussian_with_outliers() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(200_000).astype(np.float32)
+    x[:20] = rng.uniform(20, 40, 20)  # rare outliers stretch the range 5x
+    ref = reference_kl_threshold(x)
+    h = HistogramObserver(2048)
+    for chunk in np.array_split(x[::-1], 100):  # streamed, outliers arriving last
+        h.update(chunk)
+    t = entropy_threshold(*abs_histogram(h), levels=128)
+    assert 2.0 < ref < 10.0  # clips the outliers, keeps the Gaussian body
+    assert abs(t - ref) <= 0.03 * ref + 4 * h.width
+
+
+def test_mse_range_is_near_the_best_clipping_on_raw_data() -> None:
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.laplace(size=100_000), rng.uniform(15, 30, 10)]).astype(np.float32)
+    h = HistogramObserver(2048)
+    for chunk in np.array_split(x, 50):
+        h.update(chunk)
+    lo, hi = compute_range(h, CalibMethod.MSE)
+
+    def qdq_mse(lo: float, hi: float) -> float:
+        scale = (hi - lo) / 255
+        zp = np.round(-lo / scale)
+        q = np.clip(np.round(x / scale) + zp, 0, 255)
+        return float(np.mean((x - (q - zp) * scale) ** 2))
+
+    grid = [qdq_mse(a * x.min(), a * x.max()) for a in np.linspace(0.05, 1, 200)]
+    assert qdq_mse(lo, hi) <= 1.05 * min(grid)
+    assert qdq_mse(lo, hi) < 0.9 * qdq_mse(float(x.min()), float(x.max()))  # better than MinMax
+
+
+def test_minmax_is_the_observed_range() -> None:
+    obs = MinMaxObserver()
+    for x in growing_stream(20):
+        obs.update(x)
+    assert compute_range(obs, CalibMethod.MINMAX) == obs.range()
+
+
+def cnn_model_and_samples(n: int = 24):
+    model = preprocess(onnx.load(SAMPLES / "digits_cnn.onnx")).model
+    specs = InputSpec.from_model(model)
+    files = list_samples(DATA / "digits_cnn" / "calib")[:n]
+    return model, lambda: iter_samples(files, specs)
+
+
+def test_memory_budget_splits_passes_without_changing_ranges() -> None:
+    model, samples = cnn_model_and_samples()
+    one = collect_ranges(model, samples, CalibrationConfig(method=CalibMethod.PERCENTILE))
+    tiny = CalibrationConfig(method=CalibMethod.PERCENTILE, memory_budget_bytes=16 * 1024)
+    groups = tensor_groups(model, list(one.ranges), tiny.memory_budget_bytes // tiny.batch_size)
+    assert len(groups) > 3
+    passes = []
+    several = collect_ranges(model, samples, tiny, progress=lambda g, n, k: passes.append(n))
+    assert set(passes) == {len(groups)}
+    assert several.ranges == one.ranges and several.samples == one.samples == 24
+
+
+def test_batched_and_single_sample_runs_agree() -> None:
+    model, samples = cnn_model_and_samples()
+    batched = collect_ranges(model, samples, CalibrationConfig(batch_size=8))
+    single = collect_ranges(model, samples, CalibrationConfig(batch_size=1))
+    assert batched.ranges.keys() == single.ranges.keys()
+    for k in batched.ranges:
+        np.testing.assert_allclose(batched.ranges[k], single.ranges[k], rtol=1e-5, atol=1e-6)
+
+
+PEAK_CHILD = """
+import numpy as np, sys, json
+from pathlib import Path
+from quantcli.calibration.collect import CalibrationConfig, collect_ranges
+from quantcli.calibration.data import InputSpec, iter_samples, list_samples
+from quantcli.calibration.ranges import CalibMethod
+from quantcli.preprocess import preprocess
+import onnx
+model = preprocess(onnx.load(sys.argv[1])).model
+files = list_samples(Path(sys.argv[2]))[: int(sys.argv[3])]
+specs = InputSpec.from_model(model)
+r = collect_ranges(model, lambda: iter_samples(files, specs), CalibrationConfig(method=CalibMethod.ENTROPY))
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(json.dumps({"samples": r.samples, "peak_kib": int(hwm)}))
+"""
+
+
+def test_peak_memory_does_not_grow_with_samples(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    for i in range(500):
+        np.savez(tmp_path / f"s{i:03d}.npz", input=rng.random((1, 1, 8, 8), dtype=np.float32))
+    peaks = {}
+    for n in (100, 500):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(PEAK_CHILD),
+                str(SAMPLES / "digits_vit.onnx"),
+                str(tmp_path),
+                str(n),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert data["samples"] == n
+        peaks[n] = data["peak_kib"]
+    assert peaks[500] <= 1.1 * peaks[100], peaks
