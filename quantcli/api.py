@@ -11,7 +11,8 @@ from pathlib import Path
 import onnx
 
 from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_ranges, make_session
-from quantcli.calibration.data import InputSpec, iter_samples, read_labels, split_samples
+from quantcli.calibration.data import InputSpec, iter_samples, split_samples
+from quantcli.calibration.images import ImagePreprocess
 from quantcli.errors import UnsupportedModelError, UsageError
 from quantcli.model_io import check_output_path, load_model, serialize_model, write_model_bytes
 from quantcli.preprocess import preprocess
@@ -41,6 +42,8 @@ class ConvertOptions:
     per_channel: bool = True
     activation_type: QType = QType.UINT8
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    calib_layout: str = "auto"
+    calib_preprocess: ImagePreprocess | None = None
     keep_io_types: bool = True
     save_plan: Path | None = None
     plan: Path | None = None
@@ -110,8 +113,14 @@ def convert(
     del source  # the preprocessed copy is all that is needed from here on
     model = pre.model
     specs = InputSpec.from_model(model)
-    split = split_samples(options.calib, options.calib_samples, options.eval, options.eval_samples)
-    labels = read_labels(split.eval_dir, split.eval) if split.eval_dir and split.eval else None
+    split = split_samples(
+        options.calib,
+        options.calib_samples,
+        options.eval,
+        options.eval_samples,
+        layout=options.calib_layout,
+        preprocess=options.calib_preprocess,
+    )
     seconds["preprocess"] = time.perf_counter() - t0
 
     config = QuantConfig(
@@ -136,7 +145,7 @@ def convert(
 
         ranges: Ranges = collect_ranges(
             model,
-            lambda: iter_samples(split.calib, specs),
+            lambda: iter_samples(split.calib, specs, options.calib_preprocess),
             replace(options.calibration, symmetric=options.activation_type is QType.INT8),
             progress=report_progress if progress else None,
         )
@@ -177,7 +186,9 @@ def convert(
     agreement = None
     if split.eval:
         reference = make_session(Path(options.model))
-        agreement = compare_sessions(reference, candidate, iter_samples(split.eval, specs), labels)
+        agreement = compare_sessions(
+            reference, candidate, iter_samples(split.eval, specs, options.calib_preprocess), split.eval_labels
+        )
     seconds["verify"] = time.perf_counter() - t
 
     output_bytes = write_model_bytes(quantized_bytes, options.output)

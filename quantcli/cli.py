@@ -90,6 +90,20 @@ def main() -> None:
 )
 @click.option("--eval-samples", type=click.IntRange(min=1), help="Use the first N evaluation samples.")
 @click.option(
+    "--calib-layout",
+    type=click.Choice(["auto", "per-file", "batched"]),
+    default="auto",
+    show_default=True,
+    help="per-file: one sample per .npz/.npy; batched: arrays with a leading sample axis "
+    "(auto: batched when the directory holds only batch.npz).",
+)
+@click.option(
+    "--calib-preprocess",
+    metavar="SPEC",
+    help="How to turn image files into model input, e.g. "
+    "'resize=256,crop=224,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,layout=NCHW,scale=1/255'.",
+)
+@click.option(
     "--calib-method",
     type=click.Choice(["minmax", "entropy", "percentile", "mse"]),
     default="minmax",
@@ -142,6 +156,8 @@ def convert(
     calib_samples: int,
     eval_dir: Path | None,
     eval_samples: int | None,
+    calib_layout: str,
+    calib_preprocess: str | None,
     calib_method: str,
     percentile: float,
     calib_bins: int,
@@ -167,6 +183,7 @@ def convert(
         from quantcli.api import ConvertOptions
         from quantcli.api import convert as run_convert
         from quantcli.calibration.collect import CalibrationConfig
+        from quantcli.calibration.images import ImagePreprocess
         from quantcli.calibration.ranges import CalibMethod
         from quantcli.quantize.params import QType
         from quantcli.report.convert import convert_to_dict, render_convert
@@ -187,6 +204,8 @@ def convert(
                 percentile=percentile,
                 memory_budget_bytes=calib_memory * 2**20,
             ),
+            calib_layout=calib_layout,
+            calib_preprocess=ImagePreprocess.parse(calib_preprocess) if calib_preprocess else None,
             keep_io_types=keep_io_types,
             save_plan=save_plan,
             plan=plan_path,

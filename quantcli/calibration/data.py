@@ -1,8 +1,12 @@
-"""Sample readers: a directory of .npz files (one array per model input) or .npy files.
+"""Sample readers. Three layouts of a directory, chosen by `layout` ("auto" looks at the files):
 
-One sample per file; arrays are named as the model's inputs (a single-input model may use .npy).
-`labels.npy` beside the samples holds the true labels, in the sorted order of the file names.
-Every problem is a BadDataError naming the file.
+- per-file (default): one sample per `.npz` file, one array per model input named as the input
+  (a single-input model may use `.npy` files);
+- batched (`layout="batched"`, or a directory holding only `batch.npz`): every `.npz` file's arrays
+  carry a leading sample axis; sample i is row i (kept as a batch axis of 1);
+- images (`.png`/`.jpg`/...): decoded and preprocessed as declared (calibration/images.py).
+`labels.npy` beside the samples holds the true labels, in sample order (sorted file names, then
+rows). Every problem is a BadDataError naming the file (and row).
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from quantcli.calibration.images import IMAGE_SUFFIXES, ImagePreprocess
 from quantcli.errors import BadDataError
 
 LABELS_FILE = "labels.npy"
+BATCH_FILE = "batch.npz"
+LAYOUTS = ("auto", "per-file", "batched")
 
 _ONNX_TO_NUMPY = {
     onnx.TensorProto.FLOAT: np.float32,
@@ -95,7 +102,7 @@ def read_sample(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
     return feeds
 
 
-def validate_sample(path: Path, feeds: dict[str, np.ndarray], specs: list[InputSpec]) -> None:
+def validate_sample(path: Path | str, feeds: dict[str, np.ndarray], specs: list[InputSpec]) -> None:
     expected = {s.name for s in specs}
     if set(feeds) != expected:
         missing = sorted(expected - set(feeds))
@@ -135,14 +142,86 @@ def _shape_text(shape: tuple[int | str | None, ...]) -> str:
     return "[" + ", ".join(str(d) if d not in (None, 0) else "?" for d in shape) + "]"
 
 
-def iter_samples(files: list[Path], specs: list[InputSpec]) -> Iterator[dict[str, np.ndarray]]:
-    """Yield one validated sample at a time; nothing is kept in memory between samples."""
+@dataclass(frozen=True, order=True)
+class SampleRef:
+    """One sample: a file, and for batched files the row in it."""
+
+    path: Path
+    row: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}[{self.row}]" if self.row is not None else str(self.path)
+
+
+def find_samples(
+    directory: str | Path, *, layout: str = "auto", preprocess: ImagePreprocess | None = None
+) -> list[SampleRef]:
+    """Every sample of a directory, in order; raises BadDataError for a missing/empty/mixed one."""
+    d = Path(directory)
+    if not d.is_dir():
+        list_samples(d)  # raises the right error for a missing path or a file
+    images = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    arrays = [
+        p for p in d.iterdir() if p.is_file() and p.suffix in (".npz", ".npy") and p.name != LABELS_FILE
+    ]
+    if images and arrays:
+        raise BadDataError(f"{d}: mixes images and .npz/.npy samples; use one format")
+    if images:
+        if preprocess is None:
+            raise BadDataError(f"{d}: holds images: declare their preprocessing with --calib-preprocess")
+        return [SampleRef(p) for p in images]
+    files = list_samples(d)
+    batched = layout == "batched" or (layout == "auto" and [p.name for p in files] == [BATCH_FILE])
+    if not batched:
+        return [SampleRef(p) for p in files]
+    refs = []
     for path in files:
-        yield read_sample(path, specs)
+        if path.suffix != ".npz":
+            raise BadDataError(f"{path}: batched samples must be .npz files")
+        rows = {k: v.shape[0] if v.ndim else 0 for k, v in _read_npz(path).items()}
+        if len(set(rows.values())) != 1 or 0 in rows.values():
+            raise BadDataError(
+                f"{path}: batched arrays need the same non-empty leading sample axis, got {rows}"
+            )
+        refs += [SampleRef(path, i) for i in range(next(iter(rows.values())))]
+    return refs
 
 
-def read_labels(directory: Path, files: list[Path]) -> np.ndarray | None:
-    """Labels for `files` (by their position in the sorted directory), or None if absent."""
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise BadDataError(f"{path}: cannot read sample: {exc}") from exc
+
+
+def iter_samples(
+    items: list[Path] | list[SampleRef], specs: list[InputSpec], preprocess: ImagePreprocess | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield one validated sample at a time; a batched file is read once for all its rows."""
+    cached: tuple[Path, dict[str, np.ndarray]] | None = None
+    for item in items:
+        ref = item if isinstance(item, SampleRef) else SampleRef(Path(item))
+        if ref.row is not None:
+            if cached is None or cached[0] != ref.path:
+                cached = (ref.path, _read_npz(ref.path))
+            feeds = {k: v[ref.row : ref.row + 1] for k, v in cached[1].items()}
+            validate_sample(str(ref), feeds, specs)
+            yield feeds
+        elif ref.path.suffix.lower() in IMAGE_SUFFIXES:
+            if len(specs) != 1 or preprocess is None:
+                raise BadDataError(
+                    f"{ref.path}: image samples need a single-input model and --calib-preprocess"
+                )
+            feeds = {specs[0].name: preprocess.load(ref.path)}
+            validate_sample(str(ref), feeds, specs)
+            yield feeds
+        else:
+            yield read_sample(ref.path, specs)
+
+
+def read_labels(directory: Path, refs: list[SampleRef], all_refs: list[SampleRef]) -> np.ndarray | None:
+    """Labels of `refs` (by their position among all the directory's samples), or None if absent."""
     path = directory / LABELS_FILE
     if not path.exists():
         return None
@@ -150,24 +229,23 @@ def read_labels(directory: Path, files: list[Path]) -> np.ndarray | None:
         labels = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise BadDataError(f"{path}: cannot read labels: {exc}") from exc
-    all_files = list_samples(directory)
-    if labels.ndim != 1 or len(labels) != len(all_files):
+    if labels.ndim != 1 or len(labels) != len(all_refs):
         raise BadDataError(
-            f"{path}: expected a 1-D array of {len(all_files)} labels (one per sample file), "
-            f"got shape {list(labels.shape)}"
+            f"{path}: expected a 1-D array of {len(all_refs)} labels (one per sample), got shape {list(labels.shape)}"
         )
-    position = {p: i for i, p in enumerate(all_files)}
-    return labels[[position[p] for p in files]]
+    position = {r: i for i, r in enumerate(all_refs)}
+    return labels[[position[r] for r in refs]]
 
 
 @dataclass(frozen=True)
 class SampleSplit:
-    """Which files calibrate and which evaluate, and where the evaluation files came from."""
+    """Which samples calibrate and which evaluate, and where the evaluation samples came from."""
 
-    calib: list[Path]
-    eval: list[Path]
+    calib: list[SampleRef]
+    eval: list[SampleRef]
     eval_dir: Path | None
     eval_source: str
+    eval_labels: np.ndarray | None = None
 
 
 def split_samples(
@@ -175,28 +253,32 @@ def split_samples(
     calib_samples: int,
     eval_dir: Path | None,
     eval_samples: int | None,
+    *,
+    layout: str = "auto",
+    preprocess: ImagePreprocess | None = None,
 ) -> SampleSplit:
-    """Choose calibration and evaluation files.
+    """Choose calibration and evaluation samples, and the evaluation labels.
 
-    Without `eval_dir`, the last 20% of `calib_dir` (at least 1 file, at most 100) is held out
+    Without `eval_dir`, the last 20% of `calib_dir` (at least 1 sample, at most 100) is held out
     for evaluation and never used for calibration; calibration takes the first `calib_samples`
-    of the rest, in sorted order.
+    of the rest, in order.
     """
-    calib: list[Path] = []
-    evals: list[Path] = []
+    calib: list[SampleRef] = []
+    evals: list[SampleRef] = []
+    all_eval: list[SampleRef] = []
     source = "none"
     if calib_dir is not None:
-        files = list_samples(calib_dir)
-        if eval_dir is None and len(files) > 1:
-            held = min(100, max(1, len(files) // 5))
-            evals = files[-held:]
-            files = files[:-held]
+        refs = find_samples(calib_dir, layout=layout, preprocess=preprocess)
+        if eval_dir is None and len(refs) > 1:
+            held = min(100, max(1, len(refs) // 5))
+            all_eval, evals, refs = refs, refs[-held:], refs[:-held]
             source = f"{len(evals)} samples held out from {calib_dir}"
             eval_dir = calib_dir
-        calib = files[:calib_samples]
+        calib = refs[:calib_samples]
     if eval_dir is not None and not evals:
-        evals = list_samples(eval_dir)
+        all_eval = evals = find_samples(eval_dir, layout=layout, preprocess=preprocess)
         source = str(eval_dir)
     if eval_samples is not None:
         evals = evals[:eval_samples]
-    return SampleSplit(calib, evals, eval_dir, source)
+    labels = read_labels(eval_dir, evals, all_eval) if eval_dir is not None and evals else None
+    return SampleSplit(calib, evals, eval_dir, source, labels)
