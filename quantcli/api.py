@@ -43,6 +43,7 @@ class ConvertOptions:
     activation_type: QType = QType.UINT8
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     calib_layout: str = "auto"
+    weight_calibration: str = "minmax"
     calib_preprocess: ImagePreprocess | None = None
     keep_io_types: bool = True
     save_plan: Path | None = None
@@ -127,6 +128,7 @@ def convert(
         per_channel=options.per_channel,
         activation_type=options.activation_type,
         calib_method=options.calibration.method.value,
+        weight_calibration=options.weight_calibration,
         keep_io_types=options.keep_io_types,
     )
     replayed = plan is not None

@@ -127,6 +127,13 @@ def main() -> None:
     show_default=True,
     help="MB of activations one calibration pass may hold; more tensors take more passes.",
 )
+@click.option(
+    "--weight-calibration",
+    type=click.Choice(["minmax", "mse"]),
+    default="minmax",
+    show_default=True,
+    help="mse: clip each weight channel where its quantization error is smallest.",
+)
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
 @click.option(
     "--activation-type",
@@ -162,6 +169,7 @@ def convert(
     percentile: float,
     calib_bins: int,
     calib_memory: int,
+    weight_calibration: str,
     per_tensor: bool,
     activation_type: str,
     keep_io_types: bool,
@@ -205,6 +213,7 @@ def convert(
                 memory_budget_bytes=calib_memory * 2**20,
             ),
             calib_layout=calib_layout,
+            weight_calibration=weight_calibration,
             calib_preprocess=ImagePreprocess.parse(calib_preprocess) if calib_preprocess else None,
             keep_io_types=keep_io_types,
             save_plan=save_plan,

@@ -44,3 +44,21 @@ def test_quantization_error_is_at_most_half_a_step() -> None:
     q = quantize_array(x, scale, zp, QType.INT8, axis=0)
     back = q.astype(np.float64) * scale.reshape(-1, 1, 1, 1)
     assert np.all(np.abs(back - x) <= scale.reshape(-1, 1, 1, 1) / 2 + 1e-7)
+
+
+def test_mse_weight_clipping_never_worse_and_helps_with_outliers() -> None:
+    from quantcli.quantize.params import weight_qparams_mse
+
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(8, 256)).astype(np.float32)
+    w[:4, 0] = 12.0  # one outlier in half of the channels
+
+    def channel_errors(scale: np.ndarray) -> np.ndarray:
+        q = quantize_array(w, scale, np.zeros(8, np.int8), QType.INT8, axis=0)
+        return ((q * scale[:, None] - w) ** 2).sum(axis=1)
+
+    minmax, _ = weight_qparams(w, axis=0)
+    mse, zp = weight_qparams_mse(w, axis=0)
+    assert not zp.any() and mse.shape == (8,)
+    assert np.all(channel_errors(mse) <= channel_errors(minmax) + 1e-9)
+    assert np.all(channel_errors(mse)[:4] < 0.9 * channel_errors(minmax)[:4])

@@ -16,7 +16,7 @@ import numpy as np
 
 from quantcli.errors import BadPlanError
 from quantcli.quantize import MODES
-from quantcli.quantize.params import QType, weight_qparams
+from quantcli.quantize.params import QType, weight_qparams, weight_qparams_mse
 
 PLAN_SCHEMA_VERSION = 1
 INT8 = "int8"
@@ -32,9 +32,12 @@ class QuantConfig:
     per_channel: bool = True
     activation_type: QType = QType.UINT8
     calib_method: str = "minmax"
+    weight_calibration: str = "minmax"
     keep_io_types: bool = True
 
     def __post_init__(self) -> None:
+        if self.weight_calibration not in ("minmax", "mse"):
+            raise ValueError(f"weight calibration must be minmax or mse, not {self.weight_calibration}")
         if self.activation_type not in (QType.UINT8, QType.INT8):
             raise ValueError(f"activation type must be uint8 or int8, not {self.activation_type}")
 
@@ -56,9 +59,10 @@ class TensorParams:
     range: list[float] | None = None
 
     @classmethod
-    def for_weight(cls, w: np.ndarray, axis: int | None) -> TensorParams:
-        """INT8 symmetric parameters of a weight, per channel along `axis` (None: per tensor)."""
-        scale, zp = weight_qparams(w, axis)
+    def for_weight(cls, w: np.ndarray, axis: int | None, method: str = "minmax") -> TensorParams:
+        """INT8 symmetric parameters of a weight, per channel along `axis` (None: per tensor);
+        method "mse" clips each channel where the quantization error is smallest."""
+        scale, zp = weight_qparams_mse(w, axis) if method == "mse" else weight_qparams(w, axis)
         return cls(
             "weight", QType.INT8, np.atleast_1d(scale).tolist(), np.atleast_1d(zp).astype(int).tolist(), axis
         )
@@ -102,6 +106,7 @@ class QuantPlan:
                 "per_channel": self.config.per_channel,
                 "activation_type": self.config.activation_type.value,
                 "calib_method": self.config.calib_method,
+                "weight_calibration": self.config.weight_calibration,
                 "keep_io_types": self.config.keep_io_types,
             },
             "calibration_samples": self.calibration_samples,
@@ -128,6 +133,7 @@ class QuantPlan:
                 per_channel=bool(cfg["per_channel"]),
                 activation_type=QType(cfg["activation_type"]),
                 calib_method=str(cfg["calib_method"]),
+                weight_calibration=str(cfg.get("weight_calibration", "minmax")),
                 keep_io_types=bool(cfg.get("keep_io_types", True)),
             )
             if data["mode"] not in MODES:

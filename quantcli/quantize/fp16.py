@@ -1,0 +1,426 @@
+"""FP16 mode: plan which nodes compute in float16, then rewrite the model with Casts at the borders.
+
+Planning (`plan_fp16`) gives each node "fp16" or "float" (float32) and the reason. A node computes
+in float16 only where onnxruntime's CPU provider has a float16 kernel for it (`FP16_CPU_KERNELS`,
+probed, not guessed), its tensor types are known, the ONNX schema allows float16 for each of its
+float tensors, its type attributes can be retargeted (Cast `to`, ConstantOfShape `value`), and
+none of its initializers overflows float16 (|x| > 65504). A connected region of such nodes whose
+float borders all touch float32 nodes stays float32: in float16 it would cost a Cast on every
+border and run no faster (onnxruntime's InsertCastTransformer has the same "isolated fp16 node"
+rule for single nodes). A region touching a graph input or output stays float16, as those are
+float16 under `keep_io_types=False` and the plan does not depend on that option.
+
+Storage is planned too. Every float32 initializer is stored as float16 (the file halves) except
+one that overflows float16, and a small one (<= SMALL_CONSTANT values: eps, sqrt(2)) read only by
+float32 nodes, where a Cast costs more than it saves. `NodePlan.quantized_inputs` lists what a
+node reads in float16: all its float inputs for an fp16 node, its float16-stored initializers
+(read through a Cast) for a float node; `quantized_outputs` lists the outputs it makes in float16.
+
+Rewriting (`rewrite_fp16`) decides nothing. Each float value has one type, float16 or float32;
+a consumer wanting the other type reads it through one Cast per tensor and direction, shared by
+all such consumers and placed right after the producer. An inserted Cast always reads an original
+tensor, never another inserted Cast, so no Cast pair can cancel. With `keep_io_types` float graph
+inputs and outputs stay float32 (a graph output keeps its name, on the Cast). Cast `to=FLOAT`
+in an fp16 node becomes FLOAT16: onnxconverter-common leaves it, and onnxruntime then refuses the
+model (onnxconverter-common #320). Nodes with subgraphs stay float32; their subgraphs are untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from quantcli import __version__
+from quantcli.errors import BadPlanError
+from quantcli.graph import GraphIndex, attr
+from quantcli.quantize.plan import FLOAT, NodePlan
+
+FP16 = "fp16"
+FP16_MAX = 65504.0
+SMALL_CONSTANT = 8
+F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
+_SUFFIX = {F32: "fp32", F16: "fp16"}
+
+# Op types onnxruntime 1.32.0's CPU provider runs natively in float16 on x86-64, found with
+# scripts/probe_fp16_kernels.py: a one-node float16 model per op (122 candidates), opened at
+# ORT_ENABLE_BASIC with optimized_model_filepath; listed when the session runs, the node is not
+# inlined as a function, and onnxruntime inserted no Cast around it (its InsertCastTransformer
+# does for ops with no float16 kernel). Conv, MatMul, Gemm, Add, Mul, Relu, Softmax ... have none
+# here; ARM64 builds register more, so there this list is merely conservative.
+FP16_CPU_KERNELS = frozenset(
+    {
+        "Cast", "Clip", "Concat", "ConstantOfShape", "Expand", "Flatten", "Gather", "GatherElements",
+        "GatherND", "Identity", "IsInf", "IsNaN", "LayerNormalization", "Max", "Min", "Mod", "Reshape",
+        "Round", "ScatterElements", "ScatterND", "Shape", "Shrink", "Sign", "Slice", "Split", "Squeeze",
+        "Transpose", "Unsqueeze",
+    }
+)  # fmt: skip
+
+_TYPE_ATTRS = ("to", "dtype", "output_dtype", "value", "value_float", "value_floats")
+
+
+@dataclass
+class _Facts:
+    """What planning needs to know about the model, computed once."""
+
+    index: GraphIndex
+    types: dict[str, int]  # element type of every tensor the graph declares
+    overflow: dict[str, float]  # float32 initializer -> its largest finite |value|, when > 65504
+    opset: int
+
+    def floats(self, names) -> list[str]:  # noqa: ANN001 - a protobuf repeated string field
+        """The float32 tensors among `names`, in order, once each."""
+        return list(dict.fromkeys(t for t in names if t and self.types.get(t) == F32))
+
+
+def plan_fp16(model: onnx.ModelProto) -> list[NodePlan]:
+    """One NodePlan per node of the (preprocessed) model: precision "fp16" or "float" (float32) and the reason."""
+    index = GraphIndex(model.graph)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    facts = _Facts(index, elem_types(model.graph), _overflowing(index), opset)
+    why_float = {n.name: _why_float(n, facts) for n in model.graph.node}
+    capable = {name for name, why in why_float.items() if why is None}
+    for region in _regions(model.graph, facts, capable):
+        crossings, touches_io = _borders(region, facts)
+        if crossings and not touches_io:
+            why = (
+                f"isolated between float32 nodes: in float16 its region of {len(region)} node(s) "
+                f"would need {crossings} Cast(s) and run no faster"
+            )
+            why_float.update((n.name, why) for n in region)
+    fp16 = {name for name, why in why_float.items() if why is None}
+    stored = _stored_fp16(facts, fp16)
+    return [_node_plan(n, why_float[n.name], facts, stored) for n in model.graph.node]
+
+
+def elem_types(graph: onnx.GraphProto) -> dict[str, int]:
+    """Element type of every tensor the graph declares (inputs, value_info, outputs, initializers)."""
+    types = {}
+    for vi in (*graph.input, *graph.value_info, *graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    types.update((t.name, t.data_type) for t in graph.initializer)
+    return types
+
+
+def _overflow(values: np.ndarray) -> float | None:
+    """The largest finite |value| when it exceeds float16's range (infinities convert exactly)."""
+    peak = float(np.abs(values[np.isfinite(values)]).max(initial=0.0))
+    return peak if peak > FP16_MAX else None
+
+
+def _overflowing(index: GraphIndex) -> dict[str, float]:
+    peaks = {n: _overflow(index.array(n)) for n, t in index.initializers.items() if t.data_type == F32}
+    return {n: peak for n, peak in peaks.items() if peak is not None}
+
+
+def _why_float(node: onnx.NodeProto, facts: _Facts) -> str | None:
+    """Why this node cannot compute in float16, or None when it can."""
+    if node.domain not in ("", "ai.onnx"):
+        return f"op of domain {node.domain}: kept float32"
+    if _subgraphs(node):
+        return f"{node.op_type} has a subgraph: kept float32 (subgraphs are not converted)"
+    tensors = [t for t in (*node.input, *node.output) if t]
+    unknown = [t for t in tensors if t not in facts.types]
+    if not unknown and not facts.floats(tensors):
+        return "no float tensors: runs unchanged"
+    if node.op_type not in FP16_CPU_KERNELS:
+        return (
+            f"no float16 kernel for {node.op_type} in onnxruntime's CPU provider "
+            "(it would insert Casts around it anyway)"
+        )
+    if unknown:
+        return f"type of tensor {unknown[0]} is unknown (shape inference could not type it)"
+    for t in facts.floats(node.input):
+        if t in facts.overflow:
+            return _overflow_note(t, facts.overflow[t])
+    return _schema_forbids_fp16(node, facts) or _attribute_forbids_fp16(node)
+
+
+def _overflow_note(name: str, peak: float) -> str:
+    return f"initializer {name} keeps float32: values up to {peak:.6g} overflow float16 (max 65504)"
+
+
+def _schema_forbids_fp16(node: onnx.NodeProto, facts: _Facts) -> str | None:
+    """Why the ONNX schema keeps one of the node's float tensors float32 (Resize scales), or None."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, facts.opset, node.domain)
+    except onnx.defs.SchemaError:
+        return f"no ONNX schema for {node.op_type} at opset {facts.opset}"
+    allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+    for kind, names, formals in (
+        ("input", node.input, schema.inputs),
+        ("output", node.output, schema.outputs),
+    ):
+        for i, name in enumerate(names):
+            if not formals or facts.types.get(name) != F32:
+                continue
+            formal = formals[min(i, len(formals) - 1)]  # a variadic formal is the last one
+            if "tensor(float16)" not in allowed.get(formal.type_str, {formal.type_str}):
+                return f"its {kind} '{formal.name}' must be float32 (ONNX schema of {node.op_type})"
+    return None
+
+
+def _attribute_forbids_fp16(node: onnx.NodeProto) -> str | None:
+    """Why an attribute fixing an output type cannot be retargeted to float16, or None."""
+    if node.op_type == "Cast":
+        return None
+    if node.op_type == "ConstantOfShape":
+        value = attr(node, "value")
+        peak = (
+            _overflow(numpy_helper.to_array(value)) if value is not None and value.data_type == F32 else None
+        )
+        return f"its value {peak:.6g} overflows float16 (max 65504)" if peak is not None else None
+    for a in node.attribute:
+        if a.name in _TYPE_ATTRS:
+            return f"its '{a.name}' attribute fixes an output type that quantcli does not retarget"
+    return None
+
+
+def _regions(graph: onnx.GraphProto, facts: _Facts, capable: set[str]) -> list[list[onnx.NodeProto]]:
+    """Connected groups of float16-capable nodes (joined by float activations), in graph order."""
+    parent = {name: name for name in capable}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for node in graph.node:
+        for t in facts.floats(node.input) if node.name in capable else ():
+            producer = facts.index.producer.get(t)
+            if producer is not None and producer.name in capable:
+                parent[root(producer.name)] = root(node.name)
+    groups: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        if node.name in capable:
+            groups.setdefault(root(node.name), []).append(node)
+    return list(groups.values())
+
+
+def _borders(region: list[onnx.NodeProto], facts: _Facts) -> tuple[int, bool]:
+    """How many float activations cross the region's border; whether one is a graph input or output."""
+    index, names = facts.index, {n.name for n in region}
+    crossing: set[str] = set()
+    touches_io = False
+    for node in region:
+        for t in facts.floats(node.input):
+            producer = index.producer.get(t)
+            if t not in index.initializers and (producer is None or producer.name not in names):
+                crossing.add(t)
+                touches_io |= t in index.graph_inputs
+        for t in facts.floats(node.output):
+            if t in index.graph_outputs or any(c.name not in names for c in index.consumers[t]):
+                crossing.add(t)
+                touches_io |= t in index.graph_outputs
+    return len(crossing), touches_io
+
+
+def _stored_fp16(facts: _Facts, fp16: set[str]) -> set[str]:
+    """The float32 initializers to store as float16."""
+    index, stored = facts.index, set()
+    overridable = {i.name for i in index.graph.input} | index.graph_outputs
+    for name, init in index.initializers.items():
+        if init.data_type != F32 or name in facts.overflow or name in overridable:
+            continue
+        if np.prod(init.dims) > SMALL_CONSTANT or any(c.name in fp16 for c in index.consumers[name]):
+            stored.add(name)
+    return stored
+
+
+def _node_plan(node: onnx.NodeProto, why_float: str | None, facts: _Facts, stored: set[str]) -> NodePlan:
+    inputs = facts.floats(node.input)
+    if why_float is None:
+        reason = "float16 kernel in onnxruntime's CPU provider"
+        if node.op_type == "Cast" and attr(node, "to") == F32:
+            reason += "; its to=FLOAT becomes FLOAT16"
+        read16 = [t for t in inputs if t not in facts.index.initializers or t in stored]
+        return NodePlan(node.name, node.op_type, FP16, reason, read16, facts.floats(node.output))
+    notes = [why_float]
+    weights = [t for t in inputs if t in stored]
+    if weights:
+        notes.append(
+            "its weights are stored as float16 and Cast to float32 right before it (the file still halves)"
+        )
+    notes += [_overflow_note(t, facts.overflow[t]) for t in inputs if t in facts.overflow]
+    return NodePlan(node.name, node.op_type, FLOAT, "; ".join(dict.fromkeys(notes)), weights, [])
+
+
+def rewrite_fp16(
+    model: onnx.ModelProto, nodes: list[NodePlan], *, keep_io_types: bool = True
+) -> onnx.ModelProto:
+    """A new model (the input is not modified) in which the nodes planned "fp16" compute in float16."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    index = GraphIndex(graph)
+    types = elem_types(graph)
+    fp16, stored = _read_plan(graph, index, types, nodes)
+    io_type = F32 if keep_io_types else F16
+    have = dict.fromkeys(stored, F16)  # the type of each float value that is not float32
+    have.update((t, io_type) for t in index.graph_inputs if types.get(t) == F32)
+    for node in graph.node:
+        if node.name in fp16:
+            have.update((t, F16) for t in node.output if types.get(t) == F32)
+    casts = _Casts(graph, index, have)
+    for o in graph.output:
+        if types.get(o.name) == F32:
+            casts.pin_graph_output(o.name, io_type)
+            o.type.tensor_type.elem_type = io_type
+    for node in graph.node:
+        want = F16 if node.name in fp16 else F32
+        for i, t in enumerate(node.input):
+            if types.get(t) == F32:
+                node.input[i] = casts.get(t, want)
+        if node.name in fp16:
+            _retarget(node)
+        elif _subgraphs(node):
+            read = [t for t, readers in index.consumers.items() if node in readers and types.get(t) == F32]
+            for t in dict.fromkeys(read):
+                _rename_subgraph_reads(node, t, casts.get(t, F32))
+    for vi in (*graph.input, *graph.value_info):
+        if types.get(vi.name) == F32 and vi.name not in index.initializers:
+            outer = io_type if vi.name in index.graph_outputs else have.get(vi.name, F32)
+            vi.type.tensor_type.elem_type = outer
+    for init in graph.initializer:
+        if init.name in stored:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+        init.name = casts.renamed.get(init.name, init.name)
+    casts.place(graph)
+    out.producer_name, out.producer_version = "quantcli", __version__
+    return out
+
+
+def _read_plan(
+    graph: onnx.GraphProto, index: GraphIndex, types: dict[str, int], nodes: list[NodePlan]
+) -> tuple[set[str], set[str]]:
+    """The fp16 node names and the initializers stored as float16; BadPlanError for a bad plan."""
+    by_name = {n.name: n for n in graph.node}
+    overridable = {i.name for i in graph.input} | index.graph_outputs
+    fp16, stored = set(), set()
+    for plan in nodes:
+        if plan.name not in by_name:
+            raise BadPlanError(f"plan names node '{plan.name}', which is not in the model")
+        if plan.precision not in (FP16, FLOAT):
+            raise BadPlanError(
+                f"node {plan.name}: fp16 plan precision must be 'fp16' or 'float', not {plan.precision!r}"
+            )
+        why_not = _attribute_forbids_fp16(by_name[plan.name]) if plan.precision == FP16 else None
+        if why_not or (plan.precision == FP16 and _subgraphs(by_name[plan.name])):
+            raise BadPlanError(f"node {plan.name} cannot be fp16: {why_not or 'it has a subgraph'}")
+        if plan.precision == FP16:
+            fp16.add(plan.name)
+        for t in plan.quantized_inputs:
+            if t in overridable and t in index.initializers:
+                raise BadPlanError(
+                    f"plan stores initializer {t} as float16, but it is a graph input or output"
+                )
+            if t in index.initializers and types.get(t) == F32:
+                stored.add(t)
+    return fp16, stored
+
+
+class _Casts:
+    """One Cast per tensor and target type, shared by its consumers; names derived and fresh."""
+
+    def __init__(self, graph: onnx.GraphProto, index: GraphIndex, have: dict[str, int]) -> None:
+        self.index, self.have = index, have
+        self.used = _all_names(graph)
+        self.source: dict[tuple[str, int], str] = {}  # (tensor, type) -> the name holding it in that type
+        self.renamed: dict[str, str] = {}  # graph output -> the name its value now goes by
+        self.head: list[onnx.NodeProto] = []
+        self.after: dict[str, list[onnx.NodeProto]] = {}
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.used:
+            name, k = f"{base}_{k}", k + 1
+        self.used.add(name)
+        return name
+
+    def pin_graph_output(self, t: str, io_type: int) -> None:
+        """Keep graph output `t` under its name in `io_type`; its value moves to a new name if needed."""
+        value_type = self.have.get(t, F32)
+        if value_type == io_type or t in self.index.graph_inputs:
+            return
+        value = self.renamed[t] = self.fresh(f"{t}_{_SUFFIX[value_type]}")
+        producer = self.index.producer.get(t)
+        if producer is not None:
+            producer.output[list(producer.output).index(t)] = value
+        self.source[(t, io_type)] = t
+        self._emit(t, value, t, io_type)
+
+    def get(self, t: str, want: int) -> str:
+        """The name under which a consumer reads tensor `t` in type `want`."""
+        value = self.renamed.get(t, t)
+        if want == self.have.get(t, F32):
+            return value
+        if (t, want) not in self.source:
+            self.source[(t, want)] = self.fresh(f"{t}_{_SUFFIX[want]}")
+            self._emit(t, value, self.source[(t, want)], want)
+        return self.source[(t, want)]
+
+    def _emit(self, t: str, value: str, output: str, to: int) -> None:
+        node = helper.make_node("Cast", [value], [output], name=self.fresh(f"{output}_Cast"), to=to)
+        producer = self.index.producer.get(t)
+        (self.after.setdefault(producer.name, []) if producer is not None else self.head).append(node)
+
+    def place(self, graph: onnx.GraphProto) -> None:
+        """Put the Casts into the graph: after their producer, or first for inputs and initializers."""
+        nodes = list(self.head)
+        for node in graph.node:
+            nodes.append(node)
+            nodes.extend(self.after.get(node.name, []))
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [g for a in node.attribute for g in (*a.graphs, *([a.g] if a.HasField("g") else []))]
+
+
+def _all_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor and node name in the graph and its subgraphs (a new name must shadow none)."""
+    names = {t.name for t in graph.initializer} | {
+        v.name for v in (*graph.input, *graph.output, *graph.value_info)
+    }
+    for node in graph.node:
+        names.add(node.name)
+        names.update(node.output)
+        for g in _subgraphs(node):
+            names |= _all_names(g)
+    return names
+
+
+def _retarget(node: onnx.NodeProto) -> None:
+    """Point the attributes of an fp16 node that fix a float32 output type at float16."""
+    if node.op_type == "Cast":
+        to = next(a for a in node.attribute if a.name == "to")
+        to.i = F16 if to.i == F32 else to.i
+    elif node.op_type == "ConstantOfShape":
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if value is None:  # no value attribute means a float32 zero
+            node.attribute.append(
+                helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float16)))
+            )
+        elif value.t.data_type == F32:
+            value.t.CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(value.t).astype(np.float16), value.t.name)
+            )
+
+
+def _rename_subgraph_reads(node: onnx.NodeProto, old: str, new: str) -> None:
+    """Make the subgraphs of `node` read outer tensor `old` as `new`."""
+    for g in _subgraphs(node):
+        for sub in g.node:
+            for i, name in enumerate(sub.input):
+                if name == old:
+                    sub.input[i] = new
+            _rename_subgraph_reads(sub, old, new)
+        for o in g.output:
+            if o.name == old:
+                o.name = new
