@@ -13,6 +13,7 @@ import onnx
 from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_ranges, make_session
 from quantcli.calibration.data import InputSpec, iter_samples, split_samples
 from quantcli.calibration.images import ImagePreprocess
+from quantcli.cpu import has_vnni
 from quantcli.errors import UnsupportedModelError, UsageError
 from quantcli.model_io import check_output_path, load_model, serialize_model, write_model_bytes
 from quantcli.preprocess import preprocess
@@ -44,6 +45,7 @@ class ConvertOptions:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     calib_layout: str = "auto"
     weight_calibration: str = "minmax"
+    reduce_range: bool = False
     calib_preprocess: ImagePreprocess | None = None
     keep_io_types: bool = True
     save_plan: Path | None = None
@@ -129,6 +131,7 @@ def convert(
         activation_type=options.activation_type,
         calib_method=options.calibration.method.value,
         weight_calibration=options.weight_calibration,
+        reduce_range=options.reduce_range,
         keep_io_types=options.keep_io_types,
     )
     replayed = plan is not None
@@ -182,6 +185,11 @@ def convert(
         "set its neighbours to float too to keep it in float"
         for name in requantized_by_onnxruntime(quantized, float_nodes)
     ]
+    if plan.mode in ("static", "dynamic") and not plan.config.reduce_range and has_vnni() is False:
+        warnings.append(
+            "this CPU has no VNNI: onnxruntime's U8S8 integer kernels may saturate here; "
+            "convert with --reduce-range for models that will run on such CPUs"
+        )
     quantized_bytes = serialize_model(quantized)
     del quantized
     candidate = make_session(quantized_bytes)

@@ -134,6 +134,11 @@ def main() -> None:
     show_default=True,
     help="mse: clip each weight channel where its quantization error is smallest.",
 )
+@click.option(
+    "--reduce-range",
+    is_flag=True,
+    help="7-bit weights, for x86 CPUs without VNNI where U8S8 products can saturate (slightly less accurate).",
+)
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
 @click.option(
     "--activation-type",
@@ -170,6 +175,7 @@ def convert(
     calib_bins: int,
     calib_memory: int,
     weight_calibration: str,
+    reduce_range: bool,
     per_tensor: bool,
     activation_type: str,
     keep_io_types: bool,
@@ -214,6 +220,7 @@ def convert(
             ),
             calib_layout=calib_layout,
             weight_calibration=weight_calibration,
+            reduce_range=reduce_range,
             calib_preprocess=ImagePreprocess.parse(calib_preprocess) if calib_preprocess else None,
             keep_io_types=keep_io_types,
             save_plan=save_plan,

@@ -62,3 +62,21 @@ def test_mse_weight_clipping_never_worse_and_helps_heavy_tails() -> None:
     assert not zp.any() and mse.shape == (8,)
     assert np.all(channel_errors(mse) <= channel_errors(minmax) + 1e-9)
     assert np.all(channel_errors(mse)[:4] < 0.99 * channel_errors(minmax)[:4])  # ~3% on INT8 here
+
+
+def test_reduce_range_uses_seven_bit_weights() -> None:
+    w = np.random.default_rng(2).normal(size=(4, 32)).astype(np.float32)
+    scale, zp = weight_qparams(w, axis=0, reduce_range=True)
+    q = quantize_array(w, scale, zp, QType.INT8, axis=0)
+    assert np.abs(q).max() == 63
+
+
+def test_vnni_detection_answers_on_linux_x86() -> None:
+    import platform
+
+    from quantcli.cpu import has_vnni
+
+    if platform.system() == "Linux" and platform.machine() == "x86_64":
+        assert has_vnni() in (True, False)
+    else:
+        assert has_vnni() is None

@@ -75,7 +75,7 @@ def plan_dynamic(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
         weight = node.input[1]
         if weight not in tensors:
             axis = (0 if attr(node, "transB", 0) else 1) if config.per_channel else None
-            tensors[weight] = TensorParams.for_weight(index.array(weight), axis, config.weight_calibration)
+            tensors[weight] = TensorParams.for_weight(index.array(weight), axis, config)
         nodes[node.name] = NodePlan(node.name, node.op_type, INT8, KERNEL, quantized_inputs=[weight])
         add = _bias_add_of(node, index) if node.op_type == "MatMul" else None
         if add is not None:

@@ -36,9 +36,8 @@ from onnx import TensorProto, helper, numpy_helper
 from quantcli import __version__
 from quantcli.errors import BadPlanError
 from quantcli.graph import GraphIndex, attr
-from quantcli.quantize.plan import FLOAT, NodePlan
+from quantcli.quantize.plan import FLOAT, FP16, NodePlan
 
-FP16 = "fp16"
 FP16_MAX = 65504.0
 SMALL_CONSTANT = 8
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16

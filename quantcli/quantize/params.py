@@ -84,18 +84,30 @@ def quantize_array(
     return np.clip(q, qmin, qmax).astype(qtype.numpy)
 
 
+REDUCED_QMAX = 63  # 7-bit weights: u8 x s7 pairs cannot saturate VPMADDUBSW's int16 sums
+
+
 def weight_qparams(
-    w: np.ndarray, axis: int | None, qtype: QType = QType.INT8, symmetric: bool = True
+    w: np.ndarray,
+    axis: int | None,
+    qtype: QType = QType.INT8,
+    symmetric: bool = True,
+    reduce_range: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (axis) or per-tensor (axis None) min/max parameters of a weight."""
+    """Per-channel (axis) or per-tensor (axis None) min/max parameters of a weight; with
+    `reduce_range` the symmetric INT8 weights use [-63, 63] (for CPUs without VNNI)."""
     if axis is None or w.ndim == 0:
-        return calculate_qparams(np.min(w, initial=0.0), np.max(w, initial=0.0), qtype, symmetric)
-    reduce = tuple(i for i in range(w.ndim) if i != axis)
-    return calculate_qparams(w.min(axis=reduce), w.max(axis=reduce), qtype, symmetric)
+        scale, zp = calculate_qparams(np.min(w, initial=0.0), np.max(w, initial=0.0), qtype, symmetric)
+    else:
+        reduce = tuple(i for i in range(w.ndim) if i != axis)
+        scale, zp = calculate_qparams(w.min(axis=reduce), w.max(axis=reduce), qtype, symmetric)
+    if reduce_range:
+        scale = (scale * (qtype.bounds(True)[1] / REDUCED_QMAX)).astype(np.float32)
+    return scale, zp
 
 
 def weight_qparams_mse(
-    w: np.ndarray, axis: int | None, qtype: QType = QType.INT8, grid: int = 32
+    w: np.ndarray, axis: int | None, qtype: QType = QType.INT8, grid: int = 32, reduce_range: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric parameters whose clipping (a fraction of each channel's |max|, searched on a grid
     from 0.5 to 1) minimises the channel's squared quantize-dequantize error."""
@@ -105,7 +117,7 @@ def weight_qparams_mse(
     else:
         x = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
     absmax = np.abs(x).max(axis=1)
-    qmax = qtype.bounds(True)[1]
+    qmax = REDUCED_QMAX if reduce_range else qtype.bounds(True)[1]
     best_err = np.full(x.shape[0], np.inf)
     best_scale = absmax / qmax
     for ratio in np.linspace(0.5, 1.0, grid):

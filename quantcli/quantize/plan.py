@@ -33,6 +33,7 @@ class QuantConfig:
     activation_type: QType = QType.UINT8
     calib_method: str = "minmax"
     weight_calibration: str = "minmax"
+    reduce_range: bool = False
     keep_io_types: bool = True
 
     def __post_init__(self) -> None:
@@ -59,10 +60,15 @@ class TensorParams:
     range: list[float] | None = None
 
     @classmethod
-    def for_weight(cls, w: np.ndarray, axis: int | None, method: str = "minmax") -> TensorParams:
+    def for_weight(cls, w: np.ndarray, axis: int | None, config: QuantConfig | None = None) -> TensorParams:
         """INT8 symmetric parameters of a weight, per channel along `axis` (None: per tensor);
-        method "mse" clips each channel where the quantization error is smallest."""
-        scale, zp = weight_qparams_mse(w, axis) if method == "mse" else weight_qparams(w, axis)
+        `config.weight_calibration` "mse" clips each channel where the quantization error is
+        smallest, `config.reduce_range` uses 7-bit weights."""
+        config = config or QuantConfig()
+        if config.weight_calibration == "mse":
+            scale, zp = weight_qparams_mse(w, axis, reduce_range=config.reduce_range)
+        else:
+            scale, zp = weight_qparams(w, axis, reduce_range=config.reduce_range)
         return cls(
             "weight", QType.INT8, np.atleast_1d(scale).tolist(), np.atleast_1d(zp).astype(int).tolist(), axis
         )
@@ -107,6 +113,7 @@ class QuantPlan:
                 "activation_type": self.config.activation_type.value,
                 "calib_method": self.config.calib_method,
                 "weight_calibration": self.config.weight_calibration,
+                "reduce_range": self.config.reduce_range,
                 "keep_io_types": self.config.keep_io_types,
             },
             "calibration_samples": self.calibration_samples,
@@ -134,6 +141,7 @@ class QuantPlan:
                 activation_type=QType(cfg["activation_type"]),
                 calib_method=str(cfg["calib_method"]),
                 weight_calibration=str(cfg.get("weight_calibration", "minmax")),
+                reduce_range=bool(cfg.get("reduce_range", False)),
                 keep_io_types=bool(cfg.get("keep_io_types", True)),
             )
             if data["mode"] not in MODES:

@@ -211,7 +211,7 @@ def _plan_tensors(
         if weight_name not in tensors:
             w = index.array(weight_name)
             axis = rule.weight_axis(node, index) if config.per_channel else None
-            tensors[weight_name] = TensorParams.for_weight(w, axis, config.weight_calibration)
+            tensors[weight_name] = TensorParams.for_weight(w, axis, config)
         plan.quantized_inputs.append(weight_name)
         bias_i = rule.bias_input
         if bias_i is not None and bias_i < len(node.input) and node.input[bias_i] in index.initializers:

@@ -43,7 +43,7 @@ def plan_weights_int8(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
             continue
         if weight not in tensors:
             axis = rule_for(node).weight_axis(node, index) if config.per_channel else None
-            tensors[weight] = TensorParams.for_weight(index.array(weight), axis, config.weight_calibration)
+            tensors[weight] = TensorParams.for_weight(index.array(weight), axis, config)
         nodes.append(
             NodePlan(
                 node.name,
