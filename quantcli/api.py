@@ -46,6 +46,7 @@ class ConvertOptions:
     calib_layout: str = "auto"
     weight_calibration: str = "minmax"
     reduce_range: bool = False
+    dynamic_op_types: tuple[str, ...] = ("MatMul", "Gemm")
     calib_preprocess: ImagePreprocess | None = None
     keep_io_types: bool = True
     save_plan: Path | None = None
@@ -132,6 +133,7 @@ def convert(
         calib_method=options.calibration.method.value,
         weight_calibration=options.weight_calibration,
         reduce_range=options.reduce_range,
+        dynamic_op_types=options.dynamic_op_types,
         keep_io_types=options.keep_io_types,
     )
     replayed = plan is not None

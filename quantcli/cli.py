@@ -139,6 +139,12 @@ def main() -> None:
     is_flag=True,
     help="7-bit weights, for x86 CPUs without VNNI where U8S8 products can saturate (slightly less accurate).",
 )
+@click.option(
+    "--dynamic-op-types",
+    default="MatMul,Gemm",
+    show_default=True,
+    help="dynamic: comma-separated op types to quantize (MatMul, Gemm, Conv; Conv runs ConvInteger, slow on CPU).",
+)
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
 @click.option(
     "--activation-type",
@@ -176,6 +182,7 @@ def convert(
     calib_memory: int,
     weight_calibration: str,
     reduce_range: bool,
+    dynamic_op_types: str,
     per_tensor: bool,
     activation_type: str,
     keep_io_types: bool,
@@ -221,6 +228,7 @@ def convert(
             calib_layout=calib_layout,
             weight_calibration=weight_calibration,
             reduce_range=reduce_range,
+            dynamic_op_types=_op_types(dynamic_op_types),
             calib_preprocess=ImagePreprocess.parse(calib_preprocess) if calib_preprocess else None,
             keep_io_types=keep_io_types,
             save_plan=save_plan,
@@ -235,6 +243,53 @@ def convert(
         return int(ExitCode.OK)
 
     _run("convert", json_output, debug, body)
+
+
+def _op_types(text: str) -> tuple[str, ...]:
+    from quantcli.errors import UsageError
+    from quantcli.quantize.dynamic import OP_TYPES
+
+    chosen = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in chosen if t not in OP_TYPES]
+    if unknown or not chosen:
+        raise UsageError(f"--dynamic-op-types {text}: choose from {', '.join(OP_TYPES)}")
+    return chosen
+
+
+@main.command()
+@click.argument("model", type=_PATH)
+@click.option("--nodes", is_flag=True, help="A row per compute node: precision, scheme, scales, zero points.")
+@click.option("--tensors", is_flag=True, help="A row per initializer: dtype, shape, bytes, role.")
+@click.option(
+    "--no-ort",
+    is_flag=True,
+    help="Skip the checks that need an onnxruntime session (does it load, which Q/DQ it fuses).",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def inspect(model: Path, nodes: bool, tensors: bool, no_ort: bool, json_output: bool, debug: bool) -> None:
+    """Describe MODEL: file, inputs/outputs, operators, parameters, quantization, findings.
+
+    Exit code 0 whenever MODEL is readable ONNX, whatever it finds; 2 when it is not.
+
+    \b
+    Example:
+      quantcli inspect model_int8.onnx --nodes
+    """
+
+    def body() -> int:
+        from quantcli import report
+        from quantcli.inspect import inspect_model
+        from quantcli.report.inspect import inspect_to_dict, render_inspect
+
+        result = inspect_model(model, nodes=nodes, tensors=tensors, use_ort=not no_ort)
+        if json_output:
+            report.render_json(inspect_to_dict(result))
+        else:
+            render_inspect(result, rich_output=sys.stdout.isatty())
+        return int(ExitCode.OK)
+
+    _run("inspect", json_output, debug, body)
 
 
 class _progress:

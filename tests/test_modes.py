@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import DATA, SAMPLE_NAMES, optimized_op_counts
+from conftest import DATA, SAMPLE_NAMES, SAMPLES, optimized_op_counts
 from onnx import TensorProto
 
 from quantcli.api import ConvertOptions, convert
@@ -102,3 +102,22 @@ def test_plan_replay_is_byte_identical(converted_modes, name: str, mode: str, tm
     result = convert(ConvertOptions(model=c.source, output=replay, plan=c.plan))
     assert result.mode == mode and result.plan_replayed
     assert replay.read_bytes() == c.output.read_bytes()
+
+
+def test_dynamic_conv_on_request(tmp_path) -> None:
+    out = tmp_path / "cnn_dynamic_conv.onnx"
+    result = convert(
+        ConvertOptions(
+            model=SAMPLES / "digits_cnn.onnx",
+            output=out,
+            mode="dynamic",
+            dynamic_op_types=("MatMul", "Gemm", "Conv"),
+            eval=DATA / "digits_cnn" / "eval",
+        )
+    )
+    assert result.compute_counts() == {"quantized": 5, "float": 0, "total": 5}
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    counts, _ = optimized_op_counts(out, tmp_path)
+    assert counts["ConvInteger"] == 3 and counts["Conv"] == 0
+    assert result.agreement.outputs[0].cosine_mean >= 0.9995
+    assert result.agreement.reference_accuracy - result.agreement.candidate_accuracy <= 0.01

@@ -27,12 +27,18 @@ from quantcli.quantize.weights import weight_of
 KERNEL = "DynamicQuantizeMatMul / MatMulIntegerToFloat (activations quantized at run time)"
 
 
-def _why_not(node: onnx.NodeProto, index: GraphIndex) -> str | None:
-    if node.op_type == "Conv":
+DEFAULT_OP_TYPES = ("MatMul", "Gemm")
+OP_TYPES = ("MatMul", "Gemm", "Conv")
+
+
+def _why_not(node: onnx.NodeProto, index: GraphIndex, op_types: tuple[str, ...]) -> str | None:
+    if node.op_type == "Conv" and "Conv" not in op_types:
         return "dynamic mode keeps Conv in float: ConvInteger is slow on onnxruntime's CPU provider; use --mode static"
-    if node.op_type not in ("MatMul", "Gemm"):
-        return "dynamic mode quantizes MatMul/Gemm only"
+    if node.op_type not in op_types:
+        return f"dynamic mode quantizes {'/'.join(op_types)} only"
     weight, why_not = weight_of(node, index)
+    if node.op_type == "Conv":
+        return why_not or (None if weight else "no weight")
     if weight is None:
         return f"{why_not} (dynamic mode quantizes constant weights)"
     if index.rank(weight) != 2:
@@ -68,13 +74,17 @@ def plan_dynamic(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     for node in model.graph.node:
         if node.name in fused_adds:
             continue
-        why = _why_not(node, index)
+        why = _why_not(node, index, config.dynamic_op_types)
         if why is not None:
             nodes[node.name] = NodePlan(node.name, node.op_type, FLOAT, why)
             continue
         weight = node.input[1]
         if weight not in tensors:
-            axis = (0 if attr(node, "transB", 0) else 1) if config.per_channel else None
+            axis = (
+                (0 if attr(node, "transB", 0) or node.op_type == "Conv" else 1)
+                if config.per_channel
+                else None
+            )
             tensors[weight] = TensorParams.for_weight(index.array(weight), axis, config)
         nodes[node.name] = NodePlan(node.name, node.op_type, INT8, KERNEL, quantized_inputs=[weight])
         add = _bias_add_of(node, index) if node.op_type == "MatMul" else None
@@ -103,7 +113,7 @@ def rewrite_dynamic(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool =
     quantized_weights: set[str] = set()
     for node in graph.node:
         decision = by_name.get(node.name)
-        if decision is None or decision.precision != INT8 or node.op_type not in ("MatMul", "Gemm"):
+        if decision is None or decision.precision != INT8 or node.op_type not in OP_TYPES:
             _bias_second(node, index, by_name)
             new_nodes.append(node)
             continue
@@ -122,8 +132,13 @@ def rewrite_dynamic(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool =
             )
             dynamic_inputs[x] = (q, s, z)
         x_q, x_scale, x_zp = dynamic_inputs[x]
-        w_q, w_scale, w_zp = _weight_initializers(index.array(weight), params, weight, node, names, new_inits)
         quantized_weights.add(weight)
+        if node.op_type == "Conv":
+            new_nodes += _conv_integer(
+                node, index.array(weight), params, (x_q, x_scale, x_zp), names, new_inits
+            )
+            continue
+        w_q, w_scale, w_zp = _weight_initializers(index.array(weight), params, weight, node, names, new_inits)
         y = node.output[0]
         has_bias = node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]
         mm_out = names.new(f"{y}_int32")
@@ -176,6 +191,61 @@ def _weight_initializers(
         numpy_helper.from_array(zp, names_[2]),
     ]
     return names_
+
+
+def _conv_integer(
+    node: onnx.NodeProto,
+    w: np.ndarray,
+    params: TensorParams,
+    x: tuple[str, str, str],
+    names: NameAllocator,
+    inits: list,
+) -> list[onnx.NodeProto]:
+    """ConvInteger with a per-tensor zero point (onnxruntime's only form) and per-channel scales
+    applied to its float output: y = Cast(ConvInteger(x_q, W_q)) * (x_scale * W_scale) + bias."""
+    x_q, x_scale, x_zp = x
+    y, base = node.output[0], node.name
+    scale, zp = params.arrays()
+    q = quantize_array(w, scale, zp, QType.INT8, params.axis, symmetric=True)
+    bshape = [1, -1] + [1] * (w.ndim - 2)  # broadcast per output channel over N, C, spatial
+    w_q, w_zp, w_scale = (
+        names.new(f"{node.input[1]}_quantized"),
+        names.new(f"{node.input[1]}_zero_point"),
+        names.new(f"{node.input[1]}_scale"),
+    )
+    inits += [
+        numpy_helper.from_array(q, w_q),
+        numpy_helper.from_array(np.zeros((), np.int8), w_zp),
+        numpy_helper.from_array(np.asarray(scale, np.float32).reshape(bshape if scale.ndim else []), w_scale),
+    ]
+    conv_out, cast_out, scale_out = (
+        names.new(f"{y}_int32"),
+        names.new(f"{y}_int32_float"),
+        names.new(f"{y}_scale"),
+    )
+    has_bias = len(node.input) > 2 and node.input[2]
+    mul_out = names.new(f"{y}_unbiased") if has_bias else y
+    conv = helper.make_node(
+        "ConvInteger", [x_q, w_q, x_zp, w_zp], [conv_out], name=names.new(f"{base}_ConvInteger")
+    )
+    conv.attribute.extend(node.attribute)
+    nodes = [
+        conv,
+        helper.make_node(
+            "Cast", [conv_out], [cast_out], name=names.new(f"{base}_Cast"), to=TensorProto.FLOAT
+        ),
+        helper.make_node("Mul", [x_scale, w_scale], [scale_out], name=names.new(f"{base}_scale")),
+        helper.make_node("Mul", [cast_out, scale_out], [mul_out], name=names.new(f"{base}_Mul")),
+    ]
+    if has_bias:
+        bias = names.new(f"{node.input[2]}_reshaped")
+        shape = names.new(f"{node.input[2]}_shape")
+        inits.append(numpy_helper.from_array(np.asarray(bshape, np.int64), shape))
+        nodes.append(
+            helper.make_node("Reshape", [node.input[2], shape], [bias], name=names.new(f"{base}_bias_shape"))
+        )
+        nodes.append(helper.make_node("Add", [mul_out, bias], [y], name=names.new(f"{base}_bias")))
+    return nodes
 
 
 def _bias_second(node: onnx.NodeProto, index: GraphIndex, plan: dict[str, NodePlan]) -> None:

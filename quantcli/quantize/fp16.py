@@ -1,32 +1,32 @@
 """FP16 mode: plan which nodes compute in float16, then rewrite the model with Casts at the borders.
 
-Planning (`plan_fp16`) gives each node "fp16" or "float" (float32) and the reason. A node computes
-in float16 only where onnxruntime's CPU provider has a float16 kernel for it (`FP16_CPU_KERNELS`,
-probed, not guessed), its tensor types are known, the ONNX schema allows float16 for each of its
-float tensors, its type attributes can be retargeted (Cast `to`, ConstantOfShape `value`), and
-none of its initializers overflows float16 (|x| > 65504). A connected region of such nodes whose
-float borders all touch float32 nodes stays float32: in float16 it would cost a Cast on every
-border and run no faster (onnxruntime's InsertCastTransformer has the same "isolated fp16 node"
-rule for single nodes). A region touching a graph input or output stays float16, as those are
-float16 under `keep_io_types=False` and the plan does not depend on that option.
+`plan_fp16` gives each node "fp16" or "float" (float32) and why. A node computes in float16 only
+where onnxruntime's CPU provider has a float16 kernel for it (`FP16_CPU_KERNELS`, probed, not
+guessed), its tensor types are known, the ONNX schema allows float16 for its float tensors, its type
+attributes can be retargeted (Cast `to`, ConstantOfShape `value`) and no initializer of it overflows
+float16 (|x| > 65504). A connected region of such nodes whose float borders all touch float32 nodes
+stays float32: it would pay a Cast per border and run no faster (onnxruntime's InsertCastTransformer
+applies this "isolated fp16 node" rule to single nodes). A region touching a graph input or output
+stays float16: those are float16 under `keep_io_types=False`, and the plan does not depend on it.
+Shape and Size read only the shape and take their input in either type, with no Cast.
 
-Storage is planned too. Every float32 initializer is stored as float16 (the file halves) except
-one that overflows float16, and a small one (<= SMALL_CONSTANT values: eps, sqrt(2)) read only by
-float32 nodes, where a Cast costs more than it saves. `NodePlan.quantized_inputs` lists what a
-node reads in float16: all its float inputs for an fp16 node, its float16-stored initializers
-(read through a Cast) for a float node; `quantized_outputs` lists the outputs it makes in float16.
+Storage is planned too: each float32 initializer is stored as float16 (the file halves), except one
+that overflows, or a small one (<= SMALL_CONSTANT values) read only by float32 nodes, where a Cast
+would cost more than it saves. `quantized_inputs` lists what a node reads in float16 (every float
+input of an fp16 node; the float16-stored initializers a float node reads through a Cast) and
+`quantized_outputs` what it produces in float16.
 
-Rewriting (`rewrite_fp16`) decides nothing. Each float value has one type, float16 or float32;
-a consumer wanting the other type reads it through one Cast per tensor and direction, shared by
-all such consumers and placed right after the producer. An inserted Cast always reads an original
-tensor, never another inserted Cast, so no Cast pair can cancel. With `keep_io_types` float graph
-inputs and outputs stay float32 (a graph output keeps its name, on the Cast). Cast `to=FLOAT`
-in an fp16 node becomes FLOAT16: onnxconverter-common leaves it, and onnxruntime then refuses the
-model (onnxconverter-common #320). Nodes with subgraphs stay float32; their subgraphs are untouched.
+`rewrite_fp16` decides nothing. Each float value has one type; a consumer wanting the other reads it
+through one Cast per tensor and direction, shared by all such consumers and placed right after the
+producer. Inserted Casts read original tensors only, never another inserted Cast, so no pair can
+cancel. With `keep_io_types` float graph inputs and outputs stay float32 (an output keeps its name,
+on its Cast). Cast `to=FLOAT` in an fp16 node becomes FLOAT16; onnxconverter-common leaves it and
+onnxruntime refuses the model (its #320). Nodes with subgraphs, and their subgraphs, stay float32.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +58,8 @@ FP16_CPU_KERNELS = frozenset(
     }
 )  # fmt: skip
 
+_STORED_NOTE = "its weights are stored as float16 and Cast to float32 right before it (the file still halves)"
+_SHAPE_READERS = frozenset({"Shape", "Size"})  # read only the shape: take their input in either type
 _TYPE_ATTRS = ("to", "dtype", "output_dtype", "value", "value_float", "value_floats")
 
 
@@ -85,10 +87,7 @@ def plan_fp16(model: onnx.ModelProto) -> list[NodePlan]:
     for region in _regions(model.graph, facts, capable):
         crossings, touches_io = _borders(region, facts)
         if crossings and not touches_io:
-            why = (
-                f"isolated between float32 nodes: in float16 its region of {len(region)} node(s) "
-                f"would need {crossings} Cast(s) and run no faster"
-            )
+            why = f"isolated between float32 nodes: in float16 its region of {len(region)} node(s) would need {crossings} Cast(s) and run no faster"
             why_float.update((n.name, why) for n in region)
     fp16 = {name for name, why in why_float.items() if why is None}
     stored = _stored_fp16(facts, fp16)
@@ -126,6 +125,8 @@ def _why_float(node: onnx.NodeProto, facts: _Facts) -> str | None:
     unknown = [t for t in tensors if t not in facts.types]
     if not unknown and not facts.floats(tensors):
         return "no float tensors: runs unchanged"
+    if node.op_type in _SHAPE_READERS:
+        return "reads only its input's shape: takes it in float16 or float32 as it comes, with no Cast"
     if node.op_type not in FP16_CPU_KERNELS:
         return (
             f"no float16 kernel for {node.op_type} in onnxruntime's CPU provider "
@@ -169,10 +170,13 @@ def _attribute_forbids_fp16(node: onnx.NodeProto) -> str | None:
         return None
     if node.op_type == "ConstantOfShape":
         value = attr(node, "value")
-        peak = (
-            _overflow(numpy_helper.to_array(value)) if value is not None and value.data_type == F32 else None
-        )
-        return f"its value {peak:.6g} overflows float16 (max 65504)" if peak is not None else None
+        if (
+            value is None
+            or value.data_type != F32
+            or (peak := _overflow(numpy_helper.to_array(value))) is None
+        ):
+            return None
+        return f"its value {peak:.6g} overflows float16 (max 65504)"
     for a in node.attribute:
         if a.name in _TYPE_ATTRS:
             return f"its '{a.name}' attribute fixes an output type that quantcli does not retarget"
@@ -213,7 +217,8 @@ def _borders(region: list[onnx.NodeProto], facts: _Facts) -> tuple[int, bool]:
                 crossing.add(t)
                 touches_io |= t in index.graph_inputs
         for t in facts.floats(node.output):
-            if t in index.graph_outputs or any(c.name not in names for c in index.consumers[t]):
+            readers = [c for c in index.consumers[t] if c.op_type not in _SHAPE_READERS]
+            if t in index.graph_outputs or any(c.name not in names for c in readers):
                 crossing.add(t)
                 touches_io |= t in index.graph_outputs
     return len(crossing), touches_io
@@ -239,12 +244,8 @@ def _node_plan(node: onnx.NodeProto, why_float: str | None, facts: _Facts, store
             reason += "; its to=FLOAT becomes FLOAT16"
         read16 = [t for t in inputs if t not in facts.index.initializers or t in stored]
         return NodePlan(node.name, node.op_type, FP16, reason, read16, facts.floats(node.output))
-    notes = [why_float]
     weights = [t for t in inputs if t in stored]
-    if weights:
-        notes.append(
-            "its weights are stored as float16 and Cast to float32 right before it (the file still halves)"
-        )
+    notes = [why_float] + [_STORED_NOTE] * bool(weights)
     notes += [_overflow_note(t, facts.overflow[t]) for t in inputs if t in facts.overflow]
     return NodePlan(node.name, node.op_type, FLOAT, "; ".join(dict.fromkeys(notes)), weights, [])
 
@@ -274,20 +275,18 @@ def rewrite_fp16(
         want = F16 if node.name in fp16 else F32
         for i, t in enumerate(node.input):
             if types.get(t) == F32:
-                node.input[i] = casts.get(t, want)
+                node.input[i] = casts.get(t, have.get(t, F32) if node.op_type in _SHAPE_READERS else want)
         if node.name in fp16:
             _retarget(node)
-        elif _subgraphs(node):
-            read = [t for t, readers in index.consumers.items() if node in readers and types.get(t) == F32]
-            for t in dict.fromkeys(read):
-                _rename_subgraph_reads(node, t, casts.get(t, F32))
+        else:  # a subgraph reads outer tensors by name, in float32
+            _rewire_subgraphs(node, lambda t: casts.get(t, F32) if types.get(t) == F32 else t)
     for vi in (*graph.input, *graph.value_info):
         if types.get(vi.name) == F32 and vi.name not in index.initializers:
             outer = io_type if vi.name in index.graph_outputs else have.get(vi.name, F32)
             vi.type.tensor_type.elem_type = outer
     for init in graph.initializer:
         if init.name in stored:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+            init.CopyFrom(_half(init))
         init.name = casts.renamed.get(init.name, init.name)
     casts.place(graph)
     out.producer_name, out.producer_version = "quantcli", __version__
@@ -306,7 +305,7 @@ def _read_plan(
             raise BadPlanError(f"plan names node '{plan.name}', which is not in the model")
         if plan.precision not in (FP16, FLOAT):
             raise BadPlanError(
-                f"node {plan.name}: fp16 plan precision must be 'fp16' or 'float', not {plan.precision!r}"
+                f"node {plan.name}: precision must be 'fp16' or 'float', not {plan.precision!r}"
             )
         why_not = _attribute_forbids_fp16(by_name[plan.name]) if plan.precision == FP16 else None
         if why_not or (plan.precision == FP16 and _subgraphs(by_name[plan.name])):
@@ -344,7 +343,7 @@ class _Casts:
     def pin_graph_output(self, t: str, io_type: int) -> None:
         """Keep graph output `t` under its name in `io_type`; its value moves to a new name if needed."""
         value_type = self.have.get(t, F32)
-        if value_type == io_type or t in self.index.graph_inputs:
+        if value_type == io_type or t in self.index.graph_inputs or t in self.renamed:
             return
         value = self.renamed[t] = self.fresh(f"{t}_{_SUFFIX[value_type]}")
         producer = self.index.producer.get(t)
@@ -384,9 +383,7 @@ def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
 
 def _all_names(graph: onnx.GraphProto) -> set[str]:
     """Every tensor and node name in the graph and its subgraphs (a new name must shadow none)."""
-    names = {t.name for t in graph.initializer} | {
-        v.name for v in (*graph.input, *graph.output, *graph.value_info)
-    }
+    names = {v.name for v in (*graph.initializer, *graph.input, *graph.output, *graph.value_info)}
     for node in graph.node:
         names.add(node.name)
         names.update(node.output)
@@ -402,24 +399,23 @@ def _retarget(node: onnx.NodeProto) -> None:
         to.i = F16 if to.i == F32 else to.i
     elif node.op_type == "ConstantOfShape":
         value = next((a for a in node.attribute if a.name == "value"), None)
-        if value is None:  # no value attribute means a float32 zero
-            node.attribute.append(
-                helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float16)))
-            )
+        zero = numpy_helper.from_array(np.zeros(1, np.float16))  # no value attribute means a float32 zero
+        if value is None:
+            node.attribute.append(helper.make_attribute("value", zero))
         elif value.t.data_type == F32:
-            value.t.CopyFrom(
-                numpy_helper.from_array(numpy_helper.to_array(value.t).astype(np.float16), value.t.name)
-            )
+            value.t.CopyFrom(_half(value.t))
 
 
-def _rename_subgraph_reads(node: onnx.NodeProto, old: str, new: str) -> None:
-    """Make the subgraphs of `node` read outer tensor `old` as `new`."""
+def _half(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name)
+
+
+def _rewire_subgraphs(node: onnx.NodeProto, rewire: Callable[[str], str]) -> None:
+    """Make the subgraphs of `node` (recursively) read each outer tensor under the name `rewire` gives."""
     for g in _subgraphs(node):
         for sub in g.node:
             for i, name in enumerate(sub.input):
-                if name == old:
-                    sub.input[i] = new
-            _rename_subgraph_reads(sub, old, new)
+                sub.input[i] = rewire(name)
+            _rewire_subgraphs(sub, rewire)
         for o in g.output:
-            if o.name == old:
-                o.name = new
+            o.name = rewire(o.name)

@@ -34,6 +34,7 @@ class QuantConfig:
     calib_method: str = "minmax"
     weight_calibration: str = "minmax"
     reduce_range: bool = False
+    dynamic_op_types: tuple[str, ...] = ("MatMul", "Gemm")
     keep_io_types: bool = True
 
     def __post_init__(self) -> None:
@@ -114,6 +115,7 @@ class QuantPlan:
                 "calib_method": self.config.calib_method,
                 "weight_calibration": self.config.weight_calibration,
                 "reduce_range": self.config.reduce_range,
+                "dynamic_op_types": list(self.config.dynamic_op_types),
                 "keep_io_types": self.config.keep_io_types,
             },
             "calibration_samples": self.calibration_samples,
@@ -142,6 +144,7 @@ class QuantPlan:
                 calib_method=str(cfg["calib_method"]),
                 weight_calibration=str(cfg.get("weight_calibration", "minmax")),
                 reduce_range=bool(cfg.get("reduce_range", False)),
+                dynamic_op_types=tuple(cfg.get("dynamic_op_types", ("MatMul", "Gemm"))),
                 keep_io_types=bool(cfg.get("keep_io_types", True)),
             )
             if data["mode"] not in MODES:
