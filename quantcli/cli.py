@@ -18,8 +18,12 @@ from quantcli.quantize import MODES
 _PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that no `except Exception` swallows it."""
+
+
 def _terminate(signum: int, frame: Any) -> None:  # noqa: ARG001
-    raise SystemExit(ExitCode.TERMINATED)
+    raise _Terminated()
 
 
 def _run(command: str, json_output: bool, debug: bool, body: Callable[[], int]) -> None:
@@ -45,6 +49,9 @@ def _run(command: str, json_output: bool, debug: bool, body: Callable[[], int]) 
     except KeyboardInterrupt:
         report.err(f"quantcli {command}: interrupted")
         sys.exit(int(ExitCode.INTERRUPTED))
+    except _Terminated:
+        report.err(f"quantcli {command}: interrupted by SIGTERM")
+        sys.exit(int(ExitCode.TERMINATED))
     except (SystemExit, click.exceptions.Exit):
         raise
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: short line, traceback on --debug
