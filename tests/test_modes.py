@@ -13,7 +13,7 @@ from onnx import TensorProto
 
 from quantcli.api import ConvertOptions, convert
 
-MODES = ("dynamic", "weights-int8")  # fp16 joins when its rewriter lands
+MODES = ("dynamic", "weights-int8", "fp16")
 CASES = list(itertools.product(SAMPLE_NAMES, MODES))
 
 # Size ratio bounds: weight-only INT8 everywhere; dynamic only shrinks MatMul/Gemm weights, which are
