@@ -15,7 +15,7 @@ from quantcli.calibration.data import InputSpec, iter_samples, split_samples
 from quantcli.calibration.images import ImagePreprocess
 from quantcli.cpu import has_vnni
 from quantcli.errors import UnsupportedModelError, UsageError
-from quantcli.model_io import check_output_path, load_model, serialize_model, write_model_bytes
+from quantcli.model_io import check_output_path, file_size, load_model, staged_model
 from quantcli.preprocess import preprocess
 from quantcli.quantize import MODES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
@@ -110,7 +110,7 @@ def convert(
     if options.save_plan is not None:
         check_output_path(options.save_plan, [options.model, options.output])
     plan = QuantPlan.load(options.plan) if options.plan is not None else None
-    input_bytes = Path(options.model).stat().st_size
+    input_bytes = file_size(options.model)
 
     pre = preprocess(source)
     source_value_info = {v.name for v in source.graph.value_info}
@@ -175,37 +175,31 @@ def convert(
     seconds["rewrite"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    problem = checker_error(quantized)
-    if problem:
-        raise UnsupportedModelError(
-            f"{options.model}: the quantized model fails onnx.checker ({problem}); this is a quantcli bug, please report it"
-        )
-    float_nodes = {n.name for n in plan.nodes if n.precision == FLOAT}
-    warnings = [
-        f"{name}: kept in float by the plan, but onnxruntime will quantize it per-tensor at load "
-        "(WeightBiasQuantization: its input is dequantized and its output feeds a QuantizeLinear); "
-        "set its neighbours to float too to keep it in float"
-        for name in requantized_by_onnxruntime(quantized, float_nodes)
-    ]
-    if plan.mode in ("static", "dynamic") and not plan.config.reduce_range and has_vnni() is False:
-        warnings.append(
-            "this CPU has no VNNI: onnxruntime's U8S8 integer kernels may saturate here; "
-            "convert with --reduce-range for models that will run on such CPUs"
-        )
-    quantized_bytes = serialize_model(quantized)
-    del quantized
-    candidate = make_session(quantized_bytes)
-    agreement = None
-    if split.eval:
-        reference = make_session(Path(options.model))
-        agreement = compare_sessions(
-            reference, candidate, iter_samples(split.eval, specs, options.calib_preprocess), split.eval_labels
-        )
-    seconds["verify"] = time.perf_counter() - t
-
-    output_bytes = write_model_bytes(quantized_bytes, options.output)
-    if options.save_plan is not None:
-        plan.save(options.save_plan)
+    warnings = _warnings(plan, quantized)
+    # Written under a temporary name beside the output, verified from there, renamed at the end:
+    # a failed check or an interruption leaves nothing behind.
+    with staged_model(quantized, Path(options.output)) as staged:
+        del quantized
+        problem = checker_error(str(staged.path))
+        if problem:
+            raise UnsupportedModelError(
+                f"{options.model}: the quantized model fails onnx.checker ({problem}); this is a quantcli bug, please report it"
+            )
+        candidate = make_session(staged.path)
+        agreement = None
+        if split.eval:
+            reference = make_session(Path(options.model))
+            agreement = compare_sessions(
+                reference,
+                candidate,
+                iter_samples(split.eval, specs, options.calib_preprocess),
+                split.eval_labels,
+            )
+        del candidate
+        seconds["verify"] = time.perf_counter() - t
+        if options.save_plan is not None:
+            plan.save(options.save_plan)
+        output_bytes = staged.size
     seconds["total"] = time.perf_counter() - t0
     return ConvertResult(
         model=Path(options.model),
@@ -224,6 +218,23 @@ def convert(
         plan_replayed=replayed,
         warnings=warnings,
     )
+
+
+def _warnings(plan: QuantPlan, quantized: onnx.ModelProto) -> list[str]:
+    """What the user should know about how onnxruntime will run the result."""
+    float_nodes = {n.name for n in plan.nodes if n.precision == FLOAT}
+    warnings = [
+        f"{name}: kept in float by the plan, but onnxruntime will quantize it per-tensor at load "
+        "(WeightBiasQuantization: its input is dequantized and its output feeds a QuantizeLinear); "
+        "set its neighbours to float too to keep it in float"
+        for name in requantized_by_onnxruntime(quantized, float_nodes)
+    ]
+    if plan.mode in ("static", "dynamic") and not plan.config.reduce_range and has_vnni() is False:
+        warnings.append(
+            "this CPU has no VNNI: onnxruntime's U8S8 integer kernels may saturate here; "
+            "convert with --reduce-range for models that will run on such CPUs"
+        )
+    return warnings
 
 
 def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:

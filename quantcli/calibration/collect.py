@@ -13,7 +13,7 @@ import onnx
 from quantcli.calibration.observers import DEFAULT_BINS
 from quantcli.calibration.ranges import CalibMethod, compute_range, make_observer
 from quantcli.errors import UnsupportedModelError
-from quantcli.model_io import serialize_model
+from quantcli.model_io import serialize_model, staged_model
 
 
 @dataclass
@@ -50,12 +50,13 @@ def make_session(model: onnx.ModelProto | bytes | Path, *, threads: int = 0, opt
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if isinstance(model, onnx.ModelProto) and model.ByteSize() > _SPILL_BYTES:
-        # A big model goes through a private temporary file, so that its serialised bytes are
-        # freed before onnxruntime builds its own copy of the weights.
-        with tempfile.TemporaryDirectory(prefix="quantcli-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            path.write_bytes(serialize_model(model))
-            return _session(ort, str(path), opts)
+        # A big model goes through a private temporary file (its weights as external data above
+        # 2 GB), so that no serialised copy is held while onnxruntime builds its own.
+        with (
+            tempfile.TemporaryDirectory(prefix="quantcli-") as tmp,
+            staged_model(model, Path(tmp) / "model.onnx") as staged,
+        ):
+            return _session(ort, str(staged.path), opts)
     source = serialize_model(model) if isinstance(model, onnx.ModelProto) else model
     return _session(ort, str(source) if isinstance(source, Path) else source, opts)
 
