@@ -93,6 +93,12 @@ class ConvertResult:
         q = sum(n.precision != FLOAT for n in compute)
         return {"quantized": q, "float": len(compute) - q, "total": len(compute)}
 
+    def stored_weight_nodes(self) -> int:
+        """Compute nodes that run in float32 on weights stored in a smaller float type (fp16/bf16)."""
+        return sum(
+            n.op_type in COMPUTE_OPS and n.precision == FLOAT and bool(n.quantized_inputs) for n in self.nodes
+        )
+
     def float_reasons(self) -> list[tuple[str, str, int]]:
         """(op_type, reason, count) for every node kept in float32, most frequent first."""
         c = Counter((n.op_type, n.reason) for n in self.nodes if n.precision == FLOAT)
@@ -162,6 +168,10 @@ def convert(
         plan = plan_dynamic(model, config)
     elif options.mode == "weights-int8":
         plan = plan_weights_int8(model, config)
+    elif options.mode == "bf16":
+        from quantcli.quantize.bf16 import plan_bf16
+
+        plan = QuantPlan("bf16", config, plan_bf16(model), {}, 0)
     else:
         from quantcli.quantize.fp16 import plan_fp16
 
@@ -241,6 +251,10 @@ def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     """The plan's rewriter, in place on the pipeline's own preprocessed copy."""
     if plan.mode == "dynamic":
         return rewrite_dynamic(model, plan, in_place=True)
+    if plan.mode == "bf16":
+        from quantcli.quantize.bf16 import rewrite_bf16
+
+        return rewrite_bf16(model, plan.nodes, in_place=True)
     if plan.mode == "fp16":
         from quantcli.quantize.fp16 import rewrite_fp16
 

@@ -13,7 +13,7 @@ from onnx import TensorProto
 
 from quantcli.api import ConvertOptions, convert
 
-MODES = ("dynamic", "weights-int8", "fp16")
+MODES = ("dynamic", "weights-int8", "fp16", "bf16")
 CASES = list(itertools.product(SAMPLE_NAMES, MODES))
 
 # Size ratio bounds: weight-only INT8 everywhere; dynamic only shrinks MatMul/Gemm weights, which are
@@ -24,8 +24,9 @@ MAX_SIZE = {
     ("digits_mlp", "dynamic"): 0.30,
     **{(n, "weights-int8"): 0.30 for n in SAMPLE_NAMES},
     **{(n, "fp16"): 0.55 for n in SAMPLE_NAMES},
+    **{(n, "bf16"): 0.55 for n in SAMPLE_NAMES},
 }
-MIN_COSINE = {"dynamic": 0.999, "weights-int8": 0.9995, "fp16": 0.9999}
+MIN_COSINE = {"dynamic": 0.999, "weights-int8": 0.9995, "fp16": 0.9999, "bf16": 0.9999}
 
 
 @pytest.mark.parametrize("name, mode", CASES)
@@ -121,3 +122,26 @@ def test_dynamic_conv_on_request(tmp_path) -> None:
     assert counts["ConvInteger"] == 3 and counts["Conv"] == 0
     assert result.agreement.outputs[0].cosine_mean >= 0.9995
     assert result.agreement.reference_accuracy - result.agreement.candidate_accuracy <= 0.01
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_bf16_stores_bfloat16_weights_behind_casts(converted_modes, name: str) -> None:
+    c = converted_modes(name, "bf16")
+    model = onnx.load(c.output)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    assert not [t.name for t in inits.values() if t.data_type == TensorProto.FLOAT and np.prod(t.dims) > 8]
+    weights = [
+        n.input[1]
+        for n in model.graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in producers
+    ]
+    for w in weights:
+        cast = producers[w]
+        if cast.op_type == "Cast":
+            assert inits[cast.input[0]].data_type == TensorProto.BFLOAT16
+    assert (
+        c.result.stored_weight_nodes()
+        == len([n for n in c.result.nodes if n.op_type in ("Conv", "Gemm", "MatMul") and n.quantized_inputs])
+        > 0
+    )

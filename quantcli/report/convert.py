@@ -14,6 +14,7 @@ PRECISION_LABEL = {
     "dynamic": "in INT8 (activations quantized at run time)",
     "weights-int8": "with INT8 weights (float compute)",
     "fp16": "in FP16",
+    "bf16": "in BF16",
 }
 
 
@@ -30,6 +31,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         "plan_replayed": r.plan_replayed,
         "size": {"input_bytes": r.input_bytes, "output_bytes": r.output_bytes, "ratio": r.size_ratio},
         "compute_nodes": r.compute_counts(),
+        "stored_weight_nodes": r.stored_weight_nodes(),
         "nodes_by_precision": dict(sorted(Counter(n.precision for n in r.nodes).items())),
         "float_reasons": [
             {"op_type": op, "reason": reason, "count": k} for op, reason, k in r.float_reasons()
@@ -81,6 +83,14 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
             f"{c['quantized']} of {c['total']} {PRECISION_LABEL[r.mode]}, {c['float']} in float32",
         ),
     ]
+    if r.mode in ("fp16", "bf16"):
+        dtype = "float16" if r.mode == "fp16" else "bfloat16"
+        rows.append(
+            (
+                "weights",
+                f"{r.stored_weight_nodes()} of {c['total']} compute nodes read {dtype}-stored weights through a Cast to float32",
+            )
+        )
     if r.calibration_samples:
         rows.append(("calibration", f"{r.calibration_samples} samples, {r.calib_method}"))
     a = r.agreement
