@@ -15,7 +15,7 @@ from quantcli.calibration.data import InputSpec, iter_samples, split_samples
 from quantcli.calibration.images import ImagePreprocess
 from quantcli.cpu import has_vnni
 from quantcli.errors import UnsupportedModelError, UsageError
-from quantcli.model_io import check_output_path, file_size, load_model, staged_model
+from quantcli.model_io import check_output_path, check_valid, file_size, load_model, staged_model
 from quantcli.preprocess import preprocess
 from quantcli.quantize import MODES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
@@ -112,6 +112,7 @@ def convert(
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     source = load_model(options.model)
+    check_valid(source, options.model)
     check_output_path(options.output, [options.model])
     if options.save_plan is not None:
         check_output_path(options.save_plan, [options.model, options.output])

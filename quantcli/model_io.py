@@ -22,12 +22,8 @@ from quantcli.errors import BadModelError, UsageError
 PROTOBUF_LIMIT = 2**31 - 1
 
 
-def load_model(path: str | os.PathLike[str], *, external_data: bool = True) -> onnx.ModelProto:
-    """Load an ONNX model or raise BadModelError naming the file.
-
-    `external_data=False` reads only the protobuf: tensors stored in external files keep their
-    location references and their values are not read (inspect reads what it needs, when it needs it).
-    """
+def check_model_path(path: str | os.PathLike[str]) -> Path:
+    """The first checks of a model path, before anything reads it; raises BadModelError."""
     p = Path(path)
     if not p.exists():
         raise BadModelError(f"{p}: no such file")
@@ -35,6 +31,16 @@ def load_model(path: str | os.PathLike[str], *, external_data: bool = True) -> o
         raise BadModelError(f"{p}: is a directory, expected an .onnx file")
     if p.stat().st_size == 0:
         raise BadModelError(f"{p}: file is empty")
+    return p
+
+
+def load_model(path: str | os.PathLike[str], *, external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model or raise BadModelError naming the file.
+
+    `external_data=False` reads only the protobuf: tensors stored in external files keep their
+    location references and their values are not read (inspect reads what it needs, when it needs it).
+    """
+    p = check_model_path(path)
     try:
         model = onnx.load(str(p), load_external_data=external_data)
     except DecodeError as exc:
@@ -257,3 +263,28 @@ def file_size(path: str | os.PathLike[str]) -> int:
                 if ext.exists():
                     total += ext.stat().st_size
     return total
+
+
+def check_valid(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """onnx.checker's structural check of an input model (not the full shape-inference check);
+    an invalid model is a BadModelError naming the file and the first complaint."""
+    try:
+        if model.ByteSize() > PROTOBUF_LIMIT:
+            onnx.checker.check_model(str(path))
+        else:
+            onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadModelError(f"{path}: not a valid ONNX model: {first}") from exc
+    # The checker does not compare a tensor's bytes with its shape; reading it later would fail.
+    for t in model.graph.initializer:
+        if t.HasField("raw_data") and t.data_location != onnx.TensorProto.EXTERNAL:
+            try:
+                expected = _nbytes(t)
+            except (KeyError, ValueError, TypeError):
+                raise BadModelError(f"{path}: initializer '{t.name}' has an unsupported data type {t.data_type}") from None
+            if len(t.raw_data) != expected:
+                raise BadModelError(
+                    f"{path}: initializer '{t.name}' holds {len(t.raw_data)} bytes, "
+                    f"its shape {list(t.dims)} needs {expected}"
+                )
