@@ -12,7 +12,6 @@ import signal
 from pathlib import Path
 
 import onnx
-import pytest
 from click.testing import CliRunner
 from conftest import DATA, SAMPLES
 from onnx import TensorProto
