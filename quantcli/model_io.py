@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from onnx import numpy_helper
 
 from quantcli.errors import BadModelError, UsageError
@@ -88,9 +88,18 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def model_size(model: onnx.ModelProto) -> int:
+    """Serialised size in bytes; above the protobuf limit (where ByteSize() itself raises) a value
+    just over the limit."""
+    try:
+        return model.ByteSize()
+    except EncodeError:
+        return PROTOBUF_LIMIT + 1
+
+
 def serialize_model(model: onnx.ModelProto) -> bytes:
     """Serialise deterministically; a model over the protobuf limit needs `write_model` instead."""
-    if model.ByteSize() > PROTOBUF_LIMIT:
+    if model_size(model) > PROTOBUF_LIMIT:
         raise UsageError("model exceeds 2 GB: it can only be written with its weights as external data")
     return model.SerializeToString(deterministic=True)
 
@@ -137,7 +146,7 @@ def staged_model(
     model object is not modified.
     """
     final = Path(final)
-    use_external = model.ByteSize() > PROTOBUF_LIMIT if external is None else external
+    use_external = model_size(model) > PROTOBUF_LIMIT if external is None else external
     try:
         stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent or "."))
     except OSError as exc:
@@ -269,7 +278,7 @@ def check_valid(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     """onnx.checker's structural check of an input model (not the full shape-inference check);
     an invalid model is a BadModelError naming the file and the first complaint."""
     try:
-        if model.ByteSize() > PROTOBUF_LIMIT:
+        if model_size(model) > PROTOBUF_LIMIT:
             onnx.checker.check_model(str(path))
         else:
             onnx.checker.check_model(model)

@@ -13,7 +13,7 @@ import onnx
 from quantcli.calibration.observers import DEFAULT_BINS
 from quantcli.calibration.ranges import CalibMethod, compute_range, make_observer
 from quantcli.errors import UnsupportedModelError
-from quantcli.model_io import serialize_model, staged_model
+from quantcli.model_io import model_size, serialize_model, staged_model
 
 
 @dataclass
@@ -49,7 +49,7 @@ def make_session(model: onnx.ModelProto | bytes | Path, *, threads: int = 0, opt
     opts.add_session_config_entry("session.disable_prepacking", "1")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if isinstance(model, onnx.ModelProto) and model.ByteSize() > _SPILL_BYTES:
+    if isinstance(model, onnx.ModelProto) and model_size(model) > _SPILL_BYTES:
         # A big model goes through a private temporary file (its weights as external data above
         # 2 GB), so that no serialised copy is held while onnxruntime builds its own.
         with (
