@@ -299,6 +299,187 @@ def inspect(model: Path, nodes: bool, tensors: bool, no_ort: bool, json_output: 
     _run("inspect", json_output, debug, body)
 
 
+class _Bound(click.ParamType):
+    """A threshold: X for every output, or OUTPUT=X for one output."""
+
+    name = "[OUTPUT=]X"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, float]:
+        from quantcli.errors import UsageError
+        from quantcli.thresholds import parse_bound
+
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_bound(param.name.replace("_", "-") if param and param.name else "bound", value)
+        except UsageError as exc:
+            self.fail(exc.message, param, ctx)
+
+
+_BOUND = _Bound()
+
+
+@main.command()
+@click.argument("reference", type=_PATH)
+@click.argument("candidate", type=_PATH)
+@click.option(
+    "--data",
+    type=_PATH,
+    help="Samples both models run on: a directory of .npz files (+ labels.npy) [default: random inputs "
+    "from a fixed seed, which can hide real error].",
+)
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    help="Use the first N samples [default: all of --data, or 32 random].",
+)
+@click.option(
+    "--min-cosine",
+    type=_BOUND,
+    multiple=True,
+    help="Exit 1 when an output's mean cosine similarity is below X (OUTPUT=X: one output; repeatable).",
+)
+@click.option(
+    "--max-abs-error", type=_BOUND, multiple=True, help="... when an output's max absolute error is above X."
+)
+@click.option("--min-sqnr", type=_BOUND, multiple=True, help="... when an output's SQNR is below X dB.")
+@click.option(
+    "--min-top1-agreement",
+    type=_BOUND,
+    multiple=True,
+    help="... when a classifier output's top-1 agreement (a fraction) is below X.",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    help="... when the accuracy against labels.npy drops by more than X (a fraction: 0.01 is one point).",
+)
+@click.option("--max-size-ratio", type=float, help="... when candidate size / reference size is above X.")
+@click.option(
+    "--max-latency-ratio",
+    type=float,
+    help="... when candidate / reference median latency is above X (times both).",
+)
+@click.option(
+    "--per-layer", is_flag=True, help="Rank the layers by the error each adds (tensors matched by name)."
+)
+@click.option("--latency", is_flag=True, help="Time both models, interleaved, on onnxruntime's CPU provider.")
+@click.option(
+    "--rounds", type=click.IntRange(min=30), default=30, show_default=True, help="Timed runs of each model."
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Intra-op threads for timing."
+)
+@click.option("--json", "json_output", is_flag=True, help="Print one JSON object on stdout.")
+@click.option(
+    "--markdown",
+    metavar="FILE",
+    help="Also write a markdown summary; '-' appends it to $GITHUB_STEP_SUMMARY.",
+)
+@click.option("--junit", type=_PATH, metavar="FILE", help="Also write JUnit XML, one test case per check.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def compare(
+    reference: Path,
+    candidate: Path,
+    data: Path | None,
+    samples: int | None,
+    min_cosine: tuple[tuple[str, float], ...],
+    max_abs_error: tuple[tuple[str, float], ...],
+    min_sqnr: tuple[tuple[str, float], ...],
+    min_top1_agreement: tuple[tuple[str, float], ...],
+    max_accuracy_drop: float | None,
+    max_size_ratio: float | None,
+    max_latency_ratio: float | None,
+    per_layer: bool,
+    latency: bool,
+    rounds: int,
+    threads: int,
+    json_output: bool,
+    markdown: str | None,
+    junit: Path | None,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Compare CANDIDATE (e.g. a quantized model) with REFERENCE on the same inputs.
+
+    Per output: cosine similarity, absolute and relative error, SQNR, top-1 agreement and top-5
+    overlap, accuracy against labels; file and parameter sizes; with --per-layer, the layers ranked
+    by the error they add; with --latency, the latency ratio. Exit 1 when a threshold is not met.
+
+    \b
+    Example:
+      quantcli compare model.onnx model_int8.onnx --data eval_dir --min-cosine 0.99 --per-layer
+    """
+
+    def body() -> int:
+        import os
+
+        from quantcli import report
+        from quantcli.compare import CompareOptions
+        from quantcli.compare import compare as run_compare
+        from quantcli.errors import UsageError
+        from quantcli.model_io import check_output_path
+        from quantcli.report.compare import (
+            compare_to_dict,
+            compare_to_junit,
+            compare_to_markdown,
+            render_compare,
+            write_report_file,
+        )
+        from quantcli.thresholds import Thresholds, per_output
+
+        thresholds = Thresholds(
+            min_cosine=per_output("min-cosine", min_cosine),
+            max_abs_error=per_output("max-abs-error", max_abs_error),
+            min_sqnr=per_output("min-sqnr", min_sqnr),
+            min_top1_agreement=per_output("min-top1-agreement", min_top1_agreement),
+            max_accuracy_drop=max_accuracy_drop,
+            max_size_ratio=max_size_ratio,
+            max_latency_ratio=max_latency_ratio,
+        )
+        summary, append = None, False
+        if markdown == "-":
+            if not os.environ.get("GITHUB_STEP_SUMMARY"):
+                raise UsageError("--markdown -: GITHUB_STEP_SUMMARY is not set; give a file name instead")
+            summary, append = Path(os.environ["GITHUB_STEP_SUMMARY"]), True
+        elif markdown:
+            summary = check_output_path(Path(markdown), [reference, candidate])
+        if junit is not None:
+            check_output_path(junit, [reference, candidate])
+        options = CompareOptions(
+            reference=reference,
+            candidate=candidate,
+            data=data,
+            samples=samples,
+            thresholds=thresholds,
+            per_layer=per_layer,
+            latency=latency,
+            rounds=rounds,
+            threads=threads,
+        )
+        with _progress(enabled=not quiet and not json_output) as progress:
+            result = run_compare(options, progress=progress)
+        for warning in result.warnings:
+            report.err(f"quantcli compare: warning: {warning}")
+        if json_output:
+            report.render_json(compare_to_dict(result))
+        else:
+            render_compare(result, rich_output=sys.stdout.isatty())
+        if summary is not None:
+            write_report_file(summary, compare_to_markdown(result), append=append)
+        if junit is not None:
+            write_report_file(junit, compare_to_junit(result))
+        for check in result.checks:
+            if not check.passed:
+                report.err(f"quantcli compare: check failed: {check.message}")
+        return int(result.exit_code)
+
+    _run("compare", json_output, debug, body)
+
+
 class _progress:
     """A rich progress bar on stderr when it is a terminal; otherwise nothing."""
 

@@ -1,13 +1,22 @@
-"""Checks and metrics shared by convert and compare: checker, onnxruntime run, output agreement."""
+"""Checks and metrics shared by convert and compare: checker, onnxruntime run, output agreement.
+
+The two models are fed and compared through an IOMatch (quantcli/io_match.py), so float16 and
+integer inputs/outputs are compared in float32.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
+
+from quantcli.errors import UnsupportedModelError, UsageError
+from quantcli.io_match import IOMatch, match_io
+
+TOP_K = 5
 
 
 def checker_error(model: onnx.ModelProto) -> str | None:
@@ -26,7 +35,15 @@ def is_classifier_output(value: np.ndarray) -> bool:
 
 @dataclass
 class OutputMetrics:
-    """Agreement of one output between a reference and a candidate model over the samples."""
+    """Agreement of one output between a reference and a candidate model over the samples.
+
+    cosine_mean / cosine_min: cosine similarity of each sample's flattened output, mean and minimum
+    over the samples. max_abs_error / mean_abs_error: over every element of every sample.
+    relative_error: ||candidate - reference|| / ||reference|| over all samples (L2), so that
+    sqnr_db = -20 log10(relative_error). top1_agreement / top5_overlap: classifier-shaped outputs
+    ([batch, classes]) only; top5_overlap is the mean share of the reference's 5 best classes that
+    are among the candidate's 5 best (outputs with more than 5 classes only).
+    """
 
     name: str
     samples: int = 0
@@ -36,52 +53,94 @@ class OutputMetrics:
     mean_abs_error: float = 0.0
     sqnr_db: float = math.inf
     top1_agreement: float | None = None
+    relative_error: float = 0.0
+    top5_overlap: float | None = None
 
 
-@dataclass
-class _Accumulator:
-    name: str
-    cos: list[float] = field(default_factory=list)
-    max_abs: float = 0.0
-    abs_sum: float = 0.0
-    count: int = 0
-    signal: float = 0.0
-    noise: float = 0.0
-    top1_same: int = 0
-    top1_total: int = 0
-    classifier: bool = True
+class ErrorAccumulator:
+    """Folds one (reference, candidate) pair of a tensor at a time into running sums; its memory
+    does not grow with the number of samples."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.samples = 0
+        self.cos_sum = 0.0
+        self.cos_min = 1.0
+        self.max_abs = 0.0
+        self.abs_sum = 0.0
+        self.count = 0
+        self.signal = 0.0
+        self.noise = 0.0
+        self.classifier = True
+        self.rows = 0
+        self.top1_same = 0
+        self.top5_rows = 0
+        self.top5_sum = 0.0
 
     def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        if ref.shape != cand.shape:
+            raise UsageError(
+                f"'{self.name}': the reference gives shape {list(ref.shape)}, the candidate {list(cand.shape)}"
+            )
         r = ref.astype(np.float64).ravel()
         c = cand.astype(np.float64).ravel()
         diff = r - c
-        self.cos.append(cosine(r, c))
+        cos = cosine(r, c)
+        self.cos_min = min(self.cos_min, cos) if self.samples else cos
+        self.cos_sum += cos
+        self.samples += 1
         if diff.size:
             self.max_abs = max(self.max_abs, float(np.max(np.abs(diff))))
         self.abs_sum += float(np.sum(np.abs(diff)))
         self.count += diff.size
-        self.signal += float(np.sum(r * r))
-        self.noise += float(np.sum(diff * diff))
-        if is_classifier_output(ref) and ref.shape == cand.shape:
-            self.top1_same += int(np.sum(ref.argmax(-1) == cand.argmax(-1)))
-            self.top1_total += ref.shape[0]
-        else:
+        self.signal += float(np.dot(r, r))
+        self.noise += float(np.dot(diff, diff))
+        if not (self.classifier and is_classifier_output(ref)):
             self.classifier = False
+            return
+        self.rows += ref.shape[0]
+        self.top1_same += int(np.sum(ref.argmax(-1) == cand.argmax(-1)))
+        if ref.shape[1] > TOP_K:
+            self.top5_rows += ref.shape[0]
+            self.top5_sum += topk_overlap(ref, cand, TOP_K) * ref.shape[0]
 
     def result(self) -> OutputMetrics:
-        sqnr = math.inf if self.noise == 0 else 10 * math.log10(max(self.signal, 1e-300) / self.noise)
+        classifier = self.classifier and self.rows > 0
         return OutputMetrics(
             name=self.name,
-            samples=len(self.cos),
-            cosine_mean=float(np.mean(self.cos)) if self.cos else 1.0,
-            cosine_min=float(np.min(self.cos)) if self.cos else 1.0,
+            samples=self.samples,
+            cosine_mean=self.cos_sum / self.samples if self.samples else 1.0,
+            cosine_min=self.cos_min,
             max_abs_error=self.max_abs,
             mean_abs_error=self.abs_sum / self.count if self.count else 0.0,
-            sqnr_db=sqnr,
-            top1_agreement=(self.top1_same / self.top1_total)
-            if self.classifier and self.top1_total
-            else None,
+            sqnr_db=sqnr_db(self.signal, self.noise),
+            top1_agreement=self.top1_same / self.rows if classifier else None,
+            relative_error=_relative_error(self.signal, self.noise),
+            top5_overlap=self.top5_sum / self.top5_rows if classifier and self.top5_rows else None,
         )
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    """10 log10(signal power / noise power); +inf when there is no noise at all, -inf when the noise
+    is infinite (an overflow in the candidate), NaN when a value is NaN."""
+    if noise == 0:
+        return math.inf
+    if not math.isfinite(noise) or math.isnan(signal):
+        return -math.inf if math.isinf(noise) and not math.isnan(signal) else math.nan
+    return 10 * math.log10(max(signal, 1e-300) / noise)
+
+
+def _relative_error(signal: float, noise: float) -> float:
+    if noise == 0:
+        return 0.0
+    return math.sqrt(noise / signal) if signal > 0 else math.inf
+
+
+def topk_overlap(ref: np.ndarray, cand: np.ndarray, k: int) -> float:
+    """Mean over rows of |topk(ref) & topk(cand)| / k for [rows, classes] scores."""
+    top_r = np.argpartition(-ref, k - 1, axis=-1)[:, :k]
+    top_c = np.argpartition(-cand, k - 1, axis=-1)[:, :k]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_r, top_c, strict=True)]))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -91,7 +150,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
         return 1.0
     if na == 0 or nb == 0:
         return 0.0
-    return float(np.dot(a, b) / (na * nb))
+    with np.errstate(invalid="ignore", over="ignore"):  # inf/NaN values give a NaN, not a warning
+        return float(np.dot(a, b) / (na * nb))
 
 
 @dataclass
@@ -103,37 +163,66 @@ class Agreement:
     reference_accuracy: float | None = None
     candidate_accuracy: float | None = None
 
+    @property
+    def accuracy_drop(self) -> float | None:
+        """Reference accuracy minus candidate accuracy (positive: the candidate is worse)."""
+        if self.reference_accuracy is None or self.candidate_accuracy is None:
+            return None
+        return self.reference_accuracy - self.candidate_accuracy
+
 
 def compare_sessions(
     reference,  # noqa: ANN001 - onnxruntime.InferenceSession
     candidate,  # noqa: ANN001
     samples: Iterable[dict[str, np.ndarray]],
     labels: np.ndarray | None = None,
+    *,
+    io: IOMatch | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Agreement:
-    """Run both sessions on each sample and fold the differences, one sample at a time."""
-    names = [o.name for o in reference.get_outputs()]
-    cand_names = {o.name for o in candidate.get_outputs()}
-    names = [n for n in names if n in cand_names]
-    acc = {n: _Accumulator(n) for n in names}
+    """Run both sessions on each sample and fold the differences, one sample at a time.
+
+    Without `io`, the outputs both models have are compared (match_io with strict=False).
+    Accuracy against `labels` uses the first output, when it is classifier-shaped with batch 1.
+    """
+    if io is None:
+        io = match_io(reference, candidate, strict=False)
+    names = [p.name for p in io.outputs]
+    acc = {p.name: ErrorAccumulator(p.name) for p in io.outputs}
     ref_correct = cand_correct = labelled = 0
     count = 0
-    for i, feeds in enumerate(samples):
-        ref_out = reference.run(names, feeds)
-        cand_out = candidate.run(names, feeds)
+    for i, sample in enumerate(samples):
+        ref_out = run_session(reference, names, io.feeds(sample, "reference"), "reference", i)
+        cand_out = run_session(candidate, names, io.feeds(sample, "candidate"), "candidate", i)
+        ref_out = [p.reference.to_float(v) for p, v in zip(io.outputs, ref_out, strict=True)]
+        cand_out = [p.candidate.to_float(v) for p, v in zip(io.outputs, cand_out, strict=True)]
         for n, r, c in zip(names, ref_out, cand_out, strict=True):
-            acc[n].update(np.asarray(r), np.asarray(c).astype(np.float32))
-        first_r, first_c = np.asarray(ref_out[0]), np.asarray(cand_out[0])
-        if labels is not None and is_classifier_output(first_r) and first_r.shape[0] == 1:
+            acc[n].update(r, c)
+        first_r, first_c = ref_out[0], cand_out[0]
+        if labels is not None and i < len(labels) and is_classifier_output(first_r) and first_r.shape[0] == 1:
             ref_correct += int(first_r.argmax(-1)[0] == labels[i])
             cand_correct += int(first_c.argmax(-1)[0] == labels[i])
             labelled += 1
         count += 1
+        if progress is not None:
+            progress(count)
     return Agreement(
         outputs=[a.result() for a in acc.values()],
         samples=count,
         reference_accuracy=ref_correct / labelled if labelled else None,
         candidate_accuracy=cand_correct / labelled if labelled else None,
     )
+
+
+def run_session(session, names: list[str], feeds: dict[str, np.ndarray], which: str, index: int) -> list:  # noqa: ANN001
+    """session.run with a failure reported as the model that failed and the sample it failed on."""
+    try:
+        return session.run(names, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(
+            f"onnxruntime failed running the {which} model on sample {index}: {first}"
+        ) from exc
 
 
 def requantized_by_onnxruntime(model: onnx.ModelProto, float_nodes: set[str]) -> list[str]:

@@ -1,0 +1,329 @@
+"""Two models + data -> per-output and per-layer differences, sizes, latency, threshold checks.
+
+`compare()` is the library behind `quantcli compare`: it raises QuantcliError subclasses on bad
+input and returns a CompareResult of facts; rendering lives in quantcli/report/compare.py.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from quantcli.calibration.collect import make_session
+from quantcli.calibration.data import InputSpec, find_samples, iter_samples, read_labels
+from quantcli.errors import BadDataError, ExitCode, UnsupportedModelError, UsageError
+from quantcli.io_match import IOMatch, match_io
+from quantcli.model_io import file_size, load_model
+from quantcli.per_layer import PerLayerResult, per_layer_errors
+from quantcli.thresholds import Check, Thresholds, evaluate
+from quantcli.verify import Agreement, compare_sessions
+
+RANDOM_SAMPLES = 32  # samples generated without --data
+MIN_ROUNDS = 30
+WARMUP_RUNS = 5
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """Everything `quantcli compare` accepts, as keyword-only fields."""
+
+    reference: Path
+    candidate: Path
+    data: Path | None = None
+    samples: int | None = None  # default: every file of `data`, or RANDOM_SAMPLES random ones
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    per_layer: bool = False
+    latency: bool = False  # also timed when thresholds bound the latency ratio
+    rounds: int = MIN_ROUNDS
+    threads: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples is not None and self.samples < 1:
+            raise UsageError(f"--samples {self.samples}: must be at least 1")
+        if self.rounds < MIN_ROUNDS:
+            raise UsageError(f"--rounds {self.rounds}: must be at least {MIN_ROUNDS} for a stable median")
+        if self.threads < 1:
+            raise UsageError(f"--threads {self.threads}: must be at least 1")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """A model file: its path, size on disk (external data included) and parameter bytes per dtype."""
+
+    path: Path
+    file_bytes: int
+    parameter_bytes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the samples came from: a directory of files, or random values from a fixed seed."""
+
+    kind: str  # "directory" or "random"
+    samples: int
+    path: Path | None = None
+    labels: bool = False
+    seed: int | None = None
+
+    def describe(self) -> str:
+        if self.kind == "random":
+            return f"{self.samples} random samples (standard normal, seed {self.seed}; no --data)"
+        return f"{self.samples} samples from {self.path}" + (" with labels" if self.labels else "")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-run wall times of both models, measured interleaved in one process (median, fastest)."""
+
+    threads: int
+    rounds: int
+    warmup: int
+    reference_ms: float
+    candidate_ms: float
+    reference_min_ms: float
+    candidate_min_ms: float
+
+    @property
+    def ratio(self) -> float:
+        """Median candidate time / median reference time (below 1: the candidate is faster)."""
+        return self.candidate_ms / self.reference_ms if self.reference_ms else float("inf")
+
+
+@dataclass
+class CompareResult:
+    """The facts of one comparison; quantcli/report/compare.py renders them."""
+
+    reference: ModelFacts
+    candidate: ModelFacts
+    data: DataSource
+    io: IOMatch
+    agreement: Agreement
+    per_layer: PerLayerResult | None
+    latency: Latency | None
+    checks: list[Check]
+    warnings: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size_ratio(self) -> float:
+        """Candidate file bytes / reference file bytes."""
+        return self.candidate.file_bytes / self.reference.file_bytes if self.reference.file_bytes else 0.0
+
+    @property
+    def passed(self) -> bool:
+        """Every threshold the user set is met (True when none was set)."""
+        return all(c.passed for c in self.checks)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK if self.passed else ExitCode.THRESHOLD_NOT_MET
+
+
+def compare(
+    options: CompareOptions, *, progress: Callable[[str, int, int], None] | None = None
+) -> CompareResult:
+    """Compare `options.candidate` with `options.reference`; raises QuantcliError subclasses."""
+    t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
+    warnings: list[str] = []
+    reference_model = load_model(options.reference)
+    candidate_model = load_model(options.candidate)
+    facts = [
+        ModelFacts(Path(p), file_size(p), parameter_bytes(m))
+        for p, m in ((options.reference, reference_model), (options.candidate, candidate_model))
+    ]
+    if not options.per_layer:
+        del reference_model, candidate_model
+    reference = make_session(Path(options.reference))
+    candidate = make_session(Path(options.candidate))
+    io = match_io(
+        reference, candidate, reference_label=str(options.reference), candidate_label=str(options.candidate)
+    )
+    options.thresholds.check_outputs(p.name for p in io.outputs)
+
+    specs = [InputSpec(p.name, p.sample_dtype, p.reference.shape) for p in io.inputs]
+    if options.data is not None:
+        every = find_samples(options.data)
+        refs = every[: options.samples]
+        labels = read_labels(Path(options.data), refs, every)
+        source = DataSource("directory", len(refs), Path(options.data), labels is not None)
+
+        def samples() -> Iterator[dict[str, np.ndarray]]:
+            return iter_samples(refs, specs)
+    else:
+        labels = None
+        source = DataSource("random", options.samples or RANDOM_SAMPLES, seed=options.seed)
+        warnings.append(
+            f"no --data: comparing on {source.samples} random samples (standard normal, seed {options.seed}); "
+            "random inputs can hide real error, pass --data DIR with real samples"
+        )
+
+        def samples() -> Iterator[dict[str, np.ndarray]]:
+            return random_samples(specs, source.samples, options.seed)
+
+    seconds["load"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    agreement = compare_sessions(
+        reference,
+        candidate,
+        samples(),
+        labels,
+        io=io,
+        progress=(lambda k: progress("comparing outputs", k, source.samples)) if progress else None,
+    )
+    seconds["outputs"] = time.perf_counter() - t
+
+    per_layer = None
+    if options.per_layer:
+        t = time.perf_counter()
+        per_layer = per_layer_errors(
+            reference_model,
+            candidate_model,
+            samples,
+            io,
+            progress=(lambda k, n: progress("comparing layers", k, n)) if progress else None,
+            sample_count=source.samples,
+        )
+        del reference_model, candidate_model
+        seconds["per_layer"] = time.perf_counter() - t
+
+    latency = None
+    if options.latency or options.thresholds.needs_latency:
+        t = time.perf_counter()
+        del reference, candidate
+        latency = measure_latency(
+            Path(options.reference),
+            Path(options.candidate),
+            next(iter(samples())),
+            io,
+            threads=options.threads,
+            rounds=options.rounds,
+        )
+        seconds["latency"] = time.perf_counter() - t
+
+    result = CompareResult(
+        reference=facts[0],
+        candidate=facts[1],
+        data=source,
+        io=io,
+        agreement=agreement,
+        per_layer=per_layer,
+        latency=latency,
+        checks=[],
+        warnings=warnings,
+        seconds=seconds,
+    )
+    result.checks = evaluate(
+        options.thresholds,
+        agreement,
+        size_ratio=result.size_ratio,
+        latency_ratio=latency.ratio if latency is not None else None,
+    )
+    seconds["total"] = time.perf_counter() - t0
+    return result
+
+
+def random_samples(specs: list[InputSpec], count: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """`count` samples from a fixed seed: float inputs standard normal, integer inputs 0, bool True;
+    symbolic dimensions are 1. The same seed gives the same samples."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        sample = {}
+        for spec in specs:
+            if spec.shape is None:
+                raise BadDataError(
+                    f"input '{spec.name}' has no shape in the model: pass --data DIR with samples"
+                )
+            shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
+            if spec.dtype.kind == "f":
+                sample[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            elif spec.dtype.kind == "b":
+                sample[spec.name] = np.ones(shape, spec.dtype)
+            else:
+                sample[spec.name] = np.zeros(shape, spec.dtype)
+        yield sample
+
+
+def parameter_bytes(model: onnx.ModelProto) -> dict[str, int]:
+    """Bytes of the initializers (and Constant node tensors) per element type, largest first."""
+    totals: Counter[str] = Counter()
+    tensors = list(model.graph.initializer)
+    tensors += [
+        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+    ]
+    for t in tensors:
+        name, bits = _element(t.data_type)
+        count = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+        totals[name] += (count * bits + 7) // 8
+    return dict(totals.most_common())
+
+
+def _element(data_type: int) -> tuple[str, int]:
+    """(numpy-style name, bits per element) of an ONNX element type."""
+    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type))
+    except (KeyError, TypeError, ValueError):
+        return onnx.TensorProto.DataType.Name(data_type).lower(), 8
+    return dtype.name, bits.get(data_type, dtype.itemsize * 8)
+
+
+def measure_latency(
+    reference: Path,
+    candidate: Path,
+    sample: dict[str, np.ndarray],
+    io: IOMatch,
+    *,
+    threads: int = 1,
+    rounds: int = MIN_ROUNDS,
+    warmup: int = WARMUP_RUNS,
+) -> Latency:
+    """Median time of one run of each model on onnxruntime's CPU provider, in the same conditions:
+    sessions with the same options, `warmup` runs each, then `rounds` rounds that run both models
+    one after the other, alternating which goes first."""
+    sessions = [_timing_session(reference, threads), _timing_session(candidate, threads)]
+    feeds = [io.feeds(sample, "reference"), io.feeds(sample, "candidate")]
+    for s, f in zip(sessions, feeds, strict=True):
+        for _ in range(warmup):
+            s.run(None, f)
+    times: list[list[int]] = [[], []]
+    for k in range(rounds):
+        for which in (0, 1) if k % 2 == 0 else (1, 0):
+            start = time.perf_counter_ns()
+            sessions[which].run(None, feeds[which])
+            times[which].append(time.perf_counter_ns() - start)
+    ms = [[x / 1e6 for x in t] for t in times]
+    return Latency(
+        threads=threads,
+        rounds=rounds,
+        warmup=warmup,
+        reference_ms=statistics.median(ms[0]),
+        candidate_ms=statistics.median(ms[1]),
+        reference_min_ms=min(ms[0]),
+        candidate_min_ms=min(ms[1]),
+    )
+
+
+def _timing_session(path: Path, threads: int):  # noqa: ANN202 - onnxruntime session
+    """A session as a deployment would make it (all graph optimizations, pre-packed weights),
+    with a fixed number of intra-op threads and sequential execution."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"{path}: onnxruntime cannot load the model: {first}") from exc
