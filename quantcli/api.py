@@ -13,6 +13,7 @@ import onnx
 from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_ranges, make_session
 from quantcli.calibration.data import InputSpec, iter_samples, split_samples
 from quantcli.calibration.images import ImagePreprocess
+from quantcli.compare import Latency
 from quantcli.cpu import has_vnni
 from quantcli.errors import UnsupportedModelError, UsageError
 from quantcli.model_io import check_output_path, check_valid, file_size, load_model, staged_model
@@ -49,6 +50,8 @@ class ConvertOptions:
     dynamic_op_types: tuple[str, ...] = ("MatMul", "Gemm")
     calib_preprocess: ImagePreprocess | None = None
     keep_io_types: bool = True
+    check_latency: bool = False
+    latency_threads: int = 1
     save_plan: Path | None = None
     plan: Path | None = None
 
@@ -82,6 +85,7 @@ class ConvertResult:
     seconds: dict[str, float] = field(default_factory=dict)
     plan_replayed: bool = False
     warnings: list[str] = field(default_factory=list)
+    latency: Latency | None = None
 
     @property
     def size_ratio(self) -> float:
@@ -206,8 +210,11 @@ def convert(
                 iter_samples(split.eval, specs, options.calib_preprocess),
                 split.eval_labels,
             )
-        del candidate
         seconds["verify"] = time.perf_counter() - t
+        latency = None
+        if options.check_latency:
+            latency = _latency(options, staged.path, candidate, split, specs)
+        del candidate
         if options.save_plan is not None:
             plan.save(options.save_plan)
         output_bytes = staged.size
@@ -228,7 +235,25 @@ def convert(
         seconds=seconds,
         plan_replayed=replayed,
         warnings=warnings,
+        latency=latency,
     )
+
+
+def _latency(options: ConvertOptions, candidate_path: Path, candidate, split, specs) -> Latency:  # noqa: ANN001
+    """Candidate vs FP32 latency, interleaved in this process (median of 30+ rounds, 1 thread by default)."""
+    from quantcli.compare import measure_latency
+    from quantcli.io_match import match_io
+
+    reference = make_session(Path(options.model))
+    io = match_io(reference, candidate, strict=False)
+    refs = split.eval or split.calib
+    if refs:
+        sample = next(iter_samples(refs[:1], specs, options.calib_preprocess))
+    else:
+        from quantcli.compare import random_samples
+
+        sample = next(random_samples(specs, 1, seed=0))
+    return measure_latency(Path(options.model), candidate_path, sample, io, threads=options.latency_threads)
 
 
 def _warnings(plan: QuantPlan, quantized: onnx.ModelProto) -> list[str]:

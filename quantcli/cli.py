@@ -166,6 +166,18 @@ def main() -> None:
     show_default=True,
     help="fp16: keep float32 model inputs and outputs (Casts at the boundary).",
 )
+@click.option(
+    "--check-latency",
+    is_flag=True,
+    help="Time the result against the FP32 model (onnxruntime CPU, interleaved, median) and report the ratio.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Intra-op threads for --check-latency.",
+)
 @click.option("--save-plan", type=_PATH, help="Write the QuantPlan (every decision) as JSON.")
 @click.option(
     "--plan", "plan_path", type=_PATH, help="Replay a saved or edited QuantPlan instead of calibrating."
@@ -193,6 +205,8 @@ def convert(
     per_tensor: bool,
     activation_type: str,
     keep_io_types: bool,
+    check_latency: bool,
+    threads: int,
     save_plan: Path | None,
     plan_path: Path | None,
     json_output: bool,
@@ -238,6 +252,8 @@ def convert(
             dynamic_op_types=_op_types(dynamic_op_types),
             calib_preprocess=ImagePreprocess.parse(calib_preprocess) if calib_preprocess else None,
             keep_io_types=keep_io_types,
+            check_latency=check_latency,
+            latency_threads=threads,
             save_plan=save_plan,
             plan=plan_path,
         )

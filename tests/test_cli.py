@@ -238,3 +238,13 @@ def test_bad_input_with_json_still_prints_one_object(tmp_path: Path) -> None:
 def test_unknown_option_is_a_usage_error(tmp_path: Path) -> None:
     proc = quantcli("convert", CNN, "--no-such-flag", cwd=tmp_path)
     assert proc.returncode == 2 and "No such option" in proc.stderr
+
+
+def test_convert_check_latency_reports_a_ratio(tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    proc = quantcli("convert", CNN, "--calib", CALIB, "--calib-samples", 16, "-o", out, "--check-latency", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lat = json.loads(proc.stdout)["latency"]
+    assert lat["rounds"] >= 30 and lat["threads"] == 1
+    assert lat["reference_ms"] > 0 and lat["candidate_ms"] > 0
+    assert lat["ratio"] == pytest.approx(lat["candidate_ms"] / lat["reference_ms"])

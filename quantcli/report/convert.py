@@ -63,6 +63,15 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
                 for o in a.outputs
             ],
         },
+        "latency": None
+        if r.latency is None
+        else {
+            "threads": r.latency.threads,
+            "rounds": r.latency.rounds,
+            "reference_ms": r.latency.reference_ms,
+            "candidate_ms": r.latency.candidate_ms,
+            "ratio": r.latency.ratio,
+        },
         "warnings": r.warnings,
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
     }
@@ -110,6 +119,15 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
                     f"float {_pct(a.reference_accuracy)} -> quantized {_pct(a.candidate_accuracy)}",
                 )
             )
+    if r.latency is not None:
+        lat = r.latency
+        rows.append(
+            (
+                "latency",
+                f"{lat.candidate_ms:.4g} ms vs FP32 {lat.reference_ms:.4g} ms: ratio {lat.ratio:.3f} "
+                f"(median of {lat.rounds} interleaved runs, {lat.threads} thread{'s' if lat.threads > 1 else ''})",
+            )
+        )
     rows.append(("time", f"{r.seconds.get('total', 0.0):.2f} s"))
     rows.extend(("warning", w) for w in r.warnings)
     return rows
