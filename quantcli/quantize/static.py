@@ -62,14 +62,15 @@ def plan_static(model: onnx.ModelProto, ranges: Ranges, config: QuantConfig) -> 
 
 
 def _decide(
-    node,
+    node: onnx.NodeProto,
     rule: OpRule | None,
     index: GraphIndex,
     ranges: Ranges,
-    precision,
-    produced_int8,
+    precision: dict[str, str],
+    produced_int8: set[str],
     config: QuantConfig,
-) -> tuple[str, str]:  # noqa: ANN001
+) -> tuple[str, str]:
+    """(precision, reason) of one node, given the decisions already made for its producers."""
     if rule is None:
         where = (
             f"domain {node.domain}" if node.domain not in ("", "ai.onnx") else "onnxruntime's CPU provider"
@@ -109,7 +110,6 @@ def _decide(
         if rule.kind not in (Kind.FIXED,):
             needed += [o for o in node.output[:1] if not _float_output(rule, node, index)]
         missing = [t for t in needed if t not in ranges.ranges and t not in produced_int8]
-        missing = [t for t in missing if t not in ranges.ranges]
         if missing:
             return FLOAT, f"no calibrated range for {missing[0]}"
     return INT8, f"{rule.kernel}"
