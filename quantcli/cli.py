@@ -130,9 +130,9 @@ def main() -> None:
 @click.option(
     "--calib-memory",
     type=click.IntRange(min=16),
-    default=1024,
+    default=256,
     show_default=True,
-    help="MB of activations one calibration pass may hold; more tensors take more passes.",
+    help="MB of activations one calibration run may hold: fewer samples per run, then more passes over tensor groups.",
 )
 @click.option(
     "--weight-calibration",

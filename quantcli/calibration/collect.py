@@ -37,16 +37,23 @@ def float_tensors(model: onnx.ModelProto) -> list[str]:
     return [n for n in names if known.get(n, onnx.TensorProto.FLOAT) in (onnx.TensorProto.FLOAT, 0)]
 
 
-def make_session(model: onnx.ModelProto | bytes | Path, *, threads: int = 0, optimize: bool = True):  # noqa: ANN201
-    """An onnxruntime CPU session over a model, its serialised bytes or its path; a load failure is exit 3."""
+def make_session(
+    model: onnx.ModelProto | bytes | Path, *, threads: int = 0, optimize: bool = True, lean: bool = False
+):  # noqa: ANN201
+    """An onnxruntime CPU session over a model, its serialised bytes or its path; a load failure is exit 3.
+
+    Sessions that verify a result run as a deployment would (same kernels, same numerics). `lean`
+    sessions (calibration) trade speed for memory: no pre-packed second copy of the weights and no
+    arena holding on to every intermediate buffer of the widest run.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    # Pre-packed weights are a second copy of every MatMul/Conv weight; calibration and
-    # verification run few samples, so the memory matters more than the speed.
-    opts.add_session_config_entry("session.disable_prepacking", "1")
+    if lean:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+        opts.enable_cpu_mem_arena = False
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if isinstance(model, onnx.ModelProto) and model_size(model) > _SPILL_BYTES:
@@ -80,7 +87,7 @@ class CalibrationConfig:
     bins: int = DEFAULT_BINS
     percentile: float = 99.99
     symmetric: bool = False
-    memory_budget_bytes: int = 1 << 30
+    memory_budget_bytes: int = 256 << 20
     batch_size: int = 16
 
     def __post_init__(self) -> None:
@@ -107,9 +114,14 @@ def collect_ranges(
     """
     config = config or CalibrationConfig()
     names = float_tensors(model)
-    groups = tensor_groups(model, names, config.memory_budget_bytes // max(1, config.batch_size))
+    # Samples per run: as many as fit the budget with every tensor exposed (at most batch_size);
+    # when even one sample does not fit, one sample per run and the tensors split into passes.
+    per_sample = max(1, sum(_estimated_bytes(model).get(n, 0) for n in names))
+    batch = max(1, min(config.batch_size, config.memory_budget_bytes // per_sample))
+    if not _has_free_batch_axis(model):
+        batch = 1
+    groups = tensor_groups(model, names, config.memory_budget_bytes // batch)
     observers = {n: make_observer(config.method, config.bins) for n in names}
-    batch = config.batch_size if _has_free_batch_axis(model) else 1
     count = 0
     for g, group in enumerate(groups):
         session = _exposing_session(model, group)
@@ -175,7 +187,7 @@ def _exposing_session(model: onnx.ModelProto, names: list[str]):  # noqa: ANN202
         for name in names:
             if name not in existing:
                 model.graph.output.append(onnx.ValueInfoProto(name=name))
-        return make_session(model)
+        return make_session(model, lean=True)
     finally:
         del model.graph.output[n_outputs:]
 
