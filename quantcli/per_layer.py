@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from quantcli.calibration.collect import make_session, tensor_groups
+from quantcli.calibration.collect import estimated_bytes, make_session, tensor_groups
 from quantcli.graph import GraphIndex, node_label
 from quantcli.io_match import IOMatch, TensorIO
 from quantcli.verify import ErrorAccumulator, OutputMetrics, run_session
@@ -175,7 +175,7 @@ def per_layer_errors(
     feeds_cand = {p.name: p.candidate for p in io.inputs}
     acc: dict[str, ErrorAccumulator] = {}
     by_name = {x.tensor: x for x in matched}
-    names = tensor_groups(reference, list(by_name), memory_budget_bytes // 2)
+    names = tensor_groups(list(by_name), estimated_bytes(reference), memory_budget_bytes // 2)
     groups = [[by_name[n] for n in group] for group in names]
     count = 0
     for g, group in enumerate(groups):

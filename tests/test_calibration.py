@@ -12,7 +12,7 @@ import onnx
 import pytest
 from conftest import DATA, ROOT, SAMPLES
 
-from quantcli.calibration.collect import CalibrationConfig, collect_ranges, tensor_groups
+from quantcli.calibration.collect import CalibrationConfig, collect_ranges, estimated_bytes, tensor_groups
 from quantcli.calibration.data import InputSpec, iter_samples, list_samples
 from quantcli.calibration.observers import HistogramObserver, MinMaxObserver
 from quantcli.calibration.ranges import CalibMethod, abs_histogram, compute_range, entropy_threshold
@@ -131,7 +131,7 @@ def test_memory_budget_splits_passes_without_changing_ranges() -> None:
     one = collect_ranges(model, samples, CalibrationConfig(method=CalibMethod.PERCENTILE, batch_size=1))
     tiny = CalibrationConfig(method=CalibMethod.PERCENTILE, memory_budget_bytes=16 * 1024)
     # One sample with every tensor exposed does not fit 16 KB: one sample per run, tensors in groups.
-    groups = tensor_groups(model, list(one.ranges), tiny.memory_budget_bytes)
+    groups = tensor_groups(list(one.ranges), estimated_bytes(model), tiny.memory_budget_bytes)
     assert len(groups) > 3
     passes = []
     several = collect_ranges(model, samples, tiny, progress=lambda g, n, k: passes.append(n))

@@ -114,17 +114,28 @@ def collect_ranges(
     """
     config = config or CalibrationConfig()
     names = float_tensors(model)
+    sizes = estimated_bytes(model)
+    probe = None
+    if sum(sizes.get(n, 0) for n in names) <= config.memory_budget_bytes:
+        # Shapes are often unknown past dynamic ops (a padded Conv, a reshape by Shape); measure
+        # one sample with every tensor exposed instead of trusting the static estimate.
+        probe = _exposing_session(model, names)
+        first = next(iter(samples()), None)
+        if first is not None:
+            values = _run(probe, names, first, strict=True)
+            sizes = {n: v.nbytes for n, v in zip(names, values, strict=True) if isinstance(v, np.ndarray)}
     # Samples per run: as many as fit the budget with every tensor exposed (at most batch_size);
     # when even one sample does not fit, one sample per run and the tensors split into passes.
-    per_sample = max(1, sum(_estimated_bytes(model).get(n, 0) for n in names))
+    per_sample = max(1, sum(sizes.get(n, 0) for n in names))
     batch = max(1, min(config.batch_size, config.memory_budget_bytes // per_sample))
     if not _has_free_batch_axis(model):
         batch = 1
-    groups = tensor_groups(model, names, config.memory_budget_bytes // batch)
+    groups = tensor_groups(names, sizes, config.memory_budget_bytes // batch)
     observers = {n: make_observer(config.method, config.bins) for n in names}
     count = 0
     for g, group in enumerate(groups):
-        session = _exposing_session(model, group)
+        session = probe if probe is not None and len(groups) == 1 else _exposing_session(model, group)
+        probe = None
         out_names = [o.name for o in session.get_outputs()]
         count = 0
         for feeds, n in _batches(samples(), batch):
@@ -149,9 +160,8 @@ def collect_ranges(
     return Ranges(ranges, count, config.method.value)
 
 
-def tensor_groups(model: onnx.ModelProto, names: list[str], budget: int) -> list[list[str]]:
-    """Split `names` into groups whose estimated bytes per sample stay under `budget`."""
-    sizes = _estimated_bytes(model)
+def tensor_groups(names: list[str], sizes: dict[str, int], budget: int) -> list[list[str]]:
+    """Split `names` into groups whose bytes per sample (`sizes`) stay under `budget`."""
     groups: list[list[str]] = [[]]
     used = 0
     for name in names:
@@ -164,7 +174,7 @@ def tensor_groups(model: onnx.ModelProto, names: list[str], budget: int) -> list
     return groups
 
 
-def _estimated_bytes(model: onnx.ModelProto) -> dict[str, int]:
+def estimated_bytes(model: onnx.ModelProto) -> dict[str, int]:
     """Bytes of one sample of each tensor, from the inferred shapes (free dimensions count as 1)."""
     out = {}
     for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output):
