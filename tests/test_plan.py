@@ -115,3 +115,56 @@ def test_malformed_plans_are_rejected(edit, match) -> None:
     edit(data)
     with pytest.raises(BadPlanError, match=match):
         QuantPlan.from_dict(data)
+
+
+def embedding_model() -> onnx.ModelProto:
+    table = numpy_helper.from_array(
+        RNG.normal(size=(500, 32)).astype(np.float32) * RNG.uniform(0.1, 3, (500, 1)).astype(np.float32),
+        "table",
+    )
+    w = numpy_helper.from_array(RNG.normal(size=(32, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["emb"], name="lookup"),
+            helper.make_node("MatMul", ["emb", "w"], ["y"], name="mm"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6, 8])],
+        [table, w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "weights-int8"])
+def test_embedding_tables_are_stored_int8_per_row(tmp_path, mode: str) -> None:
+    from quantcli.api import ConvertOptions, convert
+
+    model = embedding_model()
+    onnx.save(model, tmp_path / "emb.onnx")
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(20):
+        np.savez(data / f"s{i:02d}.npz", ids=RNG.integers(0, 500, size=(1, 6)))
+    result = convert(
+        ConvertOptions(
+            model=tmp_path / "emb.onnx",
+            output=tmp_path / "q.onnx",
+            mode=mode,
+            calib=data if mode == "static" else None,
+            eval=data,
+        )
+    )
+    lookup = next(n for n in result.nodes if n.name == "lookup")
+    assert lookup.precision == "int8" and "one scale per row" in lookup.reason
+    q = onnx.load(tmp_path / "q.onnx")
+    assert checker_error(q) is None
+    inits = {t.name: t for t in q.graph.initializer}
+    assert "table" not in inits and any(
+        t.data_type == TensorProto.INT8 and list(t.dims) == [500, 32] for t in inits.values()
+    )
+    assert not any(
+        n.op_type == "DequantizeLinear" and n.output[0] == "table" for n in q.graph.node
+    )  # no whole-table DQ
+    assert result.size_ratio < 0.35
+    assert result.agreement.outputs[0].cosine_min > 0.999

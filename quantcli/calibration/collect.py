@@ -23,6 +23,10 @@ class Ranges:
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     samples: int = 0
     method: str = "minmax"
+    excluded: dict[str, str] = field(default_factory=dict)  # tensor -> why its range is unusable
+
+    def why_missing(self, name: str) -> str:
+        return self.excluded.get(name, f"no calibrated range for {name}")
 
 
 def float_tensors(model: onnx.ModelProto) -> list[str]:

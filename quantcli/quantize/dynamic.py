@@ -19,6 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantcli.errors import BadPlanError
 from quantcli.graph import GraphIndex, NameAllocator, attr
+from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
+from quantcli.quantize.embedding import embedding_table, gather_rows
 from quantcli.quantize.params import QType, quantize_array
 from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import rule_for
@@ -74,6 +76,13 @@ def plan_dynamic(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     for node in model.graph.node:
         if node.name in fused_adds:
             continue
+        table = embedding_table(node, index)
+        if table is not None:
+            tensors.setdefault(table, TensorParams.for_weight(index.array(table), 0, config))
+            nodes[node.name] = NodePlan(
+                node.name, node.op_type, INT8, EMBEDDING_REASON, quantized_inputs=[table]
+            )
+            continue
         why = _why_not(node, index, config.dynamic_op_types)
         if why is not None:
             nodes[node.name] = NodePlan(node.name, node.op_type, FLOAT, why)
@@ -111,8 +120,29 @@ def rewrite_dynamic(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool =
     new_nodes: list[onnx.NodeProto] = []
     new_inits: list[onnx.TensorProto] = []
     quantized_weights: set[str] = set()
+    tables: dict[str, tuple[str, str]] = {}
     for node in graph.node:
         decision = by_name.get(node.name)
+        if decision is not None and decision.precision == INT8 and node.op_type == "Gather":
+            table = node.input[0]
+            params = plan.tensors.get(table)
+            if params is None or table not in index.initializers:
+                raise BadPlanError(
+                    f"plan quantizes node '{node.name}' but gives no parameters for table '{table}'"
+                )
+            if table not in tables:
+                scale, zp = params.arrays()
+                q = quantize_array(index.array(table), scale, zp, QType.INT8, params.axis, symmetric=True)
+                tables[table] = (names.new(f"{table}_quantized"), names.new(f"{table}_scale"))
+                new_inits += [
+                    numpy_helper.from_array(q, tables[table][0]),
+                    numpy_helper.from_array(scale, tables[table][1]),
+                ]
+                quantized_weights.add(table)
+            replacement, inits = gather_rows(node, *tables[table], names)
+            new_nodes += replacement
+            new_inits += inits
+            continue
         if decision is None or decision.precision != INT8 or node.op_type not in OP_TYPES:
             _bias_second(node, index, by_name)
             new_nodes.append(node)

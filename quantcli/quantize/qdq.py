@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 from quantcli import __version__
 from quantcli.errors import BadPlanError
 from quantcli.graph import GraphIndex, NameAllocator
+from quantcli.quantize.embedding import gather_rows
 from quantcli.quantize.params import quantize_array
 from quantcli.quantize.plan import INT8, QuantPlan, TensorParams
 
@@ -52,6 +53,13 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     index = GraphIndex(graph)
     names = NameAllocator(graph)
     wanted = quantized_tensor_names(out, plan)
+    by_name = {n.name: n for n in plan.nodes}
+    gathers = {
+        n.name
+        for n in graph.node
+        if n.op_type == "Gather" and getattr(by_name.get(n.name), "precision", None) == INT8
+    }
+    tables: dict[str, tuple[str, str]] = {}  # table -> (quantized table, per-row scale)
 
     head: list[onnx.NodeProto] = []  # DQ of initializers, Q/DQ of graph inputs
     after: dict[str, list[onnx.NodeProto]] = {}  # producer node name -> Q/DQ that follow it
@@ -81,6 +89,9 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
             q_name = names.new(f"{t}_quantized")
             new_inits.append(numpy_helper.from_array(q, q_name))
             drop_inits.add(t)
+            tables[t] = (q_name, scale_name)
+            if all(c.name in gathers for c in index.consumers[t]):
+                continue  # only row lookups read it: no DequantizeLinear of the whole table
             head.append(
                 helper.make_node(
                     "DequantizeLinear",
@@ -127,7 +138,12 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
         for i, name in enumerate(node.input):
             if name in rewire:
                 node.input[i] = rewire[name]
-        nodes.append(node)
+        if node.name in gathers:
+            replacement, inits = gather_rows(node, *tables[node.input[0]], names)
+            nodes.extend(replacement)
+            new_inits.extend(inits)
+        else:
+            nodes.append(node)
         nodes.extend(after.get(node.name, []))
     del graph.node[:]
     graph.node.extend(nodes)

@@ -8,6 +8,8 @@ import onnx
 
 from quantcli.calibration.collect import Ranges
 from quantcli.graph import GraphIndex
+from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
+from quantcli.quantize.embedding import embedding_table
 from quantcli.quantize.params import QType, calculate_qparams
 from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import Kind, OpRule, activation_input_indices, rule_for
@@ -37,11 +39,18 @@ def _absorbable(
 def plan_static(model: onnx.ModelProto, ranges: Ranges, config: QuantConfig) -> QuantPlan:
     """Decide each node's precision and each quantized tensor's parameters."""
     index = GraphIndex(model.graph)
+    ranges = _without_sentinels(ranges, index)
     precision: dict[str, str] = {}
     reasons: dict[str, str] = {}
     produced_int8: set[str] = set()
 
+    tables: dict[str, str] = {}
     for node in model.graph.node:
+        table = embedding_table(node, index)
+        if table is not None:
+            tables[node.name] = table
+            precision[node.name], reasons[node.name] = INT8, EMBEDDING_REASON
+            continue  # its output is float (rows dequantized), not a quantized activation
         rule = rule_for(node)
         decision, reason = _decide(node, rule, index, ranges, precision, produced_int8, config)
         precision[node.name] = decision
@@ -55,10 +64,41 @@ def plan_static(model: onnx.ModelProto, ranges: Ranges, config: QuantConfig) -> 
         rule = rule_for(node)
         plan = NodePlan(node.name, node.op_type, precision[node.name], reasons[node.name])
         nodes.append(plan)
+        if plan.precision == INT8 and node.name in tables:
+            table = tables[node.name]
+            tensors.setdefault(table, TensorParams.for_weight(index.array(table), 0, config))
+            plan.quantized_inputs.append(table)
+            continue
         if plan.precision != INT8 or rule is None:
             continue
         _plan_tensors(node, rule, plan, index, ranges, precision, tensors, config)
     return QuantPlan("static", config, nodes, tensors, ranges.samples)
+
+
+SENTINEL = 1e30  # |x| this large is a "minus infinity" stand-in (torch.finfo(float32).min masks)
+MASK = 1e4  # a Softmax input reaching this far holds an additive attention mask (-10000 masks)
+
+
+def _without_sentinels(ranges: Ranges, index: GraphIndex) -> Ranges:
+    """The ranges minus those that 8 bits cannot represent usefully, each with the reason.
+
+    Attention masks add huge negative constants before a Softmax (-3.4e38, -inf, -1e4): a range
+    that includes them leaves no resolution for the real scores (FIELD_NOTES.md: onnxruntime's
+    quantize_static keeps ~0.4 cosine on all-MiniLM-L6-v2 for this reason). Such tensors stay
+    float; the Softmax after them too, and the integer kernels around them take float in or out.
+    """
+    kept, excluded = {}, dict(ranges.excluded)
+    for name, (lo, hi) in ranges.ranges.items():
+        peak = max(abs(lo), abs(hi))
+        to_softmax = any(c.op_type == "Softmax" for c in index.consumers.get(name, []))
+        if not (peak < SENTINEL) or (to_softmax and peak >= MASK):
+            excluded[name] = (
+                f"range [{lo:.3g}, {hi:.3g}] of {name} holds mask or sentinel values: 8 bits would "
+                "leave no resolution for the rest, so it stays float"
+            )
+        else:
+            kept[name] = (lo, hi)
+    return Ranges(kept, ranges.samples, ranges.method, excluded)
 
 
 def _decide(
@@ -85,7 +125,7 @@ def _decide(
         if why_not:
             return FLOAT, f"{node.op_type} kept in float: {why_not}"
         if node.output[0] not in ranges.ranges:
-            return FLOAT, f"no calibrated range for {node.output[0]}"
+            return FLOAT, ranges.why_missing(node.output[0])
         return INT8, f"absorbed into {producer.name}'s output range"
     act_inputs = [
         node.input[i] for i in activation_input_indices(rule, node) if node.input[i] not in index.initializers
@@ -111,7 +151,7 @@ def _decide(
             needed += [o for o in node.output[:1] if not _float_output(rule, node, index)]
         missing = [t for t in needed if t not in ranges.ranges and t not in produced_int8]
         if missing:
-            return FLOAT, f"no calibrated range for {missing[0]}"
+            return FLOAT, ranges.why_missing(missing[0])
     return INT8, f"{rule.kernel}"
 
 

@@ -10,6 +10,8 @@ import onnx
 from onnx import TensorProto
 
 from quantcli.graph import GraphIndex
+from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
+from quantcli.quantize.embedding import embedding_table
 from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import rule_for
 
@@ -36,6 +38,11 @@ def plan_weights_int8(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     nodes: list[NodePlan] = []
     tensors: dict[str, TensorParams] = {}
     for node in model.graph.node:
+        table = embedding_table(node, index)
+        if table is not None:
+            tensors.setdefault(table, TensorParams.for_weight(index.array(table), 0, config))
+            nodes.append(NodePlan(node.name, node.op_type, INT8, EMBEDDING_REASON, quantized_inputs=[table]))
+            continue
         weight, why_not = weight_of(node, index)
         if weight is None:
             reason = "weight-only mode: activations stay float" if node.op_type not in WEIGHT_OPS else why_not
