@@ -16,6 +16,7 @@ from quantcli.calibration.images import ImagePreprocess
 from quantcli.compare import Latency
 from quantcli.cpu import has_vnni
 from quantcli.errors import UnsupportedModelError, UsageError
+from quantcli.graph import COMPUTE_OPS
 from quantcli.model_io import check_output_path, check_valid, file_size, load_model, staged_model
 from quantcli.preprocess import preprocess
 from quantcli.quantize import MODES
@@ -26,8 +27,6 @@ from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
 from quantcli.quantize.weights import plan_weights_int8
 from quantcli.verify import Agreement, checker_error, compare_sessions, requantized_by_onnxruntime
-
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -123,9 +122,9 @@ def convert(
     plan = QuantPlan.load(options.plan) if options.plan is not None else None
     input_bytes = file_size(options.model)
 
-    pre = preprocess(source)
     source_value_info = {v.name for v in source.graph.value_info}
-    del source  # the preprocessed copy is all that is needed from here on
+    pre = preprocess(source, in_place=True)  # loaded from the file here: ours to change
+    del source
     model = pre.model
     specs = InputSpec.from_model(model)
     split = split_samples(

@@ -30,10 +30,14 @@ DEFAULT_PASSES: tuple[type[Pass], ...] = (
 )
 
 
-def preprocess(model: onnx.ModelProto) -> PreprocessResult:
-    """Run the default passes on one copy; the caller's model object is left untouched."""
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+def preprocess(model: onnx.ModelProto, *, in_place: bool = False) -> PreprocessResult:
+    """Run the default passes on a copy (the caller's model object is left untouched), or on the
+    model itself with `in_place` (one copy of the weights fewer, for a model the caller owns)."""
+    if in_place:
+        work = model
+    else:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
     result = PreprocessResult(work)
     for pass_cls in DEFAULT_PASSES:
         step: PassResult = pass_cls().call(result.model)
