@@ -8,6 +8,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+# Compute ops (ai.onnx domain) as convert and inspect count them: one tuple, so the two reports agree.
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
 
 class GraphIndex:
     """Producer/consumer maps and initializer lookup for the main graph (not subgraphs)."""
