@@ -47,6 +47,9 @@ def load_model(path: str | os.PathLike[str], *, external_data: bool = True) -> o
         raise BadModelError(f"{p}: not an ONNX model (protobuf decode failed: {exc})") from exc
     except FileNotFoundError as exc:
         raise BadModelError(f"{p}: external data file missing: {exc.filename or exc}") from exc
+    except onnx.checker.ValidationError as exc:  # onnx checks external data locations while loading
+        first = str(exc).strip().splitlines()[0]
+        raise BadModelError(f"{p}: cannot read its external data: {first}") from exc
     except (OSError, ValueError, RuntimeError) as exc:
         raise BadModelError(f"{p}: cannot read model: {exc}") from exc
     if not model.HasField("graph") or len(model.graph.node) == 0:
@@ -291,7 +294,9 @@ def check_valid(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
             try:
                 expected = _nbytes(t)
             except (KeyError, ValueError, TypeError):
-                raise BadModelError(f"{path}: initializer '{t.name}' has an unsupported data type {t.data_type}") from None
+                raise BadModelError(
+                    f"{path}: initializer '{t.name}' has an unsupported data type {t.data_type}"
+                ) from None
             if len(t.raw_data) != expected:
                 raise BadModelError(
                     f"{path}: initializer '{t.name}' holds {len(t.raw_data)} bytes, "

@@ -183,11 +183,100 @@ BAD_INPUTS = {
         lambda d: ["convert", CNN, "--calib", CALIB, "-o", _write(d / "f", b"x") / "o.onnx"],
         ["is not a directory"],
     ),
+    "truncated model": (
+        lambda d: [
+            "convert",
+            _write(d / "cut.onnx", CNN.read_bytes()[: len(CNN.read_bytes()) // 2]),
+            "--calib",
+            CALIB,
+            "-o",
+            d / "o.onnx",
+        ],
+        ["cut.onnx", "not an ONNX model"],
+    ),
+    "protobuf that is not a model": (
+        lambda d: ["convert", _write(d / "t.onnx", _tensor_bytes()), "--calib", CALIB, "-o", d / "o.onnx"],
+        ["t.onnx", "not an ONNX model"],
+    ),
+    "model failing the checker": (
+        lambda d: ["convert", _broken_model(d / "bad.onnx"), "--calib", CALIB, "-o", d / "o.onnx"],
+        ["bad.onnx", "not a valid ONNX model"],
+    ),
+    "external data missing": (
+        lambda d: ["convert", _external(d, "missing"), "--calib", CALIB, "-o", d / "o.onnx"],
+        ["ext.onnx", "external data"],
+    ),
+    "external data truncated": (
+        lambda d: ["convert", _external(d, "truncated"), "--calib", CALIB, "-o", d / "o.onnx"],
+        ["ext.onnx"],
+    ),
+    "mixed sample formats": (
+        lambda d: ["convert", CNN, "--calib", _mixed(d / "mixed"), "-o", d / "o.onnx"],
+        ["mixed", "mixes .npz and .npy"],
+    ),
+    "plan for another mode": (
+        lambda d: ["convert", CNN, "--mode", "dynamic", "--plan", _static_plan(d), "-o", d / "o.onnx"],
+        ["--mode dynamic contradicts the plan"],
+    ),
     "bad plan": (
         lambda d: ["convert", CNN, "--plan", _write(d / "p.json", b"{not json"), "-o", d / "o.onnx"],
         ["p.json", "cannot read plan"],
     ),
 }
+
+
+def _tensor_bytes() -> bytes:
+    import onnx
+
+    return onnx.numpy_helper.from_array(np.arange(1000, dtype=np.float32), "t").SerializeToString()
+
+
+def _broken_model(path: Path) -> Path:
+    import onnx
+
+    model = onnx.load(CNN)
+    model.graph.node[0].input[0] = "undefined_tensor"
+    onnx.save(model, path)
+    return path
+
+
+def _external(d: Path, how: str) -> Path:
+    import onnx
+
+    model = onnx.load(CNN)
+    onnx.save(model, d / "ext.onnx", save_as_external_data=True, location="ext.data", size_threshold=0)
+    data = d / "ext.data"
+    if how == "missing":
+        data.unlink()
+    else:
+        data.write_bytes(data.read_bytes()[:1000])
+    return d / "ext.onnx"
+
+
+def _mixed(directory: Path) -> Path:
+    directory.mkdir()
+    np.savez(directory / "a.npz", input=np.zeros((1, 1, 8, 8), np.float32))
+    np.save(directory / "b.npy", np.zeros((1, 1, 8, 8), np.float32))
+    return directory
+
+
+def _static_plan(d: Path) -> Path:
+    out = d / "plan.json"
+    proc = quantcli(
+        "convert",
+        CNN,
+        "--calib",
+        CALIB,
+        "--calib-samples",
+        8,
+        "-o",
+        d / "first.onnx",
+        "--save-plan",
+        out,
+        cwd=d,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -242,9 +331,62 @@ def test_unknown_option_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_convert_check_latency_reports_a_ratio(tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
-    proc = quantcli("convert", CNN, "--calib", CALIB, "--calib-samples", 16, "-o", out, "--check-latency", "--json", cwd=tmp_path)
+    proc = quantcli(
+        "convert",
+        CNN,
+        "--calib",
+        CALIB,
+        "--calib-samples",
+        16,
+        "-o",
+        out,
+        "--check-latency",
+        "--json",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     lat = json.loads(proc.stdout)["latency"]
     assert lat["rounds"] >= 30 and lat["threads"] == 1
     assert lat["reference_ms"] > 0 and lat["candidate_ms"] > 0
     assert lat["ratio"] == pytest.approx(lat["candidate_ms"] / lat["reference_ms"])
+
+
+def test_model_onnxruntime_cannot_run_is_exit_3(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"], name="relu"),
+            helper.make_node("Mystery", ["r"], ["y"], name="m", domain="custom.domain"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("custom.domain", 1)]
+    )
+    onnx.save(model, tmp_path / "custom.onnx")
+    data = make_samples(tmp_path / "calib", {"x": np.zeros((1, 4), np.float32)})
+    proc = quantcli(
+        "convert", tmp_path / "custom.onnx", "--calib", data, "-o", tmp_path / "o.onnx", cwd=tmp_path
+    )
+    assert_one_line_error(proc, 3, "onnxruntime cannot load the model")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_unwritable_output_is_exit_2(tmp_path: Path) -> None:
+    """As root, permission bits do not stop writes: a path under /proc cannot be created."""
+    proc = quantcli(
+        "convert",
+        CNN,
+        "--calib",
+        CALIB,
+        "--calib-samples",
+        4,
+        "-o",
+        "/proc/quantcli_test/o.onnx",
+        cwd=tmp_path,
+    )
+    assert_one_line_error(proc, 2, "o.onnx")
