@@ -632,3 +632,12 @@ def test_cli_unreadable_model_with_json(tmp_path: Path) -> None:
     assert proc.returncode == 2
     data = json.loads(proc.stdout)
     assert data["command"] == "inspect" and data["error"]["exit_code"] == 2
+
+
+def test_saturation_risk_is_reported_only_without_vnni(converted) -> None:
+    from quantcli.inspect.findings import saturation_risk
+
+    graph = onnx.load(converted["digits_cnn"].output).graph
+    (finding,) = saturation_risk(graph, vnni=False)
+    assert finding.code == "u8s8-saturation" and "--reduce-range" in finding.message
+    assert saturation_risk(graph, vnni=True) == [] and saturation_risk(graph, vnni=None) == []

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
+from quantcli.cpu import has_vnni
 from quantcli.graph import GraphIndex, attr, node_label
 from quantcli.inspect.facts import FileFacts, Finding
 from quantcli.inspect.quantization import Q_OPS, _QRef
@@ -47,6 +48,7 @@ def _findings(
         found += _not_fused(g, optimized)
     found += _half_findings(g, index, values)
     found += _cast_round_trips(g, index, types)
+    found += saturation_risk(g, has_vnni())
     used = set(index.consumers) | index.graph_outputs
     for t in g.initializer:
         if t.name not in used:
@@ -207,3 +209,28 @@ def _cast_round_trips(g: onnx.GraphProto, index: GraphIndex, types: dict[str, in
                 )
             )
     return found
+
+
+def saturation_risk(g: onnx.GraphProto, vnni: bool | None) -> list[Finding]:
+    """On an x86 CPU without VNNI, U8S8 integer kernels sum pairs of u8 x s8 products in 16 bits
+    (VPMADDUBSW) and can saturate unless weights use 7 bits (quantcli convert --reduce-range)."""
+    if vnni is not False:
+        return []
+    int8_weights = [t for t in g.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+    full_range = [
+        t.name
+        for t in int8_weights
+        if int(np.abs(numpy_helper.to_array(t).astype(np.int16)).max(initial=0)) > 63
+    ]
+    if not full_range:
+        return []
+    return [
+        Finding(
+            "u8s8-saturation",
+            "warning",
+            None,
+            f"this CPU has no VNNI: {len(full_range)} INT8 weight tensor(s) use the full 8-bit range, so "
+            "onnxruntime's U8S8 kernels may saturate here; reconvert with --reduce-range for such CPUs",
+            full_range[0],
+        )
+    ]
