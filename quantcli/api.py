@@ -202,7 +202,7 @@ def convert(
         candidate = make_session(staged.path)
         agreement = None
         if split.eval:
-            reference = make_session(Path(options.model))
+            reference = make_session(Path(options.model), lean=True)  # float reference: same numerics, less memory
             agreement = compare_sessions(
                 reference,
                 candidate,
