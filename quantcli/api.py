@@ -17,7 +17,14 @@ from quantcli.compare import Latency
 from quantcli.cpu import has_vnni
 from quantcli.errors import UnsupportedModelError, UsageError
 from quantcli.graph import COMPUTE_OPS
-from quantcli.model_io import check_output_path, check_valid, file_size, load_model, staged_model
+from quantcli.model_io import (
+    check_model_path,
+    check_output_path,
+    check_valid,
+    file_size,
+    load_model,
+    staged_model,
+)
 from quantcli.preprocess import preprocess
 from quantcli.quantize import MODES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
@@ -114,12 +121,14 @@ def convert(
     """Quantize `options.model` into `options.output`; raises QuantcliError subclasses on bad input."""
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
-    source = load_model(options.model)
-    check_valid(source, options.model)
+    # Cheap checks first: a bad output path or plan is reported before a big model is read.
+    check_model_path(options.model)
     check_output_path(options.output, [options.model])
     if options.save_plan is not None:
         check_output_path(options.save_plan, [options.model, options.output])
     plan = QuantPlan.load(options.plan) if options.plan is not None else None
+    source = load_model(options.model)
+    check_valid(source, options.model)
     input_bytes = file_size(options.model)
 
     source_value_info = {v.name for v in source.graph.value_info}
@@ -202,7 +211,9 @@ def convert(
         candidate = make_session(staged.path)
         agreement = None
         if split.eval:
-            reference = make_session(Path(options.model), lean=True)  # float reference: same numerics, less memory
+            reference = make_session(
+                Path(options.model), lean=True
+            )  # float reference: same numerics, less memory
             agreement = compare_sessions(
                 reference,
                 candidate,
