@@ -28,14 +28,23 @@ class MinMaxObserver:
     def update(self, x: np.ndarray) -> None:
         if x.size == 0:
             return
-        self.min = min(self.min, float(np.min(x)))
-        self.max = max(self.max, float(np.max(x)))
+        lo, hi = float(np.min(x)), float(np.max(x))
+        if math.isnan(lo) or math.isnan(hi):
+            self.has_nan = True
+        else:
+            self.min = min(self.min, lo)
+            self.max = max(self.max, hi)
         self.count += 1
 
+    has_nan = False
+
     def range(self) -> tuple[float, float]:
-        """The observed [min, max]; (0, 0) when nothing was seen."""
+        """The observed [min, max]; (0, 0) when nothing was seen; NaN when a NaN was seen (the
+        planner then keeps the tensor in float)."""
         if self.count == 0:
             return 0.0, 0.0
+        if self.has_nan:
+            return math.nan, math.nan
         return self.min, self.max
 
 
@@ -62,15 +71,21 @@ class HistogramObserver(MinMaxObserver):
         if x.size == 0:
             return
         x = np.asarray(x, dtype=np.float32).ravel()
+        super().update(x)  # exact min/max, NaN and inf recorded there
+        if not np.isfinite(x).all():  # the histogram holds the finite values
+            x = x[np.isfinite(x)]
+            if x.size == 0:
+                return
         bmin, bmax = float(x.min()), float(x.max())
-        super().update(x)
         if self.width == 0.0:
-            if self.min == self.max:
+            lo = min(bmin, self.lo) if self.counts[0] else bmin
+            hi = max(bmax, self.lo) if self.counts[0] else bmax
+            if lo == hi:
                 # Constant so far: remember the mass at that value until a range appears.
-                self.lo = self.min
+                self.lo = lo
                 self.counts[0] += x.size
                 return
-            self._first_range(self.min, self.max)
+            self._first_range(lo, hi)
         elif bmin < self.lo or bmax > self.hi:
             self._grow(bmin, bmax)
         hist, _ = np.histogram(x, bins=self.bins, range=(self.lo, self.hi))
