@@ -157,3 +157,43 @@ def test_preprocess_does_not_touch_the_callers_model() -> None:
     assert model.SerializeToString() == before
     assert "fuse_conv_bn" in result.applied
     assert [n.op_type for n in result.model.graph.node] == ["Conv"]
+
+
+def test_pad_computed_from_constants_folds_into_conv() -> None:
+    """The EfficientNet export pattern: pads computed by Constant -> Cast, Pad, then Conv."""
+    from quantcli.preprocess.fuse_pad import FusePadConv
+
+    w = numpy_helper.from_array(RNG.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node(
+            "Constant",
+            [],
+            ["pads_f"],
+            name="c",
+            value=numpy_helper.from_array(np.array([0, 0, 0, 1, 0, 0, 2, 1], np.float32)),
+        ),
+        helper.make_node("Cast", ["pads_f"], ["pads"], name="cast", to=TensorProto.INT64),
+        helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+        helper.make_node("Conv", ["p", "w"], ["y"], name="conv", strides=[2, 2]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 5])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = RNG.normal(size=(1, 3, 9, 9)).astype(np.float32)
+    expected = run(model, x)
+    result = preprocess(model)
+    assert "fuse_pad_conv" in result.applied and "fold_constants" in result.applied
+    assert [n.op_type for n in result.model.graph.node] == ["Conv"]
+    conv = result.model.graph.node[0]
+    assert list(next(a for a in conv.attribute if a.name == "pads").ints) == [0, 1, 2, 1]
+    onnx.checker.check_model(result.model, full_check=True)
+    np.testing.assert_allclose(run(result.model, x), expected, rtol=1e-5, atol=1e-5)
+    # A Pad with a non-zero value stays.
+    model.graph.node[2].input.append("value")
+    model.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), "value"))
+    assert not FusePadConv().call(preprocess(model).model).modified

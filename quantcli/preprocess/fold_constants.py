@@ -59,7 +59,8 @@ class FoldConstants(Pass):
                 bypassed += 1
                 continue
             kept.append(node)
-        if not (folded or bypassed):
+        kept, evaluated = _evaluate_constant_nodes(kept, existing, outputs, graph)
+        if not (folded or bypassed or evaluated):
             return PassResult(model, False)
         del graph.node[:]
         graph.node.extend(kept)
@@ -71,9 +72,67 @@ class FoldConstants(Pass):
                 tensor.CopyFrom(index.initializers[new])
                 tensor.name = old
                 graph.initializer.append(tensor)
-        notes = [f"folded {folded} Constant node(s), bypassed {bypassed} Identity node(s)"]
+        notes = [
+            f"folded {folded} Constant node(s), bypassed {bypassed} Identity node(s), "
+            f"evaluated {evaluated} node(s) of constants"
+        ]
         return PassResult(out, True, notes)
 
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     return FoldConstants().call(model).model
+
+
+# Small shape computations (an exporter's padding arithmetic) are folded; weights are never
+# recomputed here, and ops with randomness or side effects are left alone.
+_FOLD_MAX_BYTES = 1 << 16
+_NEVER_FOLD = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
+
+
+def _evaluate_constant_nodes(
+    nodes: list[onnx.NodeProto], constants: set[str], outputs: set[str], graph: onnx.GraphProto
+) -> tuple[list[onnx.NodeProto], int]:
+    """Replace default-domain nodes whose inputs are all small initializers by their results,
+    computed with onnx's reference evaluator."""
+    from onnx.reference import ReferenceEvaluator
+
+    values = {t.name: t for t in graph.initializer}
+    kept, count = [], 0
+    for node in nodes:
+        inputs = [i for i in node.input if i]
+        foldable = (
+            node.domain in ("", "ai.onnx")
+            and node.op_type not in _NEVER_FOLD
+            and inputs
+            and all(i in constants for i in inputs)
+            and not any(o in outputs for o in node.output)
+            and sum(len(values[i].raw_data) or values[i].ByteSize() for i in inputs) <= _FOLD_MAX_BYTES
+            and not any(
+                a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+            )
+        )
+        if not foldable:
+            kept.append(node)
+            continue
+        try:
+            results = ReferenceEvaluator(node).run(
+                None, {i: numpy_helper.to_array(values[i]) for i in inputs}
+            )
+        except Exception:  # noqa: BLE001 - anything the reference cannot evaluate stays a node
+            kept.append(node)
+            continue
+        for name, value in zip(node.output, results, strict=False):
+            if name:
+                tensor = numpy_helper.from_array(np.asarray(value), name)
+                graph.initializer.append(tensor)
+                values[name] = tensor
+                constants.add(name)
+        count += 1
+    return kept, count
