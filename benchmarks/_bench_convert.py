@@ -1,0 +1,257 @@
+"""The conversions the benchmark compares, each run in its own child process.
+
+The parent calls `convert(tool, case, workdir)`; it runs this file as a script,
+`python _bench_convert.py TOOL MODEL CALIB EVAL OUTPUT`, in a fresh temporary working directory (so
+files a converter leaves in its cwd, like onnxruntime's `sym_shape_infer_temp.onnx`, stay out of the
+repository) and times it. The child:
+
+- quantcli tools: runs the CLI in-process, `quantcli convert MODEL --mode M [--calib DIR] --eval DIR
+  -o OUT --json` (its JSON report on stdout);
+- the others: calls the converter and prints one JSON object (notes) on stdout;
+- on the way out writes its own peak RSS (VmHWM of /proc/self/status) to `peak_rss_mb` in its cwd.
+  Not `os.wait4`'s ru_maxrss: Linux carries the peak of the memory image a process replaces at exec
+  into it, and subprocess starts children with vfork, so ru_maxrss would be at least the parent's
+  peak (here the benchmark itself, with every model of a case loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script by the parent: make the sibling modules importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _bench_cases import Case, Feed, load_feeds  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Tool:
+    """One row of the table: who converts and how."""
+
+    key: str  # --tools name
+    label: str  # row label
+    quantcli_mode: str | None = None  # quantcli tools: the --mode
+
+
+FP32 = Tool("fp32", "fp32")
+QUANTCLI_STATIC = Tool("quantcli-static", "quantcli static", "static")
+ORT_STATIC = Tool("ort-static", "onnxruntime quantize_static")
+QUANTCLI_DYNAMIC = Tool("quantcli-dynamic", "quantcli dynamic", "dynamic")
+ORT_DYNAMIC = Tool("ort-dynamic", "onnxruntime quantize_dynamic")
+QUANTCLI_WEIGHTS = Tool("quantcli-weights-int8", "quantcli weights-int8", "weights-int8")
+QUANTCLI_FP16 = Tool("quantcli-fp16", "quantcli fp16", "fp16")
+OCC_FP16 = Tool("occ-fp16", "onnxconverter-common fp16")
+QUANTCLI_BF16 = Tool("quantcli-bf16", "quantcli bf16", "bf16")
+
+TOOLS: tuple[Tool, ...] = (
+    FP32,
+    QUANTCLI_STATIC,
+    ORT_STATIC,
+    QUANTCLI_DYNAMIC,
+    ORT_DYNAMIC,
+    QUANTCLI_WEIGHTS,
+    QUANTCLI_FP16,
+    OCC_FP16,
+    QUANTCLI_BF16,
+)
+TOOLS_BY_KEY = {t.key: t for t in TOOLS}
+PEAK_RSS_FILE = "peak_rss_mb"  # written by the child into its cwd
+
+
+@dataclass
+class Conversion:
+    """One conversion's outcome: the output model, or the error that stopped it."""
+
+    tool: Tool
+    output: Path | None
+    wall_s: float = 0.0
+    peak_rss_mb: float | None = None
+    error: str | None = None
+    report: dict[str, object] = field(default_factory=dict)  # the child's JSON on stdout
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ChildResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def run_child(argv: Sequence[str], cwd: Path) -> ChildResult:
+    """Run argv to completion in cwd: exit code, output and wall time."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        returncode = subprocess.run(list(argv), cwd=cwd, stdout=out, stderr=err, check=False).returncode
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        return ChildResult(returncode, out.read(), err.read(), wall)
+
+
+def first_error_line(text: str) -> str:
+    """The line that names the error: the last 'SomethingError: ...' line, else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.split(":", 1)[0].endswith(("Error", "Exception", "error"))]
+    return (errors or lines or ["no error output"])[-1]
+
+
+def child_argv(tool: Tool, case: Case, output: Path) -> list[str]:
+    paths = (case.model, case.calib, case.eval, output)
+    return [sys.executable, "-B", str(Path(__file__).resolve()), tool.key, *map(str, paths)]
+
+
+def read_peak_rss(cwd: Path) -> float | None:
+    try:
+        return float((cwd / PEAK_RSS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def convert(tool: Tool, case: Case, workdir: Path) -> Conversion:
+    """Convert case.model with tool in a child process whose cwd is a fresh directory."""
+    output = workdir / f"{case.name}.{tool.key}.onnx"
+    cwd = Path(tempfile.mkdtemp(prefix=f"{case.name}.{tool.key}.", dir=workdir))
+    child = run_child(child_argv(tool, case, output), cwd=cwd)
+    result = Conversion(tool, output, child.wall_s, read_peak_rss(cwd))
+    if child.returncode != 0 or not output.exists():
+        result.output = None
+        result.error = f"exit {child.returncode}: {first_error_line(child.stderr or child.stdout)}"
+        return result
+    try:
+        result.report = json.loads(child.stdout)
+    except json.JSONDecodeError as e:
+        result.notes.append(f"stdout is not JSON: {e}")
+    notes = result.report.get("notes", [])
+    result.notes += [str(n) for n in notes] if isinstance(notes, list) else []
+    return result
+
+
+# --------------------------------------------------------------------------- child side
+
+
+def _preprocess(model: str, output: str) -> tuple[str, list[str]]:
+    """quant_pre_process as onnxruntime recommends; when its symbolic shape inference fails, again
+    without it; when that fails too, the model as it is. Returns the model to quantize and notes."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    notes: list[str] = []
+    for kwargs in ({}, {"skip_symbolic_shape": True}):
+        call = f"quant_pre_process({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
+        try:
+            quant_pre_process(model, output, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any failure is a result to report
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            notes.append(f"{call} failed: {first}")
+            continue
+        if notes:
+            notes.append(f"{call} worked; quantized its output")
+        return output, notes
+    notes.append("quantized the model without quant_pre_process")
+    return model, notes
+
+
+def ort_static(model: str, calib: str, output: str) -> list[str]:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class NpzReader(CalibrationDataReader):
+        """The calibration .npz files, one feed per sample."""
+
+        def __init__(self, feeds: list[Feed]) -> None:
+            self._feeds = iter(feeds)
+
+        def get_next(self) -> Feed | None:
+            return next(self._feeds, None)
+
+    source, notes = _preprocess(model, str(Path(output).with_suffix(".pre.onnx")))
+    reader = NpzReader(load_feeds(Path(calib)))
+    quantize_static(
+        source,
+        output,
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    return notes
+
+
+def ort_dynamic(model: str, calib: str, output: str) -> list[str]:
+    """quantize_dynamic with its defaults (QInt8 weights, per_channel=False, every supported op)."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    quantize_dynamic(model, output)
+    return []
+
+
+def occ_fp16(model: str, calib: str, output: str) -> list[str]:
+    import onnx
+    from onnxconverter_common.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(model), keep_io_types=True), output)
+    return []
+
+
+CHILD_ENTRIES: dict[str, Callable[[str, str, str], list[str]]] = {
+    ORT_STATIC.key: ort_static,
+    ORT_DYNAMIC.key: ort_dynamic,
+    OCC_FP16.key: occ_fp16,
+}
+
+
+def quantcli_convert(mode: str, model: str, calib: str, eval_dir: str, output: str) -> None:
+    """The quantcli CLI in this process; it prints its --json report and exits (SystemExit)."""
+    from quantcli.cli import main
+
+    args = ["convert", model, "--mode", mode] + (["--calib", calib] if mode == "static" else [])
+    main.main(args=args + ["--eval", eval_dir, "-o", output, "--json"], prog_name="quantcli")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_main(argv: Sequence[str]) -> int:
+    key, model, calib, eval_dir, output = argv
+    tool = TOOLS_BY_KEY[key]
+    try:
+        if tool.quantcli_mode is not None:
+            quantcli_convert(tool.quantcli_mode, model, calib, eval_dir, output)
+            return 0
+        import warnings
+
+        warnings.simplefilter("ignore")  # converters warn per node; the parent reads errors from stderr
+        notes = CHILD_ENTRIES[key](model, calib, output)
+        print(json.dumps({"notes": notes}))
+        return 0
+    finally:
+        Path(PEAK_RSS_FILE).write_text(f"{peak_rss_mb():.1f}")
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1:]))

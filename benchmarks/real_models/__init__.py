@@ -1,0 +1,1 @@
+"""Real trained models for the benchmarks: `export.py` builds them, `cases.py` lists them."""
