@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from quantcli.calibration.collect import estimated_bytes, make_session, tensor_groups
+from quantcli.calibration.collect import estimated_bytes, exposing_session, tensor_groups
 from quantcli.graph import GraphIndex, node_label
 from quantcli.io_match import IOMatch, TensorIO
 from quantcli.verify import ErrorAccumulator, OutputMetrics, run_session
@@ -183,8 +183,8 @@ def per_layer_errors(
         cand_names = list(
             dict.fromkeys(x.candidate for x in group if x.candidate not in cand_index.graph_inputs)
         )
-        ref_session = _exposed_session(reference, ref_names)
-        cand_session = _exposed_session(candidate, cand_names)
+        ref_session = exposing_session(reference, ref_names, optimize=False, lean=False)
+        cand_session = exposing_session(candidate, cand_names, optimize=False, lean=False)
         _drop_non_float(group, ref_session, cand_session)
         live = [x for x in group if not x.reason]
         count = 0
@@ -216,19 +216,6 @@ def per_layer_errors(
 def _inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     inits = {t.name for t in graph.initializer}
     return [i for i in graph.input if i.name not in inits]
-
-
-def _exposed_session(model: onnx.ModelProto, names: list[str]):  # noqa: ANN202 - onnxruntime session
-    """A session with `names` as extra outputs and no graph optimization; the model is restored."""
-    n_outputs = len(model.graph.output)
-    existing = {o.name for o in model.graph.output}
-    try:
-        for name in names:
-            if name not in existing:
-                model.graph.output.append(onnx.ValueInfoProto(name=name))
-        return make_session(model, optimize=False)
-    finally:
-        del model.graph.output[n_outputs:]
 
 
 def _drop_non_float(group: list[_Layer], ref_session, cand_session) -> None:  # noqa: ANN001

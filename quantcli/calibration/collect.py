@@ -123,7 +123,7 @@ def collect_ranges(
     if sum(sizes.get(n, 0) for n in names) <= config.memory_budget_bytes:
         # Shapes are often unknown past dynamic ops (a padded Conv, a reshape by Shape); measure
         # one sample with every tensor exposed instead of trusting the static estimate.
-        probe = _exposing_session(model, names)
+        probe = exposing_session(model, names)
         first = next(iter(samples()), None)
         if first is not None:
             values = _run(probe, names, first, strict=True)
@@ -138,7 +138,7 @@ def collect_ranges(
     observers = {n: make_observer(config.method, config.bins) for n in names}
     count = 0
     for g, group in enumerate(groups):
-        session = probe if probe is not None and len(groups) == 1 else _exposing_session(model, group)
+        session = probe if probe is not None and len(groups) == 1 else exposing_session(model, group)
         probe = None
         out_names = [o.name for o in session.get_outputs()]
         count = 0
@@ -224,16 +224,16 @@ def estimated_bytes(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def _exposing_session(model: onnx.ModelProto, names: list[str]):  # noqa: ANN202
-    # Expose the tensors as graph outputs just long enough to build the session; the model is
-    # restored after, so no second copy of its weights is made.
+def exposing_session(model: onnx.ModelProto, names: list[str], *, optimize: bool = True, lean: bool = True):  # noqa: ANN201
+    """A session with `names` as extra graph outputs. They are added just long enough to build the
+    session and the model is restored after, so no second copy of its weights is made."""
     n_outputs = len(model.graph.output)
     existing = {o.name for o in model.graph.output}
     try:
         for name in names:
             if name not in existing:
                 model.graph.output.append(onnx.ValueInfoProto(name=name))
-        return make_session(model, lean=True)
+        return make_session(model, optimize=optimize, lean=lean)
     finally:
         del model.graph.output[n_outputs:]
 
