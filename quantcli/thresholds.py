@@ -158,12 +158,14 @@ class Check:
 
 
 def distinct_digits(a: float, b: float) -> tuple[str, str]:
-    """Two numbers in the fewest significant digits (at least 6) that keep different values apart."""
+    """A figure `a` and a bound `b` as text: the bound as the user wrote it (shortest repr), the
+    figure in the fewest significant digits (at least 6) that keep it on its side of the bound."""
+    sb = repr(float(b)) if math.isfinite(b) else str(b)
     for digits in range(6, 18):
-        sa, sb = f"{a:.{digits}g}", f"{b:.{digits}g}"
-        if sa != sb or a == b:
+        sa = f"{a:.{digits}g}"
+        if a == b or (float(sa) > b) == (a > b) and (float(sa) < b) == (a < b):
             return sa, sb
-    return repr(a), repr(b)
+    return repr(a), sb
 
 
 def evaluate(
