@@ -49,11 +49,13 @@ def test_percentile_matches_numpy_within_one_bin(p: float) -> None:
         h.update(x)
     allx = np.concatenate(stream)
     lo, hi = compute_range(h, CalibMethod.PERCENTILE, percentile=p)
-    assert abs(hi - np.percentile(allx, p)) <= h.width
-    assert abs(lo - np.percentile(allx, 100 - p)) <= h.width
+    # The histogram inverts the empirical CDF, so compare with numpy's inverted-CDF percentile (its
+    # default interpolates between order statistics, which lie bins apart in a sparse 0.01% tail).
+    assert abs(hi - np.percentile(allx, p, method="inverted_cdf")) <= h.width
+    assert abs(lo - np.percentile(allx, 100 - p, method="inverted_cdf")) <= h.width
     # Symmetric: percentile of |x|.
     lo_s, hi_s = compute_range(h, CalibMethod.PERCENTILE, percentile=p, symmetric=True)
-    assert abs(hi_s - np.percentile(np.abs(allx), p)) <= 2 * h.width
+    assert abs(hi_s - np.percentile(np.abs(allx), p, method="inverted_cdf")) <= 2 * h.width
     assert lo_s == pytest.approx(max(-hi_s, float(allx.min())))
 
 

@@ -153,6 +153,7 @@ def collect_ranges(
                     if obs is not None and isinstance(value, np.ndarray) and value.dtype == np.float32:
                         obs.update(value)
             count += n
+            results = values = value = None  # do not hold this run's outputs while the next run computes
             if progress is not None:
                 progress(g, len(groups), count)
         del session

@@ -59,6 +59,7 @@ class HistogramObserver(MinMaxObserver):
         self.counts = np.zeros(bins, dtype=np.float64)
         self.lo = 0.0
         self.width = 0.0  # 0 until the first non-constant data fixes a scale
+        self.finite_max = -math.inf  # the top of the data (the histogram's top may lie above it)
 
     @property
     def hi(self) -> float:
@@ -77,6 +78,7 @@ class HistogramObserver(MinMaxObserver):
             if x.size == 0:
                 return
         bmin, bmax = float(x.min()), float(x.max())
+        self.finite_max = max(self.finite_max, bmax)
         if self.width == 0.0:
             lo = min(bmin, self.lo) if self.counts[0] else bmin
             hi = max(bmax, self.lo) if self.counts[0] else bmax
@@ -108,7 +110,9 @@ class HistogramObserver(MinMaxObserver):
         w = self.width
         shift = math.ceil((self.lo - bmin) / w) if bmin < self.lo else 0  # old bins added below
         new_lo = self.lo - shift * w
-        factor = max(1, math.ceil((max(bmax, self.hi) - new_lo) / (self.bins * w) - 1e-12))
+        # Size the new bins from the data's top, not the old histogram's: bins above the data are
+        # empty, so merging stays exact, and the range does not double with every growth below.
+        factor = max(1, math.ceil((max(bmax, self.finite_max) - new_lo) / (self.bins * w) - 1e-12))
         if new_lo + factor * w * self.bins < bmax:  # float rounding at the edge
             factor += 1
         # Align the new bins on a multiple of the factor so old bins merge exactly.

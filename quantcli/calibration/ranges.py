@@ -94,6 +94,10 @@ def entropy_threshold(counts: np.ndarray, width: float, *, levels: int = 128) ->
     n = len(counts)
     if n <= levels or counts.sum() == 0:
         return width * n
+    # The exact zeros of a ReLU pile up in bin 0 and make KL favour the smallest threshold; like
+    # NVIDIA's pytorch-quantization, give bin 0 the mass of its neighbour before the search.
+    counts = counts.astype(np.float64).copy()
+    counts[0] = counts[1]
     best_i, best_kl = n, np.inf
 
     # Candidate thresholds every bin from `levels` up (stride keeps it O(n^2 / stride)).
