@@ -30,6 +30,8 @@ calibration method it runs, each in its own child process under a memory limit
 
 onnxruntime has no MSE method: quantcli's ``mse`` is compared with its other methods only.
 An out-of-memory child is reported as ``OOM``, one past the time limit as ``timeout``.
+Every child imports quantcli from a copy of ``quantcli/`` taken at the start, so edits made
+to the tree while the benchmark runs do not mix two versions in one table.
 All outputs go to a temporary directory; nothing is written into the repository except the
 optional ``--markdown`` file.
 """
@@ -907,6 +909,13 @@ class Report:
     notes: list[str]
 
 
+SCALING_DATA = (
+    f"{SCALING_SAMPLES[1]} samples = the calibration samples repeated, float inputs of the repeats with "
+    "Gaussian noise of 1% of their standard deviation (integer inputs repeat exactly); the first "
+    f"{SCALING_SAMPLES[0]} are the originals."
+)
+
+
 def render_text(r: Report) -> str:
     parts = [*r.header, "", text_table(HEADERS, [row_cells(x) for x in r.rows]), ""]
     parts += [
@@ -915,7 +924,7 @@ def render_text(r: Report) -> str:
     ]
     parts += [text_table(PAIR_HEADERS, r.pairs, left=2), ""]
     if r.scaling:
-        parts += ["quantcli peak RSS vs number of calibration samples:", ""]
+        parts += ["quantcli peak RSS vs number of calibration samples:", SCALING_DATA, ""]
         parts += [text_table(SCALING_HEADERS, scaling_cells(r.scaling), left=2), ""]
     parts += [
         "Target: entropy/percentile calibration on 200 samples no slower than onnxruntime's and peak RSS "
@@ -939,7 +948,7 @@ def render_markdown(r: Report) -> str:
     parts += ["", "## Accuracy side by side (same method, same samples)", ""]
     parts += [markdown_table(PAIR_HEADERS, r.pairs, left=2), ""]
     if r.scaling:
-        parts += ["## quantcli peak RSS vs number of calibration samples", ""]
+        parts += ["## quantcli peak RSS vs number of calibration samples", "", SCALING_DATA, ""]
         parts += [markdown_table(SCALING_HEADERS, scaling_cells(r.scaling), left=2), ""]
     parts += ["## Targets", ""]
     parts += [
