@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +94,16 @@ def converted_modes(tmp_path_factory: pytest.TempPathFactory):
         return cache[(name, mode)]
 
     return get
+
+
+def quantcli(*args: object, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the CLI as a user would: a separate process, output captured, not a terminal."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "quantcli.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )

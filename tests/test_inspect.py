@@ -8,16 +8,13 @@ import contextlib
 import glob
 import itertools
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import DATA, ROOT, SAMPLE_NAMES, SAMPLES, optimized_op_counts
+from conftest import DATA, SAMPLE_NAMES, SAMPLES, optimized_op_counts, quantcli
 from onnx import TensorProto, helper, numpy_helper
 
 import quantcli.inspect as qi
@@ -446,18 +443,6 @@ def test_unreadable_file_raises_the_load_error(tmp_path: Path) -> None:
 
 
 # --- command line -----------------------------------------------------------------------------
-
-
-def quantcli(*args: object, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "quantcli.cli", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
 
 
 STATS = {"tensors": int, "values": int, "min": (float, type(None)), "median": (float, type(None))}

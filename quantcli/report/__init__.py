@@ -25,9 +25,11 @@ def err(text: str) -> None:
 
 
 def number(x: float | None) -> float | str | None:
-    """JSON has no infinity: +inf becomes the string "inf"."""
+    """JSON has no infinity or NaN: they become the strings "inf", "-inf" and "nan"."""
     if x is None:
         return None
+    if math.isnan(x):
+        return "nan"
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
     return x

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from quantcli import __version__
 from quantcli.compare import CompareResult, ModelFacts
 from quantcli.report import SCHEMA_VERSION, number
-
-
-def _num(x: float | None) -> float | str | None:
-    """A float for JSON: +-inf as "inf"/"-inf", NaN as "nan" (JSON has neither)."""
-    if x is not None and math.isnan(x):
-        return "nan"
-    return number(x)
 
 
 def compare_to_dict(r: CompareResult) -> dict[str, Any]:
@@ -56,12 +48,12 @@ def compare_to_dict(r: CompareResult) -> dict[str, Any]:
             {
                 "name": o.name,
                 "samples": o.samples,
-                "cosine_mean": _num(o.cosine_mean),
-                "cosine_min": _num(o.cosine_min),
-                "max_abs_error": _num(o.max_abs_error),
-                "mean_abs_error": _num(o.mean_abs_error),
-                "relative_error": _num(o.relative_error),
-                "sqnr_db": _num(o.sqnr_db),
+                "cosine_mean": number(o.cosine_mean),
+                "cosine_min": number(o.cosine_min),
+                "max_abs_error": number(o.max_abs_error),
+                "mean_abs_error": number(o.mean_abs_error),
+                "relative_error": number(o.relative_error),
+                "sqnr_db": number(o.sqnr_db),
                 "top1_agreement": o.top1_agreement,
                 "top5_overlap": o.top5_overlap,
             }
@@ -81,14 +73,14 @@ def compare_to_dict(r: CompareResult) -> dict[str, Any]:
             "candidate_ms": r.latency.candidate_ms,
             "reference_min_ms": r.latency.reference_min_ms,
             "candidate_min_ms": r.latency.candidate_min_ms,
-            "ratio": _num(r.latency.ratio),
+            "ratio": number(r.latency.ratio),
         },
         "checks": [
             {
                 "option": f"--{c.option}",
                 "output": c.output,
                 "figure": c.figure,
-                "value": _num(c.value),
+                "value": number(c.value),
                 "comparison": c.comparison,
                 "bound": c.bound,
                 "passed": c.passed,
@@ -121,13 +113,13 @@ def _per_layer(r: CompareResult) -> dict[str, Any]:
                 "candidate_op_type": e.candidate_op_type,
                 "node": e.node,
                 "op_type": e.op_type,
-                "sqnr_db": _num(e.metrics.sqnr_db),
-                "input_sqnr_db": _num(e.input_sqnr_db),
-                "added_db": _num(e.added_db),
-                "cosine_mean": _num(e.metrics.cosine_mean),
-                "cosine_min": _num(e.metrics.cosine_min),
-                "max_abs_error": _num(e.metrics.max_abs_error),
-                "mean_abs_error": _num(e.metrics.mean_abs_error),
+                "sqnr_db": number(e.metrics.sqnr_db),
+                "input_sqnr_db": number(e.input_sqnr_db),
+                "added_db": number(e.added_db),
+                "cosine_mean": number(e.metrics.cosine_mean),
+                "cosine_min": number(e.metrics.cosine_min),
+                "max_abs_error": number(e.metrics.max_abs_error),
+                "mean_abs_error": number(e.metrics.mean_abs_error),
                 "inputs": e.inputs,
             }
             for k, e in enumerate(p.layers, start=1)
