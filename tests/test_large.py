@@ -31,8 +31,11 @@ def build(path) -> int:
         x = f"h{i}"
     nodes[-1].output[0] = "output"
     graph = helper.make_graph(
-        nodes, "big", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", WIDTH])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", WIDTH])], inits,
+        nodes,
+        "big",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", WIDTH])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", WIDTH])],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="big.onnx.data")
@@ -58,17 +61,32 @@ def test_model_over_2gb_converts(tmp_path, mode: str) -> None:
     calib = tmp_path / "calib"
     calib.mkdir()
     for i in range(4):
-        np.savez(calib / f"s{i}.npz", input=np.random.default_rng(i).standard_normal((1, WIDTH), dtype=np.float32))
+        np.savez(
+            calib / f"s{i}.npz", input=np.random.default_rng(i).standard_normal((1, WIDTH), dtype=np.float32)
+        )
     out = tmp_path / "out" / "q.onnx"
     out.parent.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(CHILD), str(tmp_path / "big.onnx"), str(out), mode, str(calib) if mode == "static" else "-"],
-        capture_output=True, text=True, cwd=ROOT, timeout=1800,
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(CHILD),
+            str(tmp_path / "big.onnx"),
+            str(out),
+            mode,
+            str(calib) if mode == "static" else "-",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"\n{mode}: {figures['seconds']:.1f} s, peak RSS {figures['peak_kib'] / 2**20:.2f} GiB "
-          f"= {figures['peak_kib'] * 1024 / size:.2f}x the model, output {figures['out'] / 2**20:.0f} MiB")
+    print(
+        f"\n{mode}: {figures['seconds']:.1f} s, peak RSS {figures['peak_kib'] / 2**20:.2f} GiB "
+        f"= {figures['peak_kib'] * 1024 / size:.2f}x the model, output {figures['out'] / 2**20:.0f} MiB"
+    )
     assert figures["in"] == size
     assert out.exists() and figures["out"] < 0.3 * size
     onnx.checker.check_model(str(out), full_check=True)
