@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_ranges, make_session
-from quantcli.calibration.data import InputSpec, iter_samples, split_samples
+from quantcli.calibration.data import InputSpec, SampleSplit, iter_samples, split_samples
 from quantcli.calibration.images import ImagePreprocess
 from quantcli.compare import Latency
 from quantcli.cpu import has_vnni
@@ -29,7 +29,7 @@ from quantcli.preprocess import preprocess
 from quantcli.quantize import MODES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
 from quantcli.quantize.params import QType
-from quantcli.quantize.plan import FLOAT, NodePlan, QuantConfig, QuantPlan
+from quantcli.quantize.plan import FLOAT, FP16, NodePlan, QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
 from quantcli.quantize.weights import plan_weights_int8
@@ -109,10 +109,14 @@ class ConvertResult:
             n.op_type in COMPUTE_OPS and n.precision == FLOAT and bool(n.quantized_inputs) for n in self.nodes
         )
 
-    def float_reasons(self) -> list[tuple[str, str, int]]:
-        """(op_type, reason, count) for every node kept in float32, most frequent first."""
-        c = Counter((n.op_type, n.reason) for n in self.nodes if n.precision == FLOAT)
-        return [(op, reason, k) for (op, reason), k in c.most_common()]
+    def float_reasons(self) -> list[tuple[str, str, list[str]]]:
+        """(op_type, reason, node names) for the nodes kept in float32, largest group first."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for n in self.nodes:
+            if n.precision == FLOAT:
+                groups.setdefault((n.op_type, n.reason), []).append(n.name)
+        ranked = sorted(groups.items(), key=lambda item: -len(item[1]))  # stable: graph order on ties
+        return [(op, reason, names) for (op, reason), names in ranked]
 
 
 def convert(
@@ -163,18 +167,8 @@ def convert(
             )
     elif options.mode in ("static", None):
         t = time.perf_counter()
-        total = len(split.calib)
-
-        def report_progress(group: int, groups: int, done: int) -> None:
-            label = "calibrating" + (f" (pass {group + 1} of {groups})" if groups > 1 else "")
-            progress(label, done, total)
-
-        ranges: Ranges = collect_ranges(
-            model,
-            lambda: iter_samples(split.calib, specs, options.calib_preprocess),
-            replace(options.calibration, symmetric=options.activation_type is QType.INT8),
-            progress=report_progress if progress else None,
-        )
+        calibration = replace(options.calibration, symmetric=options.activation_type is QType.INT8)
+        ranges = _calibrate(model, split, specs, options, calibration, progress)
         seconds["calibrate"] = time.perf_counter() - t
         plan = plan_static(model, ranges, config)
     elif options.mode == "dynamic":
@@ -186,9 +180,19 @@ def convert(
 
         plan = QuantPlan("bf16", config, plan_bf16(model), {}, 0)
     else:
+        from quantcli.calibration.ranges import CalibMethod
         from quantcli.quantize.fp16 import plan_fp16
 
-        plan = QuantPlan("fp16", config, plan_fp16(model), {}, 0)
+        ranges = None
+        if split.calib:  # observed ranges protect activations that would overflow float16
+            t = time.perf_counter()
+            calibration = replace(options.calibration, method=CalibMethod.MINMAX, symmetric=False)
+            ranges = _calibrate(model, split, specs, options, calibration, progress)
+            seconds["calibrate"] = time.perf_counter() - t
+        nodes = plan_fp16(model, ranges.ranges if ranges else None)
+        plan = QuantPlan(
+            "fp16", replace(config, calib_method="minmax"), nodes, {}, ranges.samples if ranges else 0
+        )
 
     t = time.perf_counter()
     quantized = _rewrite(model, plan)
@@ -221,6 +225,7 @@ def convert(
                 split.eval_labels,
             )
         seconds["verify"] = time.perf_counter() - t
+        warnings += _agreement_warnings(plan, agreement)
         latency = None
         if options.check_latency:
             latency = _latency(options, staged.path, candidate, split, specs)
@@ -246,6 +251,29 @@ def convert(
         plan_replayed=replayed,
         warnings=warnings,
         latency=latency,
+    )
+
+
+def _calibrate(
+    model: onnx.ModelProto,
+    split: SampleSplit,
+    specs: list[InputSpec],
+    options: ConvertOptions,
+    calibration: CalibrationConfig,
+    progress: Callable[[str, int, int], None] | None,
+) -> Ranges:
+    """Observed ranges of the model's float tensors over the calibration samples."""
+    total = len(split.calib)
+
+    def report_progress(group: int, groups: int, done: int) -> None:
+        label = "calibrating" + (f" (pass {group + 1} of {groups})" if groups > 1 else "")
+        progress(label, done, total)
+
+    return collect_ranges(
+        model,
+        lambda: iter_samples(split.calib, specs, options.calib_preprocess),
+        calibration,
+        progress=report_progress if progress else None,
     )
 
 
@@ -275,12 +303,35 @@ def _warnings(plan: QuantPlan, quantized: onnx.ModelProto) -> list[str]:
         "set its neighbours to float too to keep it in float"
         for name in requantized_by_onnxruntime(quantized, float_nodes)
     ]
+    if plan.mode == "fp16" and not plan.calibration_samples and any(n.precision == FP16 for n in plan.nodes):
+        warnings.append(
+            "activations were not checked for float16 overflow (|x| > 65504): pass --calib to keep "
+            "the nodes of overflowing activations in float32"
+        )
     if plan.mode in ("static", "dynamic") and not plan.config.reduce_range and has_vnni() is False:
         warnings.append(
             "this CPU has no VNNI: onnxruntime's U8S8 integer kernels may saturate here; "
             "convert with --reduce-range for models that will run on such CPUs"
         )
     return warnings
+
+
+def _agreement_warnings(plan: QuantPlan, agreement: Agreement | None) -> list[str]:
+    """What the evaluation showed that the user must not miss: outputs gone inf/NaN."""
+    if agreement is None:
+        return []
+    hint = ""
+    if plan.mode == "fp16":
+        hint = (
+            "; an activation overflows float16: pass --calib so that overflowing activations stay float32"
+            if not plan.calibration_samples
+            else "; an activation outside the calibrated range overflows float16: calibrate on more representative samples"
+        )
+    return [
+        f"output {o.name}: the converted model returns inf or NaN where the float model does not{hint}"
+        for o in agreement.outputs
+        if not (math.isfinite(o.max_abs_error) and math.isfinite(o.cosine_mean))
+    ]
 
 
 def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:

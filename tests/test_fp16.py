@@ -226,6 +226,107 @@ def test_overflowing_initializer_stays_float32() -> None:
     np.testing.assert_allclose(y, np.maximum(np.maximum(x, ok), big), rtol=1e-3)
 
 
+def _overflow_model(path: Path) -> None:
+    """A 1e6 weight (MatMul keeps float32) whose product, ~1e6, passes a Transpose to the output
+    (a float16 kernel on the output's border: float16 without calibration)."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 1, (16, 16)).astype(np.float32)
+    w[0, 0] = 1e6
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="matmul_big"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Transpose", ["r"], ["t"], name="transpose_big", perm=[1, 0]),
+        helper.make_node("Transpose", ["x"], ["xt"], name="transpose_small", perm=[1, 0]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "overflow",
+        [helper.make_tensor_value_info("x", F32, [4, 16])],
+        [helper.make_tensor_value_info("t", F32, [16, 4]), helper.make_tensor_value_info("xt", F32, [16, 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+
+
+def test_calibration_keeps_overflowing_activations_in_float32(tmp_path: Path) -> None:
+    import json
+
+    from conftest import quantcli
+
+    _overflow_model(tmp_path / "m.onnx")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(20):
+        np.save(calib / f"{i:03d}.npy", rng.uniform(0.5, 1.0, (4, 16)).astype(np.float32))
+    test = rng.uniform(0.5, 1.0, (4, 16)).astype(np.float32)
+    want = session(onnx.load(tmp_path / "m.onnx")).run(None, {"x": test})
+
+    # Without calibration the Transpose runs in float16: its ~1e6 values become inf, and convert says so.
+    run = quantcli(
+        "convert",
+        tmp_path / "m.onnx",
+        "--mode",
+        "fp16",
+        "--eval",
+        calib,
+        "-o",
+        tmp_path / "a.onnx",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert any("not checked for float16 overflow" in w for w in report["warnings"])
+    assert any(w.startswith("output t: ") and "inf or NaN" in w for w in report["warnings"])
+    got = session(onnx.load(tmp_path / "a.onnx")).run(None, {"x": test})
+    assert np.isinf(got[0]).any()
+
+    run = quantcli(
+        "convert",
+        tmp_path / "m.onnx",
+        "--mode",
+        "fp16",
+        "--calib",
+        calib,
+        "-o",
+        tmp_path / "b.onnx",
+        "--json",
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["warnings"] == []
+    assert report["calibration_samples"] == 16
+    nodes = {n["name"]: n for n in report["nodes"]}
+    assert nodes["transpose_big"]["precision"] == "float"
+    assert "activation r reaches" in nodes["transpose_big"]["reason"]
+    assert "overflow float16" in nodes["matmul_big"]["reason"]
+    assert nodes["transpose_small"]["precision"] == "fp16"  # the check is per tensor, not per model
+    kept = {name for group in report["float_reasons"] for name in group["nodes"]}
+    assert {"matmul_big", "transpose_big"} <= kept
+    out = onnx.load(tmp_path / "b.onnx")
+    onnx.checker.check_model(out, full_check=True)
+    assert {i.name: i.data_type for i in out.graph.initializer}["w"] == F32
+    got = session(out).run(None, {"x": test})
+    np.testing.assert_array_equal(got[0], want[0])  # float32 end to end on that path
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-3)
+    text = quantcli(
+        "convert",
+        tmp_path / "m.onnx",
+        "--mode",
+        "fp16",
+        "--calib",
+        calib,
+        "-o",
+        tmp_path / "c.onnx",
+        cwd=tmp_path,
+    )
+    assert "Transpose x1 (transpose_big): activation r reaches" in text.stdout
+
+
 def test_subgraph_reader_gets_a_float32_cast() -> None:
     branch = helper.make_graph(
         [helper.make_node("Identity", ["r"], ["b"], name="inner")],

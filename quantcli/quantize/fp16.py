@@ -71,17 +71,26 @@ class _Facts:
     types: dict[str, int]  # element type of every tensor the graph declares
     overflow: dict[str, float]  # float32 initializer -> its largest finite |value|, when > 65504
     opset: int
+    peaks: dict[str, float]  # activation -> largest |value| seen on the calibration samples, when > 65504
 
     def floats(self, names) -> list[str]:  # noqa: ANN001 - a protobuf repeated string field
         """The float32 tensors among `names`, in order, once each."""
         return list(dict.fromkeys(t for t in names if t and self.types.get(t) == F32))
 
 
-def plan_fp16(model: onnx.ModelProto) -> list[NodePlan]:
-    """One NodePlan per node of the (preprocessed) model: precision "fp16" or "float" (float32) and the reason."""
+def plan_fp16(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]] | None = None) -> list[NodePlan]:
+    """One NodePlan per node of the (preprocessed) model: precision "fp16" or "float" (float32) and the reason.
+
+    `ranges` (tensor -> calibrated (min, max), from --calib) protects activations: a node that
+    reads or writes a tensor whose calibrated range exceeds float16's stays float32. Without it
+    only initializers are checked. Reductions and variances need no check of their own here:
+    the CPU provider's one float16 reduction, LayerNormalization, accumulates in float32 (an input
+    peaking at 30000 normalises to within 5e-4 of float64).
+    """
     index = GraphIndex(model.graph)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    facts = _Facts(index, elem_types(model.graph), _overflowing(index), opset)
+    peaks = {t: peak for t, (lo, hi) in (ranges or {}).items() if (peak := max(abs(lo), abs(hi))) > FP16_MAX}
+    facts = _Facts(index, elem_types(model.graph), _overflowing(index), opset, peaks)
     why_float = {n.name: _why_float(n, facts) for n in model.graph.node}
     capable = {name for name, why in why_float.items() if why is None}
     for region in _regions(model.graph, facts, capable):
@@ -137,6 +146,12 @@ def _why_float(node: onnx.NodeProto, facts: _Facts) -> str | None:
     for t in facts.floats(node.input):
         if t in facts.overflow:
             return _overflow_note(t, facts.overflow[t])
+    for t in facts.floats((*node.input, *node.output)):
+        if t in facts.peaks:
+            return (
+                f"activation {t} reaches {facts.peaks[t]:.6g} on the calibration samples: "
+                "it would overflow float16 (max 65504)"
+            )
     return _schema_forbids_fp16(node, facts) or _attribute_forbids_fp16(node)
 
 

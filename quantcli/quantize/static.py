@@ -36,8 +36,16 @@ def _absorbable(
     return None
 
 
-def plan_static(model: onnx.ModelProto, ranges: Ranges, config: QuantConfig) -> QuantPlan:
-    """Decide each node's precision and each quantized tensor's parameters."""
+def plan_static(
+    model: onnx.ModelProto,
+    ranges: Ranges,
+    config: QuantConfig,
+    *,
+    keep_float: dict[str, str] | None = None,
+) -> QuantPlan:
+    """Decide each node's precision and each quantized tensor's parameters; the nodes in
+    `keep_float` (name -> reason) stay float and their neighbours are decided accordingly."""
+    keep_float = keep_float or {}
     index = GraphIndex(model.graph)
     ranges = _without_sentinels(ranges, index)
     precision: dict[str, str] = {}
@@ -46,6 +54,9 @@ def plan_static(model: onnx.ModelProto, ranges: Ranges, config: QuantConfig) -> 
 
     tables: dict[str, str] = {}
     for node in model.graph.node:
+        if node.name in keep_float:
+            precision[node.name], reasons[node.name] = FLOAT, keep_float[node.name]
+            continue
         table = embedding_table(node, index)
         if table is not None:
             tables[node.name] = table

@@ -34,7 +34,8 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         "stored_weight_nodes": r.stored_weight_nodes(),
         "nodes_by_precision": dict(sorted(Counter(n.precision for n in r.nodes).items())),
         "float_reasons": [
-            {"op_type": op, "reason": reason, "count": k} for op, reason, k in r.float_reasons()
+            {"op_type": op, "reason": reason, "count": len(names), "nodes": names}
+            for op, reason, names in r.float_reasons()
         ],
         "nodes": [
             {"name": n.name, "op_type": n.op_type, "precision": n.precision, "reason": n.reason}
@@ -53,10 +54,10 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
             "outputs": [
                 {
                     "name": o.name,
-                    "cosine_mean": o.cosine_mean,
-                    "cosine_min": o.cosine_min,
-                    "max_abs_error": o.max_abs_error,
-                    "mean_abs_error": o.mean_abs_error,
+                    "cosine_mean": number(o.cosine_mean),
+                    "cosine_min": number(o.cosine_min),
+                    "max_abs_error": number(o.max_abs_error),
+                    "mean_abs_error": number(o.mean_abs_error),
                     "sqnr_db": number(o.sqnr_db),
                     "top1_agreement": o.top1_agreement,
                 }
@@ -152,12 +153,18 @@ def render_convert(r: ConvertResult, *, rich_output: bool) -> None:
             kept.add_column("op")
             kept.add_column("nodes", justify="right")
             kept.add_column("why")
-            for op, reason, k in reasons:
-                kept.add_row(op, str(k), reason)
+            for op, reason, names in reasons:
+                kept.add_row(op, _names(names), reason)
             console.print(kept)
         return
     width = max(len(k) for k, _ in rows)
     out("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     if reasons:
         out("kept in float:")
-        out("\n".join(f"  {op} x{k}: {reason}" for op, reason, k in reasons))
+        out("\n".join(f"  {op} x{len(names)} ({_names(names)}): {reason}" for op, reason, names in reasons))
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    """The first few node names of a group, and how many more."""
+    more = f", +{len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
