@@ -26,7 +26,7 @@ from quantcli.model_io import (
     staged_model,
 )
 from quantcli.preprocess import preprocess
-from quantcli.quantize import MODES
+from quantcli.quantize import FP16_COUNT, MODES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
 from quantcli.quantize.params import QType
 from quantcli.quantize.plan import FLOAT, FP16, NodePlan, QuantConfig, QuantPlan
@@ -60,6 +60,8 @@ class ConvertOptions:
     latency_threads: int = 1
     save_plan: Path | None = None
     plan: Path | None = None
+    fp16_nodes: tuple[str, ...] = ()  # mixed: node name patterns to run in FP16
+    fp16_count: int = FP16_COUNT  # mixed: how many of the most INT8-sensitive nodes run in FP16
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
@@ -68,8 +70,14 @@ class ConvertOptions:
             raise UsageError(f"--calib-samples {self.calib_samples}: must be at least 1")
         if self.eval_samples is not None and self.eval_samples < 1:
             raise UsageError(f"--eval-samples {self.eval_samples}: must be at least 1")
-        if self.mode in ("static", None) and self.calib is None and self.plan is None:
-            raise UsageError("--mode static needs calibration data: pass --calib DIR (or --plan FILE)")
+        if self.mode in ("static", "mixed", None) and self.calib is None and self.plan is None:
+            raise UsageError(
+                f"--mode {self.mode or 'static'} needs calibration data: pass --calib DIR (or --plan FILE)"
+            )
+        if self.mode != "mixed" and self.fp16_nodes:
+            raise UsageError("--fp16-nodes applies to --mode mixed only")
+        if self.fp16_count < 0:
+            raise UsageError(f"--fp16-count {self.fp16_count}: must be 0 or more")
 
 
 @dataclass
@@ -171,6 +179,13 @@ def convert(
         ranges = _calibrate(model, split, specs, options, calibration, progress)
         seconds["calibrate"] = time.perf_counter() - t
         plan = plan_static(model, ranges, config)
+    elif options.mode == "mixed":
+        t = time.perf_counter()
+        calibration = replace(options.calibration, symmetric=options.activation_type is QType.INT8)
+        ranges = _calibrate(model, split, specs, options, calibration, progress)
+        seconds["calibrate"] = time.perf_counter() - t
+        plan = _plan_mixed(model, ranges, config, split, specs, options, progress)
+        seconds["sensitivity"] = time.perf_counter() - t - seconds["calibrate"]
     elif options.mode == "dynamic":
         plan = plan_dynamic(model, config)
     elif options.mode == "weights-int8":
@@ -252,6 +267,34 @@ def convert(
         warnings=warnings,
         latency=latency,
     )
+
+
+def _plan_mixed(
+    model: onnx.ModelProto,
+    ranges: Ranges,
+    config: QuantConfig,
+    split: SampleSplit,
+    specs: list[InputSpec],
+    options: ConvertOptions,
+    progress: Callable[[str, int, int], None] | None,
+) -> QuantPlan:
+    """The static plan with the named and the most INT8-sensitive nodes in FP16."""
+    from quantcli.quantize.mixed import SENSITIVITY_SAMPLES, match_patterns, node_sensitivity, plan_mixed
+
+    named = match_patterns(model, options.fp16_nodes)
+    sensitivity: dict[str, float] = {}
+    if options.fp16_count:
+        static = plan_static(model, ranges, config)
+        refs = split.calib[:SENSITIVITY_SAMPLES]
+        if progress:
+            progress("measuring per-node INT8 error", 0, len(refs))
+        sensitivity = node_sensitivity(
+            model,
+            static,
+            lambda: iter_samples(refs, specs, options.calib_preprocess),
+            memory_budget_bytes=options.calibration.memory_budget_bytes,
+        )
+    return plan_mixed(model, ranges, config, named=named, sensitivity=sensitivity, count=options.fp16_count)
 
 
 def _calibrate(
@@ -338,6 +381,10 @@ def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     """The plan's rewriter, in place on the pipeline's own preprocessed copy."""
     if plan.mode == "dynamic":
         return rewrite_dynamic(model, plan, in_place=True)
+    if plan.mode == "mixed":
+        from quantcli.quantize.mixed import rewrite_mixed
+
+        return rewrite_mixed(model, plan)
     if plan.mode == "bf16":
         from quantcli.quantize.bf16 import rewrite_bf16
 

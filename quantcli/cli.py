@@ -13,7 +13,7 @@ import click
 
 from quantcli import __version__
 from quantcli.errors import ExitCode, QuantcliError
-from quantcli.quantize import MODES
+from quantcli.quantize import FP16_COUNT, MODES
 
 _PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
 
@@ -79,7 +79,8 @@ def main() -> None:
     type=click.Choice(list(MODES)),
     help="static (default): INT8 weights and activations, calibrated on --calib; dynamic: INT8 MatMul/Gemm "
     "weights, activations quantized at run time; weights-int8: INT8 weights, float compute; fp16: float16 "
-    "weights and compute.",
+    "weights and compute; bf16: bfloat16 weights, float32 compute; mixed: static INT8 with the most "
+    "sensitive (or --fp16-nodes) nodes in FP16.",
 )
 @click.option("--calib", type=_PATH, help="Directory of calibration samples (.npz/.npy, one per file).")
 @click.option(
@@ -178,6 +179,19 @@ def main() -> None:
     show_default=True,
     help="Intra-op threads for --check-latency.",
 )
+@click.option(
+    "--fp16-nodes",
+    metavar="PATTERNS",
+    default="",
+    help="mixed: comma-separated node names to run in FP16; shell patterns allowed ('/encoder/*/MatMul').",
+)
+@click.option(
+    "--fp16-count",
+    type=click.IntRange(min=0),
+    default=FP16_COUNT,
+    show_default=True,
+    help="mixed: also run in FP16 the N INT8 nodes whose INT8 error, measured on the calibration samples, is largest.",
+)
 @click.option("--save-plan", type=_PATH, help="Write the QuantPlan (every decision) as JSON.")
 @click.option(
     "--plan", "plan_path", type=_PATH, help="Replay a saved or edited QuantPlan instead of calibrating."
@@ -207,6 +221,8 @@ def convert(
     keep_io_types: bool,
     check_latency: bool,
     threads: int,
+    fp16_nodes: str,
+    fp16_count: int,
     save_plan: Path | None,
     plan_path: Path | None,
     json_output: bool,
@@ -256,6 +272,8 @@ def convert(
             latency_threads=threads,
             save_plan=save_plan,
             plan=plan_path,
+            fp16_nodes=tuple(p.strip() for p in fp16_nodes.split(",") if p.strip()),
+            fp16_count=fp16_count,
         )
         with _progress(enabled=not quiet and not json_output) as progress:
             result = run_convert(options, progress=progress)

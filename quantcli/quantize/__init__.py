@@ -1,3 +1,4 @@
 """Planning and rewriting: params (scale/zero point), rules (per op), plan, one planner/rewriter per mode."""
 
-MODES = ("static", "dynamic", "weights-int8", "fp16", "bf16")
+MODES = ("static", "dynamic", "weights-int8", "fp16", "bf16", "mixed")
+FP16_COUNT = 1  # mixed: how many of the most INT8-sensitive nodes run in FP16 by default (--fp16-count)

@@ -128,7 +128,7 @@ def _why_float(node: onnx.NodeProto, facts: _Facts) -> str | None:
     """Why this node cannot compute in float16, or None when it can."""
     if node.domain not in ("", "ai.onnx"):
         return f"op of domain {node.domain}: kept float32"
-    if _subgraphs(node):
+    if subgraphs(node):
         return f"{node.op_type} has a subgraph: kept float32 (subgraphs are not converted)"
     tensors = [t for t in (*node.input, *node.output) if t]
     unknown = [t for t in tensors if t not in facts.types]
@@ -152,7 +152,7 @@ def _why_float(node: onnx.NodeProto, facts: _Facts) -> str | None:
                 f"activation {t} reaches {facts.peaks[t]:.6g} on the calibration samples: "
                 "it would overflow float16 (max 65504)"
             )
-    return _schema_forbids_fp16(node, facts) or _attribute_forbids_fp16(node)
+    return _schema_forbids_fp16(node, facts) or attribute_forbids_fp16(node)
 
 
 def _overflow_note(name: str, peak: float) -> str:
@@ -179,7 +179,7 @@ def _schema_forbids_fp16(node: onnx.NodeProto, facts: _Facts) -> str | None:
     return None
 
 
-def _attribute_forbids_fp16(node: onnx.NodeProto) -> str | None:
+def attribute_forbids_fp16(node: onnx.NodeProto) -> str | None:
     """Why an attribute fixing an output type cannot be retargeted to float16, or None."""
     if node.op_type == "Cast":
         return None
@@ -322,8 +322,8 @@ def _read_plan(
             raise BadPlanError(
                 f"node {plan.name}: precision must be 'fp16' or 'float', not {plan.precision!r}"
             )
-        why_not = _attribute_forbids_fp16(by_name[plan.name]) if plan.precision == FP16 else None
-        if why_not or (plan.precision == FP16 and _subgraphs(by_name[plan.name])):
+        why_not = attribute_forbids_fp16(by_name[plan.name]) if plan.precision == FP16 else None
+        if why_not or (plan.precision == FP16 and subgraphs(by_name[plan.name])):
             raise BadPlanError(f"node {plan.name} cannot be fp16: {why_not or 'it has a subgraph'}")
         if plan.precision == FP16:
             fp16.add(plan.name)
@@ -392,7 +392,7 @@ class _Casts:
         graph.node.extend(nodes)
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     return [g for a in node.attribute for g in (*a.graphs, *([a.g] if a.HasField("g") else []))]
 
 
@@ -402,7 +402,7 @@ def _all_names(graph: onnx.GraphProto) -> set[str]:
     for node in graph.node:
         names.add(node.name)
         names.update(node.output)
-        for g in _subgraphs(node):
+        for g in subgraphs(node):
             names |= _all_names(g)
     return names
 
@@ -427,7 +427,7 @@ def _half(tensor: onnx.TensorProto) -> onnx.TensorProto:
 
 def _rewire_subgraphs(node: onnx.NodeProto, rewire: Callable[[str], str]) -> None:
     """Make the subgraphs of `node` (recursively) read each outer tensor under the name `rewire` gives."""
-    for g in _subgraphs(node):
+    for g in subgraphs(node):
         for sub in g.node:
             for i, name in enumerate(sub.input):
                 sub.input[i] = rewire(name)

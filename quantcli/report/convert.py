@@ -7,6 +7,7 @@ from typing import Any
 
 from quantcli import __version__
 from quantcli.api import ConvertResult
+from quantcli.graph import COMPUTE_OPS
 from quantcli.report import SCHEMA_VERSION, number, out
 
 PRECISION_LABEL = {
@@ -15,6 +16,7 @@ PRECISION_LABEL = {
     "weights-int8": "with INT8 weights (float compute)",
     "fp16": "in FP16",
     "bf16": "in BF16",
+    "mixed": "in INT8 or FP16",
 }
 
 
@@ -93,6 +95,12 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
             f"{c['quantized']} of {c['total']} {PRECISION_LABEL[r.mode]}, {c['float']} in float32",
         ),
     ]
+    if r.mode == "mixed":
+        chosen = [n for n in r.nodes if n.precision == "fp16"]
+        int8 = sum(n.precision == "int8" and n.op_type in COMPUTE_OPS for n in r.nodes)
+        rows.append(("int8 compute", f"{int8} of {c['total']} compute nodes"))
+        rows.append(("fp16 nodes", f"{len(chosen)}" + (":" if chosen else "")))
+        rows.extend((f"  {n.name}", f"{n.op_type}: {n.reason}") for n in chosen)
     if r.mode in ("fp16", "bf16"):
         dtype = "float16" if r.mode == "fp16" else "bfloat16"
         rows.append(

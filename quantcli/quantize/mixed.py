@@ -1,0 +1,178 @@
+"""Mixed mode: static INT8 everywhere it runs, FP16 for the nodes named or measured most sensitive.
+
+Planning starts from the static plan. The FP16 nodes are the ones `--fp16-nodes` names (shell-style
+patterns on node names) plus the `fp16_count` INT8 nodes whose INT8 error is largest; the static
+planner then decides every other node again with those kept out of INT8 (a Relu after an FP16 Conv
+is no longer absorbed, a Reshape after it no longer runs on quantized data). Nodes that neither
+INT8 nor FP16 can run stay float32, with the static planner's reason.
+
+Sensitivity: the all-INT8 model (the static plan, rewritten) and the float model run side by side
+on up to SENSITIVITY_SAMPLES calibration samples with every layer exposed (per_layer.py); each
+layer's added error (dB of SQNR lost in that layer) is charged to the INT8 node that computes it,
+through Relu/Clip absorbed into a producer and through ops that only move quantized data.
+
+An FP16 node reads its activations through a Cast to float16, its float weights are stored as
+float16, and its outputs are Cast back to float32 for their INT8 or float32 consumers (the fp16
+rewriter, quantize/fp16.py). onnxruntime's x86 CPU provider has no float16 Conv/MatMul/Gemm
+kernel: it computes such a node in float32 on the float16-rounded values, which is the accuracy of
+FP16 without its speed. The Cast also keeps the node out of onnxruntime's WeightBiasQuantization,
+which would otherwise quantize a float Conv/Gemm that reads a DequantizeLinear output per tensor
+at load (measured: the node ran as QLinearConv), and with it the node's accuracy.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import onnx
+
+from quantcli.calibration.collect import Ranges
+from quantcli.errors import UsageError
+from quantcli.graph import GraphIndex
+from quantcli.quantize.fp16 import (
+    FP16_CPU_KERNELS,
+    FP16_MAX,
+    attribute_forbids_fp16,
+    elem_types,
+    rewrite_fp16,
+    subgraphs,
+)
+from quantcli.quantize.plan import FP16, INT8, QuantConfig, QuantPlan
+from quantcli.quantize.qdq import rewrite_qdq
+from quantcli.quantize.rules import Kind, rule_for
+from quantcli.quantize.static import plan_static
+
+SENSITIVITY_SAMPLES = 32  # per-layer error is stable well before this (digits_cnn: same top 3 from 8)
+
+SampleSource = Callable[[], Iterable[dict[str, np.ndarray]]]
+
+
+def match_patterns(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
+    """The node names that the shell-style `patterns` match, in graph order; a pattern matching
+    nothing is a UsageError naming it (a typo should not silently change nothing)."""
+    names = [n.name for n in model.graph.node]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise UsageError(f"--fp16-nodes {','.join(unmatched)}: matches no node of the model")
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def node_sensitivity(
+    model: onnx.ModelProto, static: QuantPlan, samples: SampleSource, *, memory_budget_bytes: int
+) -> dict[str, float]:
+    """INT8 node -> the SQNR (dB) its INT8 form loses on the samples, largest first."""
+    from quantcli.calibration.collect import make_session
+    from quantcli.io_match import match_io
+    from quantcli.per_layer import per_layer_errors
+
+    candidate = rewrite_qdq(model, static)
+    io = match_io(make_session(model, lean=True), make_session(candidate, lean=True), strict=False)
+    result = per_layer_errors(model, candidate, samples, io, memory_budget_bytes=memory_budget_bytes)
+    index = GraphIndex(model.graph)
+    precision = {n.name: n.precision for n in static.nodes}
+    charged: dict[str, float] = {}
+    for layer in result.layers:
+        node = _responsible(index, layer.tensor, precision)
+        if node is not None and layer.added_db > 0:
+            charged[node] = max(charged.get(node, 0.0), layer.added_db)
+    return dict(sorted(charged.items(), key=lambda kv: -kv[1]))
+
+
+def _responsible(index: GraphIndex, tensor: str, precision: dict[str, str]) -> str | None:
+    """The INT8 node whose arithmetic produced `tensor`: back through absorbed and shared ops."""
+    node = index.producer.get(tensor)
+    while node is not None and precision.get(node.name) == INT8:
+        rule = rule_for(node)
+        if rule is None or rule.kind not in (Kind.ABSORBED, Kind.SHARED):
+            return node.name
+        node = index.producer.get(node.input[0])
+    return None
+
+
+def plan_mixed(
+    model: onnx.ModelProto,
+    ranges: Ranges,
+    config: QuantConfig,
+    *,
+    named: list[str],
+    sensitivity: dict[str, float],
+    count: int,
+) -> QuantPlan:
+    """The static plan with the named nodes and the `count` most sensitive INT8 nodes in FP16."""
+    index = GraphIndex(model.graph)
+    types = elem_types(model.graph)
+    chosen: dict[str, str] = {}
+    for name in named:
+        chosen[name] = "FP16: named by --fp16-nodes"
+    ranked = [name for name in sensitivity if name not in chosen]
+    for k, name in enumerate(ranked[:count], start=1):
+        chosen[name] = (
+            f"FP16: its INT8 form loses {sensitivity[name]:.1f} dB of SQNR on the calibration samples "
+            f"(the {_ordinal(k)} largest loss)"
+        )
+    keep_float: dict[str, str] = {}
+    fp16: set[str] = set()
+    for node in model.graph.node:
+        if node.name not in chosen:
+            continue
+        why_not = _why_not_fp16(node, index, types, ranges)
+        if why_not:
+            keep_float[node.name] = f"float32: chosen for FP16, but {why_not}"
+        else:
+            keep_float[node.name] = chosen[node.name]
+            fp16.add(node.name)
+    plan = plan_static(model, ranges, config, keep_float=keep_float)
+    for node_plan, node in zip(plan.nodes, model.graph.node, strict=True):
+        if node.name in fp16:
+            node_plan.precision = FP16
+            node_plan.quantized_inputs = [t for t in node.input if types.get(t) == onnx.TensorProto.FLOAT]
+            node_plan.quantized_outputs = [t for t in node.output if types.get(t) == onnx.TensorProto.FLOAT]
+            if node.op_type not in FP16_CPU_KERNELS:
+                node_plan.reason += (
+                    f"; onnxruntime's CPU provider has no float16 {node.op_type}: it computes it in "
+                    "float32 on the float16 values"
+                )
+    plan.mode = "mixed"
+    return plan
+
+
+def _why_not_fp16(
+    node: onnx.NodeProto, index: GraphIndex, types: dict[str, int], ranges: Ranges
+) -> str | None:
+    if node.domain not in ("", "ai.onnx"):
+        return f"it is an op of domain {node.domain}"
+    if subgraphs(node):
+        return "it has a subgraph"
+    forbidden = attribute_forbids_fp16(node)
+    if forbidden:
+        return forbidden
+    floats = [t for t in (*node.input, *node.output) if t and types.get(t) == onnx.TensorProto.FLOAT]
+    if not floats:
+        return "it has no float tensors"
+    for t in floats:
+        if t in index.initializers:
+            peak = float(np.abs(index.array(t)).max(initial=0.0))
+        else:
+            lo, hi = ranges.ranges.get(t, (0.0, 0.0))
+            peak = max(abs(lo), abs(hi))
+        if peak > FP16_MAX:
+            return f"{t} reaches {peak:.6g}, beyond float16's 65504"
+    return None
+
+
+def rewrite_mixed(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """Q/DQ for the INT8 nodes (qdq.py), then float16 for the FP16 nodes (fp16.py)."""
+    from quantcli.preprocess.shapes import infer_shapes
+
+    fp16_nodes = [n for n in plan.nodes if n.precision == FP16]
+    out = rewrite_qdq(model, plan, in_place=True)
+    if not fp16_nodes:
+        return out
+    infer_shapes(out)  # the fp16 rewriter needs the type of every tensor, the new Q/DQ outputs too
+    return rewrite_fp16(out, fp16_nodes, keep_io_types=True)
+
+
+def _ordinal(k: int) -> str:
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(k, f"{k}th")
