@@ -5,8 +5,9 @@ The parent calls `convert(tool, case, workdir)`; it runs this file as a script,
 files a converter leaves in its cwd, like onnxruntime's `sym_shape_infer_temp.onnx`, stay out of the
 repository) and times it. The child:
 
-- quantcli tools: runs the CLI in-process, `quantcli convert MODEL --mode M [--calib DIR] --eval DIR
-  -o OUT --json` (its JSON report on stdout);
+- quantcli tools: runs the CLI in-process, `quantcli convert MODEL --mode M [--calib DIR] [ARGS...]
+  --eval DIR -o OUT --json` (its JSON report on stdout; `--calib` when the tool calibrates, ARGS the
+  tool's own extra arguments);
 - the others: calls the converter and prints one JSON object (notes) on stdout;
 - on the way out writes its own peak RSS (VmHWM of /proc/self/status) to `peak_rss_mb` in its cwd.
   Not `os.wait4`'s ru_maxrss: Linux carries the peak of the memory image a process replaces at exec
@@ -17,6 +18,7 @@ repository) and times it. The child:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -38,10 +40,17 @@ class Tool:
     key: str  # --tools name
     label: str  # row label
     quantcli_mode: str | None = None  # quantcli tools: the --mode
+    args: tuple[str, ...] = ()  # quantcli tools: more CLI arguments, after --mode and --calib
+    needs_calib: bool = False  # quantcli tools: pass --calib DIR (the case's calibration samples)
+
+    def quantcli_args(self, calib: str) -> list[str]:
+        """The arguments after `quantcli convert MODEL`, before --eval/-o/--json."""
+        assert self.quantcli_mode is not None, f"{self.key} is not a quantcli tool"
+        return ["--mode", self.quantcli_mode, *(["--calib", calib] if self.needs_calib else []), *self.args]
 
 
 FP32 = Tool("fp32", "fp32")
-QUANTCLI_STATIC = Tool("quantcli-static", "quantcli static", "static")
+QUANTCLI_STATIC = Tool("quantcli-static", "quantcli static", "static", needs_calib=True)
 ORT_STATIC = Tool("ort-static", "onnxruntime quantize_static")
 QUANTCLI_DYNAMIC = Tool("quantcli-dynamic", "quantcli dynamic", "dynamic")
 ORT_DYNAMIC = Tool("ort-dynamic", "onnxruntime quantize_dynamic")
@@ -49,7 +58,16 @@ QUANTCLI_WEIGHTS = Tool("quantcli-weights-int8", "quantcli weights-int8", "weigh
 QUANTCLI_FP16 = Tool("quantcli-fp16", "quantcli fp16", "fp16")
 OCC_FP16 = Tool("occ-fp16", "onnxconverter-common fp16")
 QUANTCLI_BF16 = Tool("quantcli-bf16", "quantcli bf16", "bf16")
+# the precision modes of issue #8 (some are still being built: a mode quantcli lacks is a FAILED row)
+QUANTCLI_FP16_CALIB = Tool("quantcli-fp16-calib", "quantcli fp16 --calib", "fp16", needs_calib=True)
+QUANTCLI_INT4 = Tool("quantcli-int4", "quantcli weights-int4", "weights-int4")
+ORT_INT4 = Tool("ort-int4", "onnxruntime MatMulNBits int4")
+QUANTCLI_MIXED = Tool("quantcli-mixed", "quantcli mixed", "mixed", needs_calib=True)
+QUANTCLI_A16W8 = Tool(
+    "quantcli-a16w8", "quantcli static a16w8", "static", ("--activation-type", "int16"), needs_calib=True
+)
 
+# compare_ort.py's default rows (benchmarks/RESULTS.md), in table order
 TOOLS: tuple[Tool, ...] = (
     FP32,
     QUANTCLI_STATIC,
@@ -61,7 +79,22 @@ TOOLS: tuple[Tool, ...] = (
     OCC_FP16,
     QUANTCLI_BF16,
 )
-TOOLS_BY_KEY = {t.key: t for t in TOOLS}
+# --preset modes (benchmarks/MODES.md): every precision mode next to the other tools' FP16 and INT4
+MODES_TOOLS: tuple[Tool, ...] = (
+    FP32,
+    QUANTCLI_FP16,
+    QUANTCLI_FP16_CALIB,
+    OCC_FP16,
+    QUANTCLI_BF16,
+    QUANTCLI_WEIGHTS,
+    QUANTCLI_INT4,
+    ORT_INT4,
+    QUANTCLI_MIXED,
+    QUANTCLI_A16W8,
+    QUANTCLI_STATIC,
+)
+ALL_TOOLS: tuple[Tool, ...] = TOOLS + tuple(t for t in MODES_TOOLS if t not in TOOLS)
+TOOLS_BY_KEY = {t.key: t for t in ALL_TOOLS}
 PEAK_RSS_FILE = "peak_rss_mb"  # written by the child into its cwd
 
 
@@ -89,11 +122,22 @@ class ChildResult:
 # --------------------------------------------------------------------------- parent side
 
 
+def child_env() -> dict[str, str]:
+    """This process's environment, PYTHONPATH made absolute: the child runs in another directory, and
+    must import the same quantcli as this process (e.g. PYTHONPATH=. in a git worktree)."""
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):
+        entries = env["PYTHONPATH"].split(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(e or ".").resolve()) for e in entries)
+    return env
+
+
 def run_child(argv: Sequence[str], cwd: Path) -> ChildResult:
     """Run argv to completion in cwd: exit code, output and wall time."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        returncode = subprocess.run(list(argv), cwd=cwd, stdout=out, stderr=err, check=False).returncode
+        done = subprocess.run(list(argv), cwd=cwd, env=child_env(), stdout=out, stderr=err, check=False)
+        returncode = done.returncode
         wall = time.perf_counter() - start
         out.seek(0)
         err.seek(0)
@@ -211,19 +255,50 @@ def occ_fp16(model: str, calib: str, output: str) -> list[str]:
     return []
 
 
+ORT_INT4_ARGS = {"bits": 4, "block_size": 32, "is_symmetric": True}  # accuracy_level: its default
+
+
+def ort_int4(model: str, calib: str, output: str) -> list[str]:
+    """MatMulNBitsQuantizer (RTN, blockwise along K) with ORT_INT4_ARGS; the note states the settings
+    the quantizer holds, and the MatMul/Gemm nodes it did not convert."""
+    import logging
+    from collections import Counter
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    # it logs a line per node at INFO
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    quantizer = MatMulNBitsQuantizer(onnx.load(model), **ORT_INT4_ARGS)
+    quantizer.process()
+    quantizer.model.save_model_to_file(output, use_external_data_format=False)
+    config = quantizer.algo_config
+    settings = ", ".join(
+        f"{name}={getattr(config, name, None)}"
+        for name in ("bits", "block_size", "is_symmetric", "accuracy_level", "quant_format")
+    )
+    ops = Counter(n.op_type for n in onnx.load(output, load_external_data=False).graph.node)
+    left = ", ".join(f"{op} x{ops[op]}" for op in ("MatMul", "Gemm") if ops[op]) or "none"
+    return [
+        f"MatMulNBitsQuantizer({settings}, algorithm={config.algorithm}, op_types_to_quantize="
+        f"{sorted(config.op_types_to_quantize)}): MatMulNBits x{ops['MatMulNBits']}; not converted: {left}"
+    ]
+
+
 CHILD_ENTRIES: dict[str, Callable[[str, str, str], list[str]]] = {
     ORT_STATIC.key: ort_static,
     ORT_DYNAMIC.key: ort_dynamic,
     OCC_FP16.key: occ_fp16,
+    ORT_INT4.key: ort_int4,
 }
 
 
-def quantcli_convert(mode: str, model: str, calib: str, eval_dir: str, output: str) -> None:
+def quantcli_convert(tool: Tool, model: str, calib: str, eval_dir: str, output: str) -> None:
     """The quantcli CLI in this process; it prints its --json report and exits (SystemExit)."""
     from quantcli.cli import main
 
-    args = ["convert", model, "--mode", mode] + (["--calib", calib] if mode == "static" else [])
-    main.main(args=args + ["--eval", eval_dir, "-o", output, "--json"], prog_name="quantcli")
+    args = ["convert", model, *tool.quantcli_args(calib), "--eval", eval_dir, "-o", output, "--json"]
+    main.main(args=args, prog_name="quantcli")
 
 
 def peak_rss_mb() -> float:
@@ -241,7 +316,7 @@ def child_main(argv: Sequence[str]) -> int:
     tool = TOOLS_BY_KEY[key]
     try:
         if tool.quantcli_mode is not None:
-            quantcli_convert(tool.quantcli_mode, model, calib, eval_dir, output)
+            quantcli_convert(tool, model, calib, eval_dir, output)
             return 0
         import warnings
 

@@ -10,11 +10,21 @@ from importlib import metadata
 from pathlib import Path
 
 from _bench_cases import REPO, Case
-from _bench_convert import ORT_DYNAMIC, ORT_STATIC, QUANTCLI_DYNAMIC, QUANTCLI_STATIC, Conversion, Tool
+from _bench_convert import (
+    ORT_DYNAMIC,
+    ORT_INT4,
+    ORT_STATIC,
+    QUANTCLI_DYNAMIC,
+    QUANTCLI_INT4,
+    QUANTCLI_STATIC,
+    Conversion,
+    Tool,
+)
 from _bench_kernels import Kernels
 from _bench_measure import WARMUP_RUNS, Accuracy
 
-PAIRS = ((QUANTCLI_STATIC, ORT_STATIC), (QUANTCLI_DYNAMIC, ORT_DYNAMIC))
+# quantcli's tool and onnxruntime's that does the same, for "Where quantcli is slower"
+PAIRS = ((QUANTCLI_STATIC, ORT_STATIC), (QUANTCLI_DYNAMIC, ORT_DYNAMIC), (QUANTCLI_INT4, ORT_INT4))
 
 
 @dataclass
@@ -23,6 +33,7 @@ class Row:
     tool: Tool
     conversion: Conversion | None = None  # None for fp32
     size_ratio: float | None = None
+    weight_ratio: float | None = None  # MatMul/Gemm weight bytes / FP32's (--preset modes only)
     accuracy: Accuracy | None = None
     int_mac_share: float | None = None
     latency: dict[int, float] = field(default_factory=dict)  # batch -> median / FP32 median
@@ -38,6 +49,7 @@ class CaseResult:
     fp32_seconds: dict[int, float]  # batch -> FP32 median seconds
     control: dict[int, float]  # batch -> a second FP32 session's median / FP32 median
     notes: list[str]
+    weight_bytes: int | None = None  # FP32's MatMul/Gemm weight bytes, when measured
 
 
 # --------------------------------------------------------------------------- cells
@@ -54,17 +66,22 @@ def _pct(value: float | None, digits: int = 2) -> str:
 def columns(result: CaseResult) -> list[str]:
     case = result.case
     has_labels = any(r.accuracy is not None and r.accuracy.labels is not None for r in result.rows)
-    cols = ["tool", "size"] + (["acc"] if has_labels else []) + (["top-1 agree"] if case.classifier else [])
+    weights = ["MatMul W"] if any(r.weight_ratio is not None for r in result.rows) else []
+    cols = (
+        ["tool", "size", *weights]
+        + (["acc"] if has_labels else [])
+        + (["top-1 agree"] if case.classifier else [])
+    )
     cols += ["cosine", "int MACs"] + [f"lat b{b}" for b in case.batches] + ["convert s", "peak RSS MB"]
     return cols + (["error"] if any(r.error for r in result.rows) else [])
 
 
 def tool_label(row: Row) -> str:
-    """The row's tool, with the calibration method for the static INT8 rows."""
+    """The row's tool, with the calibration method for the calibrated rows (quantcli's from its report)."""
     if row.tool == ORT_STATIC:
         return f"{row.tool.label} (minmax)"
     method = row.conversion.report.get("calib_method") if row.conversion else None
-    return f"{row.tool.label} ({method})" if row.tool == QUANTCLI_STATIC and method else row.tool.label
+    return f"{row.tool.label} ({method})" if row.tool.needs_calib and method else row.tool.label
 
 
 def cell(row: Row, column: str) -> str:
@@ -72,6 +89,7 @@ def cell(row: Row, column: str) -> str:
     values = {
         "tool": tool_label(row),
         "size": _opt(row.size_ratio, ".3f"),
+        "MatMul W": _opt(row.weight_ratio, ".3f"),
         "acc": _pct(acc.labels if acc else None),
         "top-1 agree": _pct(acc.top1_agree if acc else None),
         "cosine": _opt(acc.cosine if acc else None, ".5f"),
@@ -110,9 +128,15 @@ def markdown_table(result: CaseResult) -> str:
 def case_title(result: CaseResult) -> str:
     fp32 = ", ".join(f"{s * 1e3:.3f} ms at batch {b}" for b, s in result.fp32_seconds.items())
     control = ", ".join(f"{r:.2f}" for r in result.control.values())
+    weights = ""
+    if result.weight_bytes is not None:
+        share = result.weight_bytes / result.case.model.stat().st_size
+        weights = (
+            f"; FP32 MatMul/Gemm weights {result.weight_bytes / 2**20:.2f} MiB ({share:.1%} of the file)"
+        )
     return (
-        f"{result.case.name}: {result.total_macs / 1e6:.1f} M MACs at batch 1; FP32 median latency {fp32}; "
-        f"a second FP32 session timed alongside: lat {control} (the noise floor)"
+        f"{result.case.name}: {result.total_macs / 1e6:.1f} M MACs at batch 1{weights}; FP32 median latency "
+        f"{fp32}; a second FP32 session timed alongside: lat {control} (the noise floor)"
     )
 
 
@@ -159,12 +183,18 @@ def float_notes(results: list[CaseResult]) -> list[str]:
 SLOWER_MARGIN = 1.05  # ratios within 5% of each other are within the noise
 
 
+def pairs_run(results: list[CaseResult]) -> list[tuple[Tool, Tool]]:
+    """The PAIRS of which this run timed both rows (of at least one case)."""
+    timed = {r.tool for res in results for r in res.rows if r.latency}
+    return [(ours, theirs) for ours, theirs in PAIRS if ours in timed and theirs in timed]
+
+
 def slower_notes(results: list[CaseResult]) -> list[str]:
     """Where quantcli is slower than onnxruntime's matching tool: what each ran in float."""
     notes = []
     for res in results:
         by_tool = {r.tool: r for r in res.rows}
-        for ours, theirs in PAIRS:
+        for ours, theirs in pairs_run(results):
             a, b = by_tool.get(ours), by_tool.get(theirs)
             if a is None or b is None:
                 continue
@@ -218,8 +248,16 @@ def dynamic_defaults() -> str:
 
 
 def quantcli_revision() -> str:
-    """The repository's commit, and whether quantcli/ differs from it (other engineers edit it live)."""
+    """The repository's commit, and whether quantcli/ differs from it (other engineers edit it live);
+    a warning when the quantcli this process imports is not this checkout's."""
     import subprocess
+
+    import quantcli
+
+    imported = Path(quantcli.__file__).resolve().parent
+    elsewhere = (
+        "" if imported == REPO / "quantcli" else f"; WARNING: quantcli imported from {imported}, not {REPO}"
+    )
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False)
@@ -227,14 +265,16 @@ def quantcli_revision() -> str:
 
     commit = git("rev-parse", "--short", "HEAD")
     if not commit:
-        return "not a git checkout"
+        return "not a git checkout" + elsewhere
     dirty = git("status", "--porcelain", "--", "quantcli")
-    return f"git {commit}" + (
-        ", with uncommitted changes in quantcli/" if dirty else ", quantcli/ as committed"
+    return (
+        f"git {commit}"
+        + (", with uncommitted changes in quantcli/" if dirty else ", quantcli/ as committed")
+        + elsewhere
     )
 
 
-def header_lines(command: str, settings: str, load: str) -> list[str]:
+def header_lines(command: str, settings: str, load: str, tools: list[Tool]) -> list[str]:
     import onnx
     import onnxruntime
 
@@ -250,13 +290,21 @@ def header_lines(command: str, settings: str, load: str) -> list[str]:
         f"runs per model, then {settings}; every model of a case in one process, one run each per round, "
         "order rotated every round; medians",
         f"load average (1 min) {load}",
-        f"onnxruntime quantize_dynamic is run with its defaults: {dynamic_defaults()} "
-        "(the docstring: op_types_to_quantize=None quantizes all supported operators, Conv included)",
-    ]
+    ] + (
+        [
+            f"onnxruntime quantize_dynamic is run with its defaults: {dynamic_defaults()} "
+            "(the docstring: op_types_to_quantize=None quantizes all supported operators, Conv included)"
+        ]
+        if ORT_DYNAMIC in tools
+        else []
+    )
 
 
 LEGEND = [
     "size = output file bytes / FP32 file bytes",
+    "MatMul W = bytes of the MatMul/Gemm weights in the output file / FP32's: the initializers that feed a "
+    "MatMul/Gemm weight input directly or through DequantizeLinear (data, scale, zero point), Cast, Transpose, "
+    "Reshape; MatMulNBits' packed B, scales and zero_points (biases excluded)",
     "acc = accuracy vs eval/labels.npy; top-1 agree = share of samples whose top-1 class equals FP32's; "
     "cosine = mean cosine similarity of the scored output vs FP32 (logits; MiniLM's embedding)",
     "int MACs = share of the FP32 model's multiply-accumulates (Conv/ConvTranspose/MatMul/Gemm at batch 1) that "
@@ -269,17 +317,38 @@ LEGEND = [
 ]
 
 
+def legend(results: list[CaseResult]) -> list[str]:
+    """LEGEND, without the lines of columns no table has."""
+    shown = {c for res in results for c in columns(res)}
+    return [line for line in LEGEND if not line.startswith("MatMul W = ") or "MatMul W" in shown]
+
+
+def _float_none(results: list[CaseResult]) -> str:
+    if not any(
+        r.tool in (QUANTCLI_STATIC, QUANTCLI_DYNAMIC) and r.latency for res in results for r in res.rows
+    ):
+        return "not measured: this run timed no quantcli static or dynamic row"
+    return "none: every quantcli static and dynamic row has a latency ratio below 1.0"
+
+
+def _slower_none(results: list[CaseResult]) -> str:
+    pairs = pairs_run(results)
+    if not pairs:
+        modes = ", ".join(str(ours.quantcli_mode) for ours, _ in PAIRS)
+        return f"not measured: this run timed no quantcli row ({modes}) together with onnxruntime's matching tool"
+    modes = "/".join(str(ours.quantcli_mode) for ours, _ in pairs)
+    return f"none: no quantcli {modes} row is more than 5% slower than onnxruntime's"
+
+
 def sections(results: list[CaseResult]) -> list[tuple[str, list[str]]]:
     return [
         (
             "Where quantcli is not faster than FP32: what onnxruntime ran in float",
-            float_notes(results)
-            or ["none: every quantcli static and dynamic row has a latency ratio below 1.0"],
+            float_notes(results) or [_float_none(results)],
         ),
         (
             "Where quantcli is slower than onnxruntime's matching tool: what each ran in float",
-            slower_notes(results)
-            or ["none: no quantcli static/dynamic row is more than 5% slower than onnxruntime's"],
+            slower_notes(results) or [_slower_none(results)],
         ),
     ]
 
@@ -288,18 +357,23 @@ def render_text(header: list[str], results: list[CaseResult], notes: list[str]) 
     parts = [*header, ""]
     for res in results:
         parts += [case_title(res), text_table(res), ""]
-    parts += [f"legend: {line}" for line in LEGEND]
+    parts += [f"legend: {line}" for line in legend(results)]
     for title, lines in sections(results):
         parts += ["", f"{title}:"] + [f"- {n}" for n in lines]
     return "\n".join(parts + ([""] + [f"note: {n}" for n in notes] if notes else []))
 
 
-def render_markdown(header: list[str], results: list[CaseResult], notes: list[str]) -> str:
-    parts = ["# quantcli vs onnxruntime.quantization and onnxconverter-common", ""]
+TITLE = "quantcli vs onnxruntime.quantization and onnxconverter-common"
+
+
+def render_markdown(
+    header: list[str], results: list[CaseResult], notes: list[str], title: str = TITLE
+) -> str:
+    parts = [f"# {title}", ""]
     parts += [f"- {line}" for line in header] + [""]
     for res in results:
         parts += [f"## {res.case.name}", "", case_title(res), "", markdown_table(res), ""]
-    parts += ["Columns:", ""] + [f"- {line}" for line in LEGEND] + [""]
+    parts += ["Columns:", ""] + [f"- {line}" for line in legend(results)] + [""]
     for title, lines in sections(results):
         parts += [f"## {title}", ""] + [f"- {n}" for n in lines] + [""]
     if notes:

@@ -3,6 +3,7 @@
 A dev script, not a test. Run from the repository root:
 
     python benchmarks/compare_ort.py --markdown benchmarks/RESULTS.md
+    python benchmarks/compare_ort.py --preset modes --markdown benchmarks/MODES.md
 
 For every case (the three sample models, and the real models of benchmarks/real_models once
 exported into benchmarks/.cache) it:
@@ -21,6 +22,12 @@ exported into benchmarks/.cache) it:
    interleaved in one process with a rotating order, medians) at batch 1, and batch 32 for the
    digits models.
 
+``--preset modes`` (issue #8) runs the precision modes instead: quantcli fp16 (also with --calib),
+bf16, weights-int8, weights-int4, mixed, static with int16 activations and static INT8 for reference,
+next to onnxconverter-common's FP16 and onnxruntime's ``MatMulNBitsQuantizer`` (INT4, block 32,
+symmetric), and adds the bytes of the MatMul/Gemm weights as a share of FP32's (``_bench_weights.py``).
+A mode this quantcli lacks is a FAILED row with quantcli's error.
+
 All outputs go to a temporary directory; nothing is written into the repository except the
 optional ``--markdown`` file.
 """
@@ -34,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
@@ -47,13 +55,41 @@ from _bench_cases import (
     load_feeds,
     load_labels,
 )
-from _bench_convert import FP32, QUANTCLI_STATIC, TOOLS, TOOLS_BY_KEY, Conversion, Tool, convert
+from _bench_convert import (
+    ALL_TOOLS,
+    FP32,
+    MODES_TOOLS,
+    QUANTCLI_STATIC,
+    TOOLS,
+    TOOLS_BY_KEY,
+    Conversion,
+    Tool,
+    convert,
+)
 from _bench_kernels import analyze, total_macs
 from _bench_measure import first_line, make_session, median_latencies, run_outputs, score
-from _bench_report import CaseResult, Row, header_lines, render_markdown, render_text
+from _bench_report import TITLE, CaseResult, Row, header_lines, render_markdown, render_text
+from _bench_weights import matmul_weight_bytes
 
 MIN_ROUNDS = 30
 CONTROL = "fp32-control"  # a second session of the FP32 model, timed like the others
+
+
+@dataclass(frozen=True)
+class Preset:
+    tools: tuple[Tool, ...]  # the rows, in table order (FP32 first)
+    title: str  # the --markdown file's title
+    weights: bool = False  # measure the MatMul/Gemm weight bytes (the MatMul W column)
+
+
+PRESETS = {
+    "default": Preset(TOOLS, TITLE),
+    "modes": Preset(
+        MODES_TOOLS,
+        "quantcli precision modes vs onnxconverter-common FP16 and onnxruntime MatMulNBits INT4",
+        weights=True,
+    ),
+}
 
 
 def log(message: str) -> None:
@@ -78,6 +114,16 @@ def set_sizes(rows: list[Row]) -> None:
         path = row.case.model if row.conversion is None else row.conversion.output
         if path is not None and path.exists():
             row.size_ratio = path.stat().st_size / row.case.model.stat().st_size
+
+
+def set_weight_ratios(rows: list[Row]) -> int:
+    """MatMul/Gemm weight bytes / FP32's into the rows of every model written; returns FP32's bytes."""
+    fp32 = matmul_weight_bytes(rows[0].case.model)
+    for row in rows:
+        path = row.case.model if row.conversion is None else row.conversion.output
+        if fp32 and path is not None and path.exists():
+            row.weight_ratio = matmul_weight_bytes(path) / fp32
+    return fp32
 
 
 def model_path(row: Row) -> Path | None:
@@ -182,9 +228,12 @@ def cross_check(case: Case, conversion: Conversion, row: Row) -> list[str]:
     return [f"{case.name}: quantcli --json reports accuracy {claimed:.4f}, measured here {measured:.4f}"]
 
 
-def run_case(case: Case, tools: list[Tool], workdir: Path, rounds: dict[int, int]) -> CaseResult:
+def run_case(
+    case: Case, tools: list[Tool], workdir: Path, rounds: dict[int, int], weights: bool = False
+) -> CaseResult:
     rows = convert_all(case, tools, workdir)
     set_sizes(rows)
+    weight_bytes = set_weight_ratios(rows) if weights else None
     sessions = open_sessions(rows)
     log(f"[{case.name}] accuracy ...")
     measure_accuracy(case, rows, sessions)
@@ -193,10 +242,21 @@ def run_case(case: Case, tools: list[Tool], workdir: Path, rounds: dict[int, int
     log(f"[{case.name}] integer-kernel analysis ...")
     total, kernel_notes = measure_kernels(case, rows, workdir)
     notes = conversion_notes(case, rows) + kernel_notes
-    return CaseResult(case, rows, total, fp32_seconds, control, notes)
+    return CaseResult(case, rows, total, fp32_seconds, control, notes, weight_bytes)
 
 
 # --------------------------------------------------------------------------- main
+
+
+def tool_keys(text: str) -> list[str]:
+    """--tools: one key, or several separated by commas."""
+    keys = [k for k in text.split(",") if k]
+    unknown = [k for k in keys if k not in TOOLS_BY_KEY]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(
+            f"unknown tool {', '.join(unknown) or repr(text)}; choose from {', '.join(TOOLS_BY_KEY)}"
+        )
+    return keys
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -220,12 +280,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=SAMPLE_NAMES + REAL_NAMES,
         help="only these models (default: all that exist)",
     )
-    tool_keys = [t.key for t in TOOLS if t != FP32]
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="default: quantcli vs onnxruntime.quantization and onnxconverter-common (RESULTS.md); "
+        "modes: the precision modes of issue #8, with the MatMul/Gemm weight bytes (MODES.md)",
+    )
     parser.add_argument(
         "--tools",
         nargs="+",
-        choices=tool_keys,
-        help="only these conversions (default: all; FP32 is always measured)",
+        type=tool_keys,
+        metavar="TOOL",
+        help="only these conversions, space- or comma-separated, in the preset's order (default: the "
+        f"preset's; FP32 is always measured): {', '.join(t.key for t in ALL_TOOLS)}",
     )
     args = parser.parse_args(argv)
     if min(args.rounds, args.rounds_b32, args.rounds_real) < MIN_ROUNDS:
@@ -238,8 +306,10 @@ def selected(args: argparse.Namespace) -> tuple[list[Case], list[Tool], list[str
     if args.cases:
         notes = [n for n in notes if n.split(":", 1)[0] in args.cases]
         cases = [c for c in cases if c.name in args.cases]
-    tools = [TOOLS_BY_KEY[k] for k in args.tools] if args.tools else [t for t in TOOLS if t != FP32]
-    return cases, [t for t in TOOLS if t in tools], notes
+    preset = PRESETS[args.preset]
+    order = preset.tools + tuple(t for t in ALL_TOOLS if t not in preset.tools)
+    chosen = {TOOLS_BY_KEY[k] for keys in args.tools for k in keys} if args.tools else set(preset.tools)
+    return cases, [t for t in order if t in chosen and t != FP32], notes
 
 
 def rounds_for(case: Case, args: argparse.Namespace) -> dict[int, int]:
@@ -250,6 +320,7 @@ def rounds_for(case: Case, args: argparse.Namespace) -> dict[int, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    preset = PRESETS[args.preset]
     cases, tools, notes = selected(args)
     command = shlex.join(["python", os.path.relpath(__file__)] + list(sys.argv[1:] if argv is None else argv))
     load_before = os.getloadavg()[0]
@@ -257,17 +328,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[CaseResult] = []
     with tempfile.TemporaryDirectory(prefix="compare_ort.") as tmp:
         for case in cases:
-            results.append(run_case(case, tools, Path(tmp), rounds_for(case, args)))
+            results.append(run_case(case, tools, Path(tmp), rounds_for(case, args), preset.weights))
     settings = (
         f"{args.rounds} rounds at batch 1 and {args.rounds_b32} at batch {BIG_BATCH} (digits models), "
         f"{args.rounds_real} rounds at batch 1 (real models)"
     )
     load = f"{load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; run took {time.perf_counter() - started:.0f} s"
-    header = header_lines(command, settings, load)
+    header = header_lines(command, settings, load, tools)
     notes += [n for res in results for n in res.notes]
     print(render_text(header, results, notes), flush=True)
     if args.markdown is not None:
-        args.markdown.write_text(render_markdown(header, results, notes))
+        args.markdown.write_text(render_markdown(header, results, notes, preset.title))
         log(f"wrote {args.markdown}")
     return 0
 

@@ -35,8 +35,11 @@ def build(path: Path, layers: int, width: int) -> None:
         x = f"h{i}"
     nodes[-1].output[0] = "output"
     graph = helper.make_graph(
-        nodes, "big", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])], inits,
+        nodes,
+        "big",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", width])],
+        inits,
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
@@ -76,7 +79,11 @@ def run_child(tool: str, model: Path, out: Path, calib: Path, cwd: Path) -> dict
     code += textwrap.dedent(CHILD[tool]) + FOOTER
     proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+        return {
+            "error": proc.stderr.strip().splitlines()[-1]
+            if proc.stderr.strip()
+            else f"exit {proc.returncode}"
+        }
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -96,7 +103,9 @@ def main() -> None:
         for i in range(args.samples):
             np.savez(calib / f"s{i:03d}.npz", input=rng.standard_normal((1, args.width), dtype=np.float32))
         size = model.stat().st_size
-        print(f"model: {size / 2**20:.0f} MiB ({args.layers} x MatMul {args.width}x{args.width}), {args.samples} samples")
+        print(
+            f"model: {size / 2**20:.0f} MiB ({args.layers} x MatMul {args.width}x{args.width}), {args.samples} samples"
+        )
         print(f"{'tool':<12} {'seconds':>8} {'peak RSS MiB':>13} {'x model':>8} {'out MiB':>8}")
         for tool in CHILD:
             out = d / f"{tool}.onnx"
@@ -105,7 +114,9 @@ def main() -> None:
                 print(f"{tool:<12} failed: {r['error']}")
                 continue
             peak = r["peak_kib"] * 1024
-            print(f"{tool:<12} {r['seconds']:>8.1f} {peak / 2**20:>13.0f} {peak / size:>8.2f} {out.stat().st_size / 2**20:>8.0f}")
+            print(
+                f"{tool:<12} {r['seconds']:>8.1f} {peak / 2**20:>13.0f} {peak / size:>8.2f} {out.stat().st_size / 2**20:>8.0f}"
+            )
 
 
 if __name__ == "__main__":
