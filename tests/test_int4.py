@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from quantcli.api import ConvertOptions, convert
 from quantcli.calibration.collect import make_session
 from quantcli.errors import BadPlanError, UsageError
+from quantcli.inspect import inspect_model
 from quantcli.quantize import blockwise
 from quantcli.quantize.int4 import plan_weights_int4, rewrite_int4
 from quantcli.quantize.plan import QuantConfig, QuantPlan
@@ -298,6 +299,18 @@ def test_hand_edited_plans_are_checked() -> None:
         QuantPlan.from_dict(data)
     with pytest.raises(UsageError, match="--block-size 48"):
         ConvertOptions(model=SAMPLES / "digits_mlp.onnx", output=SAMPLES / "x.onnx", block_size=48)
+
+
+def test_inspect_reads_matmulnbits_as_int4_weight_only(converted_modes) -> None:
+    c = converted_modes("digits_mlp", "weights-int4")
+    q = inspect_model(c.output, nodes=True, use_ort=False).quantization
+    assert q.format == "weight-only"
+    nbits = [n for n in q.compute if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 2
+    for n in nbits:
+        assert (n.scheme, n.precision, n.input) == ("weight-only", "int4", None)
+        assert (n.weight.dtype, n.weight.granularity, n.weight.block_size) == ("int4", "block", 32)
+    assert q.activation_dtypes == []
 
 
 def test_cli_json(tmp_path) -> None:
