@@ -286,6 +286,11 @@ def test_gemm_variants_without_a_matmulnbits_form_stay_float() -> None:
 def test_hand_edited_plans_are_checked() -> None:
     model = _linear(RNG.normal(size=(64, 32)).astype(np.float32), gemm=False)
     plan = plan_weights_int4(model, QuantConfig())
+    plan.nodes[0].precision = "float"  # kept float by hand: untouched, its weight stays float
+    q = rewrite_int4(model, plan)
+    assert [n.op_type for n in q.graph.node] == ["MatMul"] and [t.name for t in q.graph.initializer] == ["w"]
+    assert not any(o.domain == "com.microsoft" for o in q.opset_import)
+    plan = plan_weights_int4(model, QuantConfig())
     plan.tensors["w"].scale.pop()
     with pytest.raises(BadPlanError, match="63 scales"):
         rewrite_int4(model, plan)
@@ -384,3 +389,22 @@ def test_a_weight_tied_to_an_embedding_table_stays_float() -> None:
     plan = plan_weights_int4(model, QuantConfig())
     assert plan.node("mm").precision == "float" and "embedding table" in plan.node("mm").reason
     assert plan.node("lookup").precision == "int8" and plan.tensors["table"].dtype.value == "int8"
+
+
+def test_compare_reads_the_result_layer_by_layer(converted_modes) -> None:
+    from quantcli.compare import CompareOptions, compare
+
+    c = converted_modes("digits_vit", "weights-int4")
+    r = compare(
+        CompareOptions(
+            reference=c.source,
+            candidate=c.output,
+            data=DATA / "digits_vit" / "eval",
+            samples=20,
+            per_layer=True,
+        )
+    )
+    assert r.agreement.samples == 20 and r.agreement.outputs[0].cosine_mean > 0.999
+    assert r.candidate.parameter_bytes["uint8"] > 0
+    nbits = {layer.node for layer in r.per_layer.layers if layer.candidate_op_type == "MatMulNBits"}
+    assert len(nbits) == 24  # every INT4 MatMul is matched by its output's name and measured
