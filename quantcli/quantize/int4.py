@@ -12,6 +12,13 @@ Embedding tables (a Gather on a constant table) are stored INT8 per row, as in w
 and everything else stays float. A weight stays float, with the reason, when MatMulNBits cannot
 take it or when it is too small to gain: fewer than MIN_FEATURES input or output features (a
 10-class head), or blocks that would be larger than the float32 weight.
+
+Defaults, measured on all-MiniLM-L6-v2 (benchmarks/int4.py, cosine of the embedding vs FP32 on its
+100 eval samples; file size / FP32; MatMul weight bytes / FP32): blocks of 32 asymmetric 0.9767,
+0.211, 0.160; 32 symmetric 0.9734, 0.210, 0.156; 128 asymmetric 0.9621, 0.199, 0.134; 128 symmetric
+0.9621, 0.199, 0.133. Blocks of 32 keep clearly more accuracy for 1% of the file, and asymmetric
+beats symmetric there: the defaults are 32, asymmetric (onnxruntime's MatMulNBitsQuantizer
+defaults to 128, asymmetric: 0.9595 on the same samples).
 """
 
 from __future__ import annotations
