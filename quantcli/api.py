@@ -26,8 +26,9 @@ from quantcli.model_io import (
     staged_model,
 )
 from quantcli.preprocess import preprocess
-from quantcli.quantize import FP16_COUNT, MODES
+from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
+from quantcli.quantize.int4 import matmul_weight_bytes, plan_weights_int4, rewrite_int4
 from quantcli.quantize.params import QType
 from quantcli.quantize.plan import FLOAT, FP16, NodePlan, QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
@@ -62,10 +63,14 @@ class ConvertOptions:
     plan: Path | None = None
     fp16_nodes: tuple[str, ...] = ()  # mixed: node name patterns to run in FP16
     fp16_count: int = FP16_COUNT  # mixed: how many of the most INT8-sensitive nodes run in FP16
+    block_size: int = DEFAULT_BLOCK_SIZE  # weights-int4
+    weight_symmetric: bool = False  # weights-int4
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
             raise UsageError(f"--mode {self.mode}: not one of {', '.join(MODES)}")
+        if self.block_size not in BLOCK_SIZES:
+            raise UsageError(f"--block-size {self.block_size}: not one of {', '.join(map(str, BLOCK_SIZES))}")
         if self.calib_samples < 1:
             raise UsageError(f"--calib-samples {self.calib_samples}: must be at least 1")
         if self.eval_samples is not None and self.eval_samples < 1:
@@ -100,10 +105,17 @@ class ConvertResult:
     plan_replayed: bool = False
     warnings: list[str] = field(default_factory=list)
     latency: Latency | None = None
+    weight_bytes: dict[str, int] | None = None  # MatMul/Gemm weights {"before", "after"} (weights-int4)
 
     @property
     def size_ratio(self) -> float:
         return self.output_bytes / self.input_bytes if self.input_bytes else 0.0
+
+    @property
+    def weight_ratio(self) -> float | None:
+        """MatMul/Gemm weight bytes after / before, when they were measured."""
+        w = self.weight_bytes
+        return None if w is None else w["after"] / w["before"] if w["before"] else 0.0
 
     def compute_counts(self) -> dict[str, int]:
         """Compute nodes (Conv, ConvTranspose, Gemm, MatMul) in the mode's precision and in float32."""
@@ -166,6 +178,8 @@ def convert(
         reduce_range=options.reduce_range,
         dynamic_op_types=options.dynamic_op_types,
         keep_io_types=options.keep_io_types,
+        block_size=options.block_size,
+        weight_symmetric=options.weight_symmetric,
     )
     replayed = plan is not None
     if plan is not None:
@@ -190,6 +204,8 @@ def convert(
         plan = plan_dynamic(model, config)
     elif options.mode == "weights-int8":
         plan = plan_weights_int8(model, config)
+    elif options.mode == "weights-int4":
+        plan = plan_weights_int4(model, config)
     elif options.mode == "bf16":
         from quantcli.quantize.bf16 import plan_bf16
 
@@ -210,7 +226,9 @@ def convert(
         )
 
     t = time.perf_counter()
+    before = matmul_weight_bytes(model) if plan.mode == "weights-int4" else None
     quantized = _rewrite(model, plan)
+    weight_bytes = None if before is None else {"before": before, "after": matmul_weight_bytes(quantized)}
     applied, notes = pre.applied, pre.notes
     del model, pre
     _drop_inferred_value_info(quantized, source_value_info)
@@ -266,6 +284,7 @@ def convert(
         plan_replayed=replayed,
         warnings=warnings,
         latency=latency,
+        weight_bytes=weight_bytes,
     )
 
 
@@ -389,6 +408,8 @@ def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         from quantcli.quantize.bf16 import rewrite_bf16
 
         return rewrite_bf16(model, plan.nodes, in_place=True)
+    if plan.mode == "weights-int4":
+        return rewrite_qdq(rewrite_int4(model, plan, in_place=True), plan, in_place=True)
     if plan.mode == "fp16":
         from quantcli.quantize.fp16 import rewrite_fp16
 

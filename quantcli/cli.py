@@ -13,7 +13,7 @@ import click
 
 from quantcli import __version__
 from quantcli.errors import ExitCode, QuantcliError
-from quantcli.quantize import FP16_COUNT, MODES
+from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
 
 _PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
 
@@ -78,9 +78,10 @@ def main() -> None:
     "--mode",
     type=click.Choice(list(MODES)),
     help="static (default): INT8 weights and activations, calibrated on --calib; dynamic: INT8 MatMul/Gemm "
-    "weights, activations quantized at run time; weights-int8: INT8 weights, float compute; fp16: float16 "
-    "weights and compute; bf16: bfloat16 weights, float32 compute; mixed: static INT8 with the most "
-    "sensitive (or --fp16-nodes) nodes in FP16.",
+    "weights, activations quantized at run time; weights-int8: INT8 weights, float compute; weights-int4: "
+    "INT4 MatMul/Gemm weights in blocks (onnxruntime MatMulNBits), float compute; fp16: float16 weights and "
+    "compute; bf16: bfloat16 weights, float32 compute; mixed: static INT8 with the most sensitive (or "
+    "--fp16-nodes) nodes in FP16.",
 )
 @click.option("--calib", type=_PATH, help="Directory of calibration samples (.npz/.npy, one per file).")
 @click.option(
@@ -168,6 +169,19 @@ def main() -> None:
     help="fp16: keep float32 model inputs and outputs (Casts at the boundary).",
 )
 @click.option(
+    "--block-size",
+    type=click.Choice([str(b) for b in BLOCK_SIZES]),
+    default=str(DEFAULT_BLOCK_SIZE),
+    show_default=True,
+    help="weights-int4: weight values per block along K, each block with its own scale (and zero point).",
+)
+@click.option(
+    "--weight-symmetric/--weight-asymmetric",
+    default=False,
+    show_default=True,
+    help="weights-int4: symmetric blocks (no zero points) or asymmetric (a 4-bit zero point per block).",
+)
+@click.option(
     "--check-latency",
     is_flag=True,
     help="Time the result against the FP32 model (onnxruntime CPU, interleaved, median) and report the ratio.",
@@ -219,6 +233,8 @@ def convert(
     per_tensor: bool,
     activation_type: str,
     keep_io_types: bool,
+    block_size: str,
+    weight_symmetric: bool,
     check_latency: bool,
     threads: int,
     fp16_nodes: str,
@@ -268,6 +284,8 @@ def convert(
             dynamic_op_types=_op_types(dynamic_op_types),
             calib_preprocess=ImagePreprocess.parse(calib_preprocess) if calib_preprocess else None,
             keep_io_types=keep_io_types,
+            block_size=int(block_size),
+            weight_symmetric=weight_symmetric,
             check_latency=check_latency,
             latency_threads=threads,
             save_plan=save_plan,

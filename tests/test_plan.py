@@ -105,7 +105,7 @@ def test_plan_naming_an_unknown_node_is_rejected() -> None:
     "edit, match",
     [
         (lambda d: d.update(schema_version=99), "schema_version"),
-        (lambda d: d["nodes"][0].update(precision="int4"), "precision"),
+        (lambda d: d["nodes"][0].update(precision="int3"), "precision"),
         (lambda d: d.pop("tensors"), "not a valid quantcli plan"),
     ],
 )
@@ -115,6 +115,15 @@ def test_malformed_plans_are_rejected(edit, match) -> None:
     edit(data)
     with pytest.raises(BadPlanError, match=match):
         QuantPlan.from_dict(data)
+
+
+def test_plans_without_int4_options_load_with_defaults() -> None:
+    plan, _ = quantize(conv_relu_model(), RNG.normal(size=(2, 3, 16, 16)).astype(np.float32))
+    data = plan.to_dict()
+    assert (data["config"]["block_size"], data["config"]["weight_symmetric"]) == (32, False)
+    del data["config"]["block_size"], data["config"]["weight_symmetric"]  # a plan from before weights-int4
+    again = QuantPlan.from_dict(data)
+    assert again.config == plan.config and again.to_dict() == plan.to_dict()
 
 
 def embedding_model() -> onnx.ModelProto:
@@ -136,7 +145,7 @@ def embedding_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("mode", ["static", "dynamic", "weights-int8"])
+@pytest.mark.parametrize("mode", ["static", "dynamic", "weights-int8", "weights-int4"])
 def test_embedding_tables_are_stored_int8_per_row(tmp_path, mode: str) -> None:
     from quantcli.api import ConvertOptions, convert
 

@@ -97,6 +97,8 @@ def _qrefs(g: onnx.GraphProto, index: GraphIndex, values: _Values, types: dict[s
             triples = [(0, 1, 2)]
         elif op == "QuantizeLinear":
             triples = [("out", 1, 2)]
+        elif op == "MatMulNBits":  # weight-only: its input A is float, not quantized
+            triples = [INTEGER_COMPUTE[op][1]]
         elif op in INTEGER_COMPUTE:
             triples = list(INTEGER_COMPUTE[op])
             if op in OUTPUT_QPARAMS:

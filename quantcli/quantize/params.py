@@ -20,16 +20,24 @@ class QType(str, Enum):
     UINT8 = "uint8"
     INT8 = "int8"
     INT32 = "int32"
+    UINT4 = "uint4"  # weights-int4: MatMulNBits blocks, held in uint8 arrays and packed two per byte
 
     @property
     def numpy(self) -> type[np.integer]:
-        return {"uint8": np.uint8, "int8": np.int8, "int32": np.int32}[self.value]
+        return {"uint8": np.uint8, "int8": np.int8, "int32": np.int32, "uint4": np.uint8}[self.value]
 
     @property
     def onnx(self) -> int:
-        return {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8, "int32": TensorProto.INT32}[self.value]
+        return {
+            "uint8": TensorProto.UINT8,
+            "int8": TensorProto.INT8,
+            "int32": TensorProto.INT32,
+            "uint4": TensorProto.UINT4,
+        }[self.value]
 
     def bounds(self, symmetric: bool) -> tuple[int, int]:
+        if self is QType.UINT4:
+            return 0, 15
         if self is QType.UINT8:
             return 0, 255
         if self is QType.INT8:

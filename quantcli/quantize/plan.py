@@ -1,7 +1,7 @@
 """The QuantPlan: every quantization decision, per node and per tensor, in one serialisable object.
 
 Each mode's planner makes one (`static.plan_static`, `dynamic.plan_dynamic`,
-`weights.plan_weights_int8`, `fp16.plan_fp16`); `QuantPlan.save/load` write and read it as JSON, so
+`weights.plan_weights_int8`, `int4.plan_weights_int4`, `fp16.plan_fp16`); `QuantPlan.save/load` write and read it as JSON, so
 a plan can be replayed or hand-edited (a node set to "float" runs in float32). The rewriters read
 only the plan: they make no decisions.
 """
@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from quantcli.errors import BadPlanError
-from quantcli.quantize import MODES
+from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, MODES
 from quantcli.quantize.params import QType, weight_qparams, weight_qparams_mse
 
 PLAN_SCHEMA_VERSION = 1
 INT8 = "int8"
+INT4 = "int4"
 FP16 = "fp16"
 FLOAT = "float"
-PRECISIONS = (INT8, FP16, FLOAT)
+PRECISIONS = (INT8, INT4, FP16, FLOAT)
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,14 @@ class QuantConfig:
     reduce_range: bool = False
     dynamic_op_types: tuple[str, ...] = ("MatMul", "Gemm")
     keep_io_types: bool = True
+    block_size: int = DEFAULT_BLOCK_SIZE  # weights-int4: values per block along K
+    weight_symmetric: bool = False  # weights-int4: no zero points (MatMulNBits' implicit 8)
 
     def __post_init__(self) -> None:
+        if self.block_size not in BLOCK_SIZES:
+            raise ValueError(
+                f"block size must be one of {', '.join(map(str, BLOCK_SIZES))}, not {self.block_size}"
+            )
         if self.weight_calibration not in ("minmax", "mse"):
             raise ValueError(f"weight calibration must be minmax or mse, not {self.weight_calibration}")
         if self.activation_type not in (QType.UINT8, QType.INT8):
@@ -117,6 +124,8 @@ class QuantPlan:
                 "reduce_range": self.config.reduce_range,
                 "dynamic_op_types": list(self.config.dynamic_op_types),
                 "keep_io_types": self.config.keep_io_types,
+                "block_size": self.config.block_size,
+                "weight_symmetric": self.config.weight_symmetric,
             },
             "calibration_samples": self.calibration_samples,
             "nodes": [asdict(n) for n in self.nodes],
@@ -146,6 +155,8 @@ class QuantPlan:
                 reduce_range=bool(cfg.get("reduce_range", False)),
                 dynamic_op_types=tuple(cfg.get("dynamic_op_types", ("MatMul", "Gemm"))),
                 keep_io_types=bool(cfg.get("keep_io_types", True)),
+                block_size=int(cfg.get("block_size", DEFAULT_BLOCK_SIZE)),
+                weight_symmetric=bool(cfg.get("weight_symmetric", False)),
             )
             if data["mode"] not in MODES:
                 raise BadPlanError(f"{source}: mode must be one of {', '.join(MODES)}, not {data['mode']!r}")

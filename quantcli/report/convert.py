@@ -14,6 +14,7 @@ PRECISION_LABEL = {
     "static": "in INT8",
     "dynamic": "in INT8 (activations quantized at run time)",
     "weights-int8": "with INT8 weights (float compute)",
+    "weights-int4": "with INT4 weights (MatMulNBits, float compute)",
     "fp16": "in FP16",
     "bf16": "in BF16",
     "mixed": "in INT8 or FP16",
@@ -32,6 +33,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         "mode": r.mode,
         "plan_replayed": r.plan_replayed,
         "size": {"input_bytes": r.input_bytes, "output_bytes": r.output_bytes, "ratio": r.size_ratio},
+        "weight_bytes": None if r.weight_bytes is None else {**r.weight_bytes, "ratio": r.weight_ratio},
         "compute_nodes": r.compute_counts(),
         "stored_weight_nodes": r.stored_weight_nodes(),
         "nodes_by_precision": dict(sorted(Counter(n.precision for n in r.nodes).items())),
@@ -90,6 +92,13 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
         ("output", str(r.output)),
         ("mode", r.mode + (" (plan replayed)" if r.plan_replayed else "")),
         ("size", f"{r.input_bytes:,} B -> {r.output_bytes:,} B (ratio {r.size_ratio:.3f})"),
+    ]
+    if r.weight_bytes is not None:
+        w = r.weight_bytes
+        rows.append(
+            ("MatMul/Gemm weights", f"{w['before']:,} B -> {w['after']:,} B (ratio {r.weight_ratio:.3f})")
+        )
+    rows += [
         (
             "compute nodes",
             f"{c['quantized']} of {c['total']} {PRECISION_LABEL[r.mode]}, {c['float']} in float32",

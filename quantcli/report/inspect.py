@@ -192,10 +192,10 @@ def _qparams_text(p: QParams | None) -> str:
     if p is None:
         return "-"
     parts = [p.dtype]
-    if p.granularity:
-        parts.append(p.granularity + (f" axis {p.axis}" if p.axis is not None else ""))
     if p.block_size:
         parts.append(f"block {p.block_size}")
+    elif p.granularity:
+        parts.append(p.granularity + (f" axis {p.axis}" if p.axis is not None else ""))
     if p.scale_min is not None:
         scale = _g(p.scale_min) if p.scale_min == p.scale_max else f"{_g(p.scale_min)}..{_g(p.scale_max)}"
         parts.append(f"scale {scale}")
