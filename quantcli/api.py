@@ -92,6 +92,7 @@ class ConvertResult:
     plan_replayed: bool = False
     warnings: list[str] = field(default_factory=list)
     latency: Latency | None = None
+    activation_type: str | None = None  # static mode: uint8, int8 or int16
 
     @property
     def size_ratio(self) -> float:
@@ -172,7 +173,11 @@ def convert(
         ranges: Ranges = collect_ranges(
             model,
             lambda: iter_samples(split.calib, specs, options.calib_preprocess),
-            replace(options.calibration, symmetric=options.activation_type is QType.INT8),
+            replace(
+                options.calibration,
+                symmetric=config.symmetric_activations,
+                levels=2**config.activation_type.bits,
+            ),
             progress=report_progress if progress else None,
         )
         seconds["calibrate"] = time.perf_counter() - t
@@ -246,6 +251,7 @@ def convert(
         plan_replayed=replayed,
         warnings=warnings,
         latency=latency,
+        activation_type=plan.config.activation_type.value if plan.mode == "static" else None,
     )
 
 
@@ -275,7 +281,13 @@ def _warnings(plan: QuantPlan, quantized: onnx.ModelProto) -> list[str]:
         "set its neighbours to float too to keep it in float"
         for name in requantized_by_onnxruntime(quantized, float_nodes)
     ]
-    if plan.mode in ("static", "dynamic") and not plan.config.reduce_range and has_vnni() is False:
+    sixteen_bit = plan.mode == "static" and plan.config.activation_type.bits == 16
+    if sixteen_bit:
+        warnings.append(
+            "16-bit activations are an accuracy option, not a speed one: onnxruntime has no 16-bit "
+            "integer kernels and runs each quantized op as DequantizeLinear -> float op -> QuantizeLinear"
+        )
+    elif plan.mode in ("static", "dynamic") and not plan.config.reduce_range and has_vnni() is False:
         warnings.append(
             "this CPU has no VNNI: onnxruntime's U8S8 integer kernels may saturate here; "
             "convert with --reduce-range for models that will run on such CPUs"

@@ -155,10 +155,11 @@ def main() -> None:
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
 @click.option(
     "--activation-type",
-    type=click.Choice(["uint8", "int8"]),
+    type=click.Choice(["uint8", "int8", "int16"]),
     default="uint8",
     show_default=True,
-    help="uint8: asymmetric (fastest on x86); int8: symmetric, zero point 0.",
+    help="uint8: asymmetric (fastest on x86); int8: symmetric, zero point 0; int16: asymmetric 16-bit "
+    "with INT8 weights (A16W8), more accurate but not faster than FP32 (onnxruntime runs it in float).",
 )
 @click.option(
     "--keep-io-types/--no-keep-io-types",

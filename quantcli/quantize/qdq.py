@@ -4,6 +4,11 @@ Activations: producer -> T -> QuantizeLinear -> T_quantized -> DequantizeLinear 
 -> every consumer (a graph output keeps its name on the DequantizeLinear output).
 Initializers (weights, INT32 biases, constants): stored quantized as T_quantized and dequantized
 by a DequantizeLinear whose output keeps the original name T, so consumers are unchanged.
+
+16-bit tensors (A16W8): ONNX QuantizeLinear/DequantizeLinear take int16/uint16 only from opset 21;
+below it they are written in onnxruntime's `com.microsoft` domain, whose Q/DQ accept 16 bits at any
+opset. The model's own opset is left as it is: upgrading it would rewrite every other op through
+onnx's version converter for the sake of the Q/DQ alone.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ from onnx import helper, numpy_helper
 from quantcli import __version__
 from quantcli.errors import BadPlanError
 from quantcli.graph import GraphIndex, NameAllocator
+from quantcli.preprocess.opset import default_opset
 from quantcli.quantize.embedding import gather_rows
 from quantcli.quantize.params import quantize_array
 from quantcli.quantize.plan import INT8, QuantPlan, TensorParams
+
+MS_DOMAIN = "com.microsoft"
 
 
 def quantized_tensor_names(model: onnx.ModelProto, plan: QuantPlan) -> list[str]:
@@ -68,9 +76,13 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     drop_inits: set[str] = set()
 
     shared_qparams: dict[tuple, tuple[str, str]] = {}
+    contrib = default_opset(out) < 21  # 16-bit Q/DQ need com.microsoft below opset 21
+    domains: set[str] = set()
     for t in wanted:
         params = plan.tensors[t]
         scale, zp = params.arrays()
+        domain = MS_DOMAIN if contrib and params.dtype.bits == 16 else ""
+        domains.add(domain)
         # Tensors with equal parameters (a Reshape's input and output) share one scale/zero point.
         key = (params.dtype, params.axis, scale.tobytes(), zp.tobytes())
         if key not in shared_qparams:
@@ -80,7 +92,9 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
             new_inits.append(numpy_helper.from_array(zp, zp_name))
             shared_qparams[key] = (scale_name, zp_name)
         scale_name, zp_name = shared_qparams[key]
-        axis_attr = {"axis": params.axis} if params.axis is not None else {}
+        attrs = {"axis": params.axis} if params.axis is not None else {}
+        if domain:
+            attrs["domain"] = domain
         if t in index.initializers:
             values = index.array(t)
             _check_shape(t, values.shape, params)
@@ -98,7 +112,7 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
                     [q_name, scale_name, zp_name],
                     [t],
                     name=names.new(f"{t}_DequantizeLinear"),
-                    **axis_attr,
+                    **attrs,
                 )
             )
             continue
@@ -117,14 +131,14 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
                 [source, scale_name, zp_name],
                 [q_name],
                 name=names.new(f"{t}_QuantizeLinear"),
-                **axis_attr,
+                **attrs,
             ),
             helper.make_node(
                 "DequantizeLinear",
                 [q_name, scale_name, zp_name],
                 [dq_out],
                 name=names.new(f"{t}_DequantizeLinear"),
-                **axis_attr,
+                **attrs,
             ),
         ]
         producer = index.producer.get(t)
@@ -156,6 +170,8 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     stale = [v for v in graph.value_info if v.name in drop_inits]
     for v in stale:
         graph.value_info.remove(v)
+    if MS_DOMAIN in domains and not any(o.domain == MS_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     out.producer_name = "quantcli"
     out.producer_version = __version__
     return out

@@ -93,8 +93,8 @@ def _without_sentinels(ranges: Ranges, index: GraphIndex) -> Ranges:
         to_softmax = any(c.op_type == "Softmax" for c in index.consumers.get(name, []))
         if not (peak < SENTINEL) or (to_softmax and peak >= MASK):
             excluded[name] = (
-                f"range [{lo:.3g}, {hi:.3g}] of {name} holds mask or sentinel values: 8 bits would "
-                "leave no resolution for the rest, so it stays float"
+                f"range [{lo:.3g}, {hi:.3g}] of {name} holds mask or sentinel values: quantizing it "
+                "would leave no resolution for the rest, so it stays float"
             )
         else:
             kept[name] = (lo, hi)
@@ -254,7 +254,16 @@ def _plan_tensors(
             tensors[weight_name] = TensorParams.for_weight(w, axis, config)
         plan.quantized_inputs.append(weight_name)
         bias_i = rule.bias_input
-        if bias_i is not None and bias_i < len(node.input) and node.input[bias_i] in index.initializers:
+        # An INT32 bias is what the 8-bit integer kernels need. 16-bit activations have no integer
+        # kernel (onnxruntime runs the float op on dequantized inputs), so the bias stays float:
+        # exact, where an INT32 bias at input_scale x weight_scale, 256 times finer than with 8
+        # bits, saturates (EfficientNet-Lite0: 125 values at the INT32 bound).
+        if (
+            act.bits == 8
+            and bias_i is not None
+            and bias_i < len(node.input)
+            and node.input[bias_i] in index.initializers
+        ):
             bias = node.input[bias_i]
             in_scale = np.float32(tensors[node.input[0]].scale[0])
             w_scale = np.asarray(tensors[weight_name].scale, dtype=np.float32)

@@ -28,6 +28,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         "model": str(r.model),
         "output": str(r.output),
         "mode": r.mode,
+        "activation_type": r.activation_type,
         "plan_replayed": r.plan_replayed,
         "size": {"input_bytes": r.input_bytes, "output_bytes": r.output_bytes, "ratio": r.size_ratio},
         "compute_nodes": r.compute_counts(),
@@ -77,6 +78,12 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
     }
 
 
+def _precision_label(r: ConvertResult) -> str:
+    if r.activation_type == "int16":
+        return "with INT16 activations and INT8 weights (float compute in onnxruntime)"
+    return PRECISION_LABEL[r.mode]
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
@@ -89,7 +96,7 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
         ("size", f"{r.input_bytes:,} B -> {r.output_bytes:,} B (ratio {r.size_ratio:.3f})"),
         (
             "compute nodes",
-            f"{c['quantized']} of {c['total']} {PRECISION_LABEL[r.mode]}, {c['float']} in float32",
+            f"{c['quantized']} of {c['total']} {_precision_label(r)}, {c['float']} in float32",
         ),
     ]
     if r.mode in ("fp16", "bf16"):
