@@ -17,6 +17,8 @@ from quantcli.compare import Latency
 from quantcli.cpu import has_vnni
 from quantcli.errors import UnsupportedModelError, UsageError
 from quantcli.graph import COMPUTE_OPS
+from quantcli.io_match import IOQuantization
+from quantcli.io_match import io_quantization as read_io_quantization
 from quantcli.model_io import (
     check_model_path,
     check_output_path,
@@ -60,10 +62,15 @@ class ConvertOptions:
     latency_threads: int = 1
     save_plan: Path | None = None
     plan: Path | None = None
+    integer_io: bool = False
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
             raise UsageError(f"--mode {self.mode}: not one of {', '.join(MODES)}")
+        if self.integer_io and self.mode not in ("static", None):
+            raise UsageError(
+                f"--integer-io needs --mode static (quantized inputs/outputs), not --mode {self.mode}"
+            )
         if self.calib_samples < 1:
             raise UsageError(f"--calib-samples {self.calib_samples}: must be at least 1")
         if self.eval_samples is not None and self.eval_samples < 1:
@@ -93,6 +100,7 @@ class ConvertResult:
     warnings: list[str] = field(default_factory=list)
     latency: Latency | None = None
     activation_type: str | None = None  # static mode: uint8, int8 or int16
+    io_quantization: dict[str, IOQuantization] = field(default_factory=dict)  # --integer-io
 
     @property
     def size_ratio(self) -> float:
@@ -155,6 +163,7 @@ def convert(
         reduce_range=options.reduce_range,
         dynamic_op_types=options.dynamic_op_types,
         keep_io_types=options.keep_io_types,
+        integer_io=options.integer_io,
     )
     replayed = plan is not None
     if plan is not None:
@@ -162,6 +171,8 @@ def convert(
             raise UsageError(
                 f"--mode {options.mode} contradicts the plan {options.plan}, made for --mode {plan.mode}"
             )
+        if options.integer_io and not plan.config.integer_io:
+            raise UsageError(f"--integer-io contradicts the plan {options.plan}, made without it")
     elif options.mode in ("static", None):
         t = time.perf_counter()
         total = len(split.calib)
@@ -200,6 +211,11 @@ def convert(
     applied, notes = pre.applied, pre.notes
     del model, pre
     _drop_inferred_value_info(quantized, source_value_info)
+    io_quantization = {}
+    if plan.config.integer_io:  # reported as recorded in the model, for callers to convert with
+        io_quantization = read_io_quantization(
+            {p.key: p.value for p in quantized.metadata_props}, str(options.output)
+        )
     seconds["rewrite"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -252,6 +268,7 @@ def convert(
         warnings=warnings,
         latency=latency,
         activation_type=plan.config.activation_type.value if plan.mode == "static" else None,
+        io_quantization=io_quantization,
     )
 
 

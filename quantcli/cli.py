@@ -168,6 +168,12 @@ def main() -> None:
     help="fp16: keep float32 model inputs and outputs (Casts at the boundary).",
 )
 @click.option(
+    "--integer-io",
+    is_flag=True,
+    help="static: the model takes and returns the quantized tensors (uint8/int8) instead of float; "
+    "each one's scale and zero point are in the report and the model's metadata.",
+)
+@click.option(
     "--check-latency",
     is_flag=True,
     help="Time the result against the FP32 model (onnxruntime CPU, interleaved, median) and report the ratio.",
@@ -206,6 +212,7 @@ def convert(
     per_tensor: bool,
     activation_type: str,
     keep_io_types: bool,
+    integer_io: bool,
     check_latency: bool,
     threads: int,
     save_plan: Path | None,
@@ -253,6 +260,7 @@ def convert(
             dynamic_op_types=_op_types(dynamic_op_types),
             calib_preprocess=ImagePreprocess.parse(calib_preprocess) if calib_preprocess else None,
             keep_io_types=keep_io_types,
+            integer_io=integer_io,
             check_latency=check_latency,
             latency_threads=threads,
             save_plan=save_plan,

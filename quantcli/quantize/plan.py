@@ -37,6 +37,7 @@ class QuantConfig:
     reduce_range: bool = False
     dynamic_op_types: tuple[str, ...] = ("MatMul", "Gemm")
     keep_io_types: bool = True
+    integer_io: bool = False  # static: quantized graph inputs/outputs (quantize/integer_io.py)
 
     def __post_init__(self) -> None:
         if self.weight_calibration not in ("minmax", "mse"):
@@ -124,6 +125,7 @@ class QuantPlan:
                 "reduce_range": self.config.reduce_range,
                 "dynamic_op_types": list(self.config.dynamic_op_types),
                 "keep_io_types": self.config.keep_io_types,
+                "integer_io": self.config.integer_io,
             },
             "calibration_samples": self.calibration_samples,
             "nodes": [asdict(n) for n in self.nodes],
@@ -153,6 +155,7 @@ class QuantPlan:
                 reduce_range=bool(cfg.get("reduce_range", False)),
                 dynamic_op_types=tuple(cfg.get("dynamic_op_types", ("MatMul", "Gemm"))),
                 keep_io_types=bool(cfg.get("keep_io_types", True)),
+                integer_io=bool(cfg.get("integer_io", False)),
             )
             if data["mode"] not in MODES:
                 raise BadPlanError(f"{source}: mode must be one of {', '.join(MODES)}, not {data['mode']!r}")

@@ -21,6 +21,7 @@ from quantcli.errors import BadPlanError
 from quantcli.graph import GraphIndex, NameAllocator
 from quantcli.preprocess.opset import default_opset
 from quantcli.quantize.embedding import gather_rows
+from quantcli.quantize.integer_io import io_tensors, record_io_quantization
 from quantcli.quantize.params import quantize_array
 from quantcli.quantize.plan import INT8, QuantPlan, TensorParams
 
@@ -61,6 +62,12 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     index = GraphIndex(graph)
     names = NameAllocator(graph)
     wanted = quantized_tensor_names(out, plan)
+    integer_inputs, integer_outputs = io_tensors(graph) if plan.config.integer_io else ([], [])
+    for t in (*integer_inputs, *integer_outputs):
+        if t not in plan.tensors:
+            raise BadPlanError(f"plan has --integer-io but gives no parameters for graph input/output '{t}'")
+        if t not in wanted:
+            wanted.append(t)
     by_name = {n.name: n for n in plan.nodes}
     gathers = {
         n.name
@@ -117,7 +124,15 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
             )
             continue
         q_name = names.new(f"{t}_quantized")
-        if t in index.graph_outputs:
+        if t in integer_outputs:
+            # The QuantizeLinear writes the graph output itself; consumers inside the graph (if
+            # any) read it dequantized.
+            source, q_name, dq_out = names.new(f"{t}_prequant"), t, None
+            if index.consumers.get(t):
+                dq_out = names.new(f"{t}_dequantized")
+                rewire[t] = dq_out
+            index.producer[t].output[list(index.producer[t].output).index(t)] = source
+        elif t in index.graph_outputs:
             source, dq_out = names.new(f"{t}_prequant"), t
             producer = index.producer.get(t)
             if producer is not None:
@@ -125,22 +140,29 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
         else:
             source, dq_out = t, names.new(f"{t}_dequantized")
             rewire[t] = dq_out
-        pair = [
-            helper.make_node(
-                "QuantizeLinear",
-                [source, scale_name, zp_name],
-                [q_name],
-                name=names.new(f"{t}_QuantizeLinear"),
-                **attrs,
-            ),
-            helper.make_node(
-                "DequantizeLinear",
-                [q_name, scale_name, zp_name],
-                [dq_out],
-                name=names.new(f"{t}_DequantizeLinear"),
-                **attrs,
-            ),
-        ]
+        pair = []
+        if t in integer_inputs:
+            q_name = t  # the caller feeds the quantized tensor: no QuantizeLinear
+        else:
+            pair.append(
+                helper.make_node(
+                    "QuantizeLinear",
+                    [source, scale_name, zp_name],
+                    [q_name],
+                    name=names.new(f"{t}_QuantizeLinear"),
+                    **attrs,
+                )
+            )
+        if dq_out is not None:
+            pair.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [q_name, scale_name, zp_name],
+                    [dq_out],
+                    name=names.new(f"{t}_DequantizeLinear"),
+                    **attrs,
+                )
+            )
         producer = index.producer.get(t)
         if producer is None:
             head.extend(pair)
@@ -170,11 +192,25 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     stale = [v for v in graph.value_info if v.name in drop_inits]
     for v in stale:
         graph.value_info.remove(v)
+    if plan.config.integer_io:
+        _retype_io(out, {t: plan.tensors[t] for t in (*integer_inputs, *integer_outputs)})
     if MS_DOMAIN in domains and not any(o.domain == MS_DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     out.producer_name = "quantcli"
     out.producer_version = __version__
     return out
+
+
+def _retype_io(model: onnx.ModelProto, params: dict[str, TensorParams]) -> None:
+    """Integer I/O: inputs and outputs take their quantized type, recorded in the metadata."""
+    graph = model.graph
+    for v in (*graph.input, *graph.output):
+        if v.name in params:
+            v.type.tensor_type.elem_type = params[v.name].dtype.onnx
+    stale = [v for v in graph.value_info if v.name in params]
+    for v in stale:
+        graph.value_info.remove(v)
+    record_io_quantization(model, params)
 
 
 def _check_shape(name: str, shape: tuple[int, ...], params: TensorParams) -> None:

@@ -10,6 +10,7 @@ from quantcli.calibration.collect import Ranges
 from quantcli.graph import GraphIndex
 from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
 from quantcli.quantize.embedding import embedding_table
+from quantcli.quantize.integer_io import plan_io_tensors
 from quantcli.quantize.params import QType, calculate_qparams
 from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import Kind, OpRule, activation_input_indices, rule_for
@@ -72,6 +73,8 @@ def plan_static(model: onnx.ModelProto, ranges: Ranges, config: QuantConfig) -> 
         if plan.precision != INT8 or rule is None:
             continue
         _plan_tensors(node, rule, plan, index, ranges, precision, tensors, config)
+    if config.integer_io:
+        plan_io_tensors(model.graph, ranges, config, tensors)
     return QuantPlan("static", config, nodes, tensors, ranges.samples)
 
 
@@ -148,7 +151,7 @@ def _decide(
     if rule.kind is not Kind.SHARED:
         needed = list(act_inputs)
         if rule.kind not in (Kind.FIXED,):
-            needed += [o for o in node.output[:1] if not _float_output(rule, node, index)]
+            needed += [o for o in node.output[:1] if not _float_output(rule, node, index, config)]
         missing = [t for t in needed if t not in ranges.ranges and t not in produced_int8]
         if missing:
             return FLOAT, ranges.why_missing(missing[0])
@@ -177,9 +180,10 @@ def _float_output_producer(
     return producer
 
 
-def _float_output(rule: OpRule, node: onnx.NodeProto, index: GraphIndex) -> bool:
-    """True when the node's output stays float (integer kernel with float output)."""
-    return rule.float_output_ok and node.output[0] in index.graph_outputs
+def _float_output(rule: OpRule, node: onnx.NodeProto, index: GraphIndex, config: QuantConfig) -> bool:
+    """True when the node's output stays float (integer kernel with float output); never with
+    integer I/O, whose graph outputs are quantized."""
+    return rule.float_output_ok and node.output[0] in index.graph_outputs and not config.integer_io
 
 
 def _plan_tensors(
@@ -290,6 +294,9 @@ def _plan_tensors(
         return
     if rule.float_output_ok:
         if out in index.graph_outputs:
+            if config.integer_io:
+                activation(out)
+                plan.quantized_outputs.append(out)
             return
         feeds_int8 = any(
             precision.get(c.name) == INT8

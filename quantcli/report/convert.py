@@ -73,6 +73,10 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
             "candidate_ms": r.latency.candidate_ms,
             "ratio": r.latency.ratio,
         },
+        "io_quantization": {
+            name: {"scale": q.scale, "zero_point": q.zero_point, "dtype": q.dtype}
+            for name, q in r.io_quantization.items()
+        },
         "warnings": r.warnings,
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
     }
@@ -107,6 +111,10 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
                 f"{r.stored_weight_nodes()} of {c['total']} compute nodes read {dtype}-stored weights through a Cast to float32",
             )
         )
+    rows.extend(
+        (f"integer I/O {name}", f"{q.dtype}, scale {q.scale:.9g}, zero point {q.zero_point}")
+        for name, q in r.io_quantization.items()
+    )
     if r.calibration_samples:
         rows.append(("calibration", f"{r.calibration_samples} samples, {r.calib_method}"))
     a = r.agreement
