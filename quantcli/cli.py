@@ -158,8 +158,9 @@ def main() -> None:
     type=click.Choice(["uint8", "int8", "int16"]),
     default="uint8",
     show_default=True,
-    help="uint8: asymmetric (fastest on x86); int8: symmetric, zero point 0; int16: asymmetric 16-bit "
-    "with INT8 weights (A16W8), more accurate but not faster than FP32 (onnxruntime runs it in float).",
+    help="uint8: asymmetric (fastest on x86); int8: symmetric, zero point 0; int16: asymmetric, with INT8 "
+    "weights (A16W8): more accurate, but slower than uint8 (onnxruntime has no 16-bit kernels: float ops "
+    "between Q/DQ).",
 )
 @click.option(
     "--keep-io-types/--no-keep-io-types",
