@@ -214,6 +214,33 @@ def test_integer_io_model_takes_and_returns_uint8(integer_io: dict[str, Converte
     assert [i.type for i in sess.get_inputs()] == ["tensor(uint8)"]
 
 
+def test_integer_io_with_int16_activations(integer_io: dict[str, Converted], tmp_path) -> None:
+    c = integer_io["digits_mlp"]
+    result = convert(
+        ConvertOptions(
+            model=c.source,
+            output=tmp_path / "q.onnx",
+            calib=DATA / "digits_mlp" / "calib",
+            calib_samples=CALIB_SAMPLES,
+            eval=DATA / "digits_mlp" / "eval",
+            activation_type=QType.INT16,
+            integer_io=True,
+        )
+    )
+    model = onnx.load(tmp_path / "q.onnx")
+    assert checker_error(model) is None
+    assert [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)] == [
+        TensorProto.INT16,
+        TensorProto.INT16,
+    ]
+    assert {q.dtype for q in result.io_quantization.values()} == {"int16"}
+    assert result.io_quantization["input"].zero_point == -32768  # pixels: a range starting at 0
+    # Logits beyond the calibrated range saturate whatever the type (measured cosine 0.9999854 vs
+    # 0.9999985 with float logits); within it, 16 bits round 256 times finer than 8 (0.9999645).
+    got, uint8 = result.agreement.outputs[0], c.result.agreement.outputs[0]
+    assert got.cosine_mean > uint8.cosine_mean and got.sqnr_db > uint8.sqnr_db
+
+
 def test_integer_io_report_lists_each_tensor(integer_io: dict[str, Converted], capsys) -> None:
     r = integer_io["digits_cnn"].result
     render_convert(r, rich_output=False)
