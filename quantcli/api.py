@@ -17,6 +17,8 @@ from quantcli.compare import Latency
 from quantcli.cpu import has_vnni
 from quantcli.errors import UnsupportedModelError, UsageError
 from quantcli.graph import COMPUTE_OPS
+from quantcli.io_match import IOQuantization
+from quantcli.io_match import io_quantization as read_io_quantization
 from quantcli.model_io import (
     check_model_path,
     check_output_path,
@@ -65,12 +67,17 @@ class ConvertOptions:
     fp16_count: int = FP16_COUNT  # mixed: how many of the most INT8-sensitive nodes run in FP16
     block_size: int = DEFAULT_BLOCK_SIZE  # weights-int4
     weight_symmetric: bool = False  # weights-int4
+    integer_io: bool = False
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in MODES:
             raise UsageError(f"--mode {self.mode}: not one of {', '.join(MODES)}")
         if self.block_size not in BLOCK_SIZES:
             raise UsageError(f"--block-size {self.block_size}: not one of {', '.join(map(str, BLOCK_SIZES))}")
+        if self.integer_io and self.mode not in ("static", None):
+            raise UsageError(
+                f"--integer-io needs --mode static (quantized inputs/outputs), not --mode {self.mode}"
+            )
         if self.calib_samples < 1:
             raise UsageError(f"--calib-samples {self.calib_samples}: must be at least 1")
         if self.eval_samples is not None and self.eval_samples < 1:
@@ -106,6 +113,8 @@ class ConvertResult:
     warnings: list[str] = field(default_factory=list)
     latency: Latency | None = None
     weight_bytes: dict[str, int] | None = None  # MatMul/Gemm weights {"before", "after"} (weights-int4)
+    activation_type: str | None = None  # static mode: uint8, int8 or int16
+    io_quantization: dict[str, IOQuantization] = field(default_factory=dict)  # --integer-io
 
     @property
     def size_ratio(self) -> float:
@@ -180,6 +189,7 @@ def convert(
         keep_io_types=options.keep_io_types,
         block_size=options.block_size,
         weight_symmetric=options.weight_symmetric,
+        integer_io=options.integer_io,
     )
     replayed = plan is not None
     if plan is not None:
@@ -187,15 +197,25 @@ def convert(
             raise UsageError(
                 f"--mode {options.mode} contradicts the plan {options.plan}, made for --mode {plan.mode}"
             )
+        if options.integer_io and not plan.config.integer_io:
+            raise UsageError(f"--integer-io contradicts the plan {options.plan}, made without it")
     elif options.mode in ("static", None):
         t = time.perf_counter()
-        calibration = replace(options.calibration, symmetric=options.activation_type is QType.INT8)
+        calibration = replace(
+            options.calibration,
+            symmetric=config.symmetric_activations,
+            levels=2**config.activation_type.bits,
+        )
         ranges = _calibrate(model, split, specs, options, calibration, progress)
         seconds["calibrate"] = time.perf_counter() - t
         plan = plan_static(model, ranges, config)
     elif options.mode == "mixed":
         t = time.perf_counter()
-        calibration = replace(options.calibration, symmetric=options.activation_type is QType.INT8)
+        calibration = replace(
+            options.calibration,
+            symmetric=config.symmetric_activations,
+            levels=2**config.activation_type.bits,
+        )
         ranges = _calibrate(model, split, specs, options, calibration, progress)
         seconds["calibrate"] = time.perf_counter() - t
         plan = _plan_mixed(model, ranges, config, split, specs, options, progress)
@@ -232,6 +252,11 @@ def convert(
     applied, notes = pre.applied, pre.notes
     del model, pre
     _drop_inferred_value_info(quantized, source_value_info)
+    io_quantization = {}
+    if plan.config.integer_io:  # reported as recorded in the model, for callers to convert with
+        io_quantization = read_io_quantization(
+            {p.key: p.value for p in quantized.metadata_props}, str(options.output)
+        )
     seconds["rewrite"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -285,6 +310,8 @@ def convert(
         warnings=warnings,
         latency=latency,
         weight_bytes=weight_bytes,
+        activation_type=plan.config.activation_type.value if plan.mode == "static" else None,
+        io_quantization=io_quantization,
     )
 
 
@@ -370,7 +397,13 @@ def _warnings(plan: QuantPlan, quantized: onnx.ModelProto) -> list[str]:
             "activations were not checked for float16 overflow (|x| > 65504): pass --calib to keep "
             "the nodes of overflowing activations in float32"
         )
-    if plan.mode in ("static", "dynamic") and not plan.config.reduce_range and has_vnni() is False:
+    sixteen_bit = plan.mode == "static" and plan.config.activation_type.bits == 16
+    if sixteen_bit:
+        warnings.append(
+            "16-bit activations are an accuracy option, not a speed one: onnxruntime has no 16-bit "
+            "integer kernels and runs each quantized op as DequantizeLinear -> float op -> QuantizeLinear"
+        )
+    elif plan.mode in ("static", "dynamic") and not plan.config.reduce_range and has_vnni() is False:
         warnings.append(
             "this CPU has no VNNI: onnxruntime's U8S8 integer kernels may saturate here; "
             "convert with --reduce-range for models that will run on such CPUs"

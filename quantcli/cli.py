@@ -157,10 +157,12 @@ def main() -> None:
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
 @click.option(
     "--activation-type",
-    type=click.Choice(["uint8", "int8"]),
+    type=click.Choice(["uint8", "int8", "int16"]),
     default="uint8",
     show_default=True,
-    help="uint8: asymmetric (fastest on x86); int8: symmetric, zero point 0.",
+    help="uint8: asymmetric (fastest on x86); int8: symmetric, zero point 0; int16: asymmetric, with INT8 "
+    "weights (A16W8): more accurate, but slower than uint8 (onnxruntime has no 16-bit kernels: float ops "
+    "between Q/DQ).",
 )
 @click.option(
     "--keep-io-types/--no-keep-io-types",
@@ -180,6 +182,12 @@ def main() -> None:
     default=False,
     show_default=True,
     help="weights-int4: symmetric blocks (no zero points) or asymmetric (a 4-bit zero point per block).",
+)
+@click.option(
+    "--integer-io",
+    is_flag=True,
+    help="static: the model takes and returns the quantized tensors (uint8/int8) instead of float; "
+    "each one's scale and zero point are in the report and the model's metadata.",
 )
 @click.option(
     "--check-latency",
@@ -235,6 +243,7 @@ def convert(
     keep_io_types: bool,
     block_size: str,
     weight_symmetric: bool,
+    integer_io: bool,
     check_latency: bool,
     threads: int,
     fp16_nodes: str,
@@ -286,6 +295,7 @@ def convert(
             keep_io_types=keep_io_types,
             block_size=int(block_size),
             weight_symmetric=weight_symmetric,
+            integer_io=integer_io,
             check_latency=check_latency,
             latency_threads=threads,
             save_plan=save_plan,

@@ -3,7 +3,9 @@
 Models whose inputs or outputs are not float32 are compared in float32: float16 is cast, and an
 integer tensor of a full-integer model is converted with the scale and zero point recorded in its
 `metadata_props` under IO_QUANTIZATION_KEY, a JSON object
-`{"<tensor name>": {"scale": <float>, "zero_point": <int>}, ...}` (float = (q - zero_point) * scale).
+`{"<tensor name>": {"scale": <float>, "zero_point": <int>, "dtype": "uint8"}, ...}`
+(float = (q - zero_point) * scale; "dtype" is optional and, when given, must be the tensor's type).
+`convert --integer-io` writes it (encode_io_quantization).
 Any other difference in names, dtypes or static dimensions is a UsageError (exit 2).
 """
 
@@ -26,6 +28,7 @@ class IOQuantization:
 
     scale: float
     zero_point: int
+    dtype: str | None = None  # numpy name of the integer type, e.g. "uint8"
 
 
 _ORT_TYPES = {
@@ -125,10 +128,18 @@ def session_io(session, where: str) -> tuple[list[TensorIO], list[TensorIO]]:  #
     recorded = io_quantization(session.get_modelmeta().custom_metadata_map, where)
 
     def tensors(args) -> list[TensorIO]:  # noqa: ANN001
-        return [
+        found = [
             TensorIO(a.name, a.type, tuple(a.shape) if a.shape is not None else None, recorded.get(a.name))
             for a in args
         ]
+        for t in found:
+            q = t.quantization
+            if q is not None and q.dtype is not None and t.dtype is not None and np.dtype(q.dtype) != t.dtype:
+                raise BadModelError(
+                    f"{where}: metadata '{IO_QUANTIZATION_KEY}' records '{t.name}' as {q.dtype}, "
+                    f"but the model's tensor is {t.dtype}"
+                )
+        return found
 
     return tensors(session.get_inputs()), tensors(session.get_outputs())
 
@@ -140,12 +151,30 @@ def io_quantization(metadata: Mapping[str, str], where: str) -> dict[str, IOQuan
         return {}
     try:
         entries = json.loads(raw)
-        return {name: IOQuantization(float(e["scale"]), int(e["zero_point"])) for name, e in entries.items()}
+        found = {}
+        for name, e in entries.items():
+            dtype = e.get("dtype")
+            if dtype is not None and np.dtype(str(dtype)).kind not in "iu":
+                raise ValueError(f"dtype {dtype!r} of '{name}' is not an integer type")
+            found[name] = IOQuantization(
+                float(e["scale"]), int(e["zero_point"]), None if dtype is None else str(dtype)
+            )
+        return found
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise BadModelError(
             f"{where}: metadata '{IO_QUANTIZATION_KEY}' is not a JSON object of "
             f'{{"<tensor>": {{"scale": s, "zero_point": z}}}}: {exc}'
         ) from exc
+
+
+def encode_io_quantization(entries: Mapping[str, IOQuantization]) -> str:
+    """The IO_QUANTIZATION_KEY metadata value that io_quantization() reads back."""
+    return json.dumps(
+        {
+            name: {"scale": q.scale, "zero_point": q.zero_point, **({"dtype": q.dtype} if q.dtype else {})}
+            for name, q in entries.items()
+        }
+    )
 
 
 def match_io(

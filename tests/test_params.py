@@ -28,6 +28,18 @@ def test_degenerate_range_gives_unit_scale() -> None:
     assert float(scale) == 1.0 and int(zp) == 0
 
 
+def test_int16_asymmetric_range_maps_ends_exactly() -> None:
+    scale, zp = calculate_qparams(-1.0, 3.0, QType.INT16, symmetric=False)
+    assert scale == pytest.approx(4.0 / 65535, rel=1e-6)
+    assert zp.dtype == np.int16 and int(zp) == -16384  # round(-32768 + 1 / (4/65535)) = round(-16384.25)
+    q = quantize_array(np.array([-1.0, 0.0, 3.0], np.float32), scale, zp, QType.INT16, None, False)
+    assert q.tolist() == [-32768, -16384, 32767]
+    # A one-sided range (after ReLU) starts at the type minimum, so all 65536 levels cover it.
+    scale, zp = calculate_qparams(0.0, 6.0, QType.INT16, symmetric=False)
+    assert int(zp) == -32768 and scale == pytest.approx(6.0 / 65535, rel=1e-6)
+    assert QType.INT16.bounds(symmetric=True) == (-32767, 32767) and QType.INT16.bits == 16
+
+
 def test_symmetric_int8_weight_per_channel() -> None:
     w = np.array([[0.5, -1.0], [2.0, 0.1]], np.float32)
     scale, zp = weight_qparams(w, axis=0)

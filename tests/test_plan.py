@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -11,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from quantcli.calibration.collect import collect_ranges, make_session
 from quantcli.errors import BadPlanError
 from quantcli.preprocess import preprocess
+from quantcli.quantize.params import QType
 from quantcli.quantize.plan import QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
@@ -91,6 +94,21 @@ def test_plan_json_round_trip(tmp_path) -> None:
     plan.save(tmp_path / "plan.json")
     again = QuantPlan.load(tmp_path / "plan.json")
     assert again.to_dict() == plan.to_dict()
+
+
+def test_plans_without_newer_config_fields_still_load() -> None:
+    plan, _ = quantize(conv_relu_model(), RNG.normal(size=(2, 3, 16, 16)).astype(np.float32))
+    data = plan.to_dict()
+    assert data["config"]["integer_io"] is False
+    for key in ("integer_io", "keep_io_types", "dynamic_op_types", "reduce_range", "weight_calibration"):
+        del data["config"][key]  # a plan saved before these options existed
+    assert QuantPlan.from_dict(data).config == QuantConfig()
+    data["config"].update(activation_type="int16", integer_io=True)
+    again = QuantPlan.from_dict(json.loads(json.dumps(data)))
+    assert again.config == QuantConfig(activation_type=QType.INT16, integer_io=True)
+    data["config"]["activation_type"] = "int4"
+    with pytest.raises(BadPlanError, match="int4"):
+        QuantPlan.from_dict(data)
 
 
 def test_plan_naming_an_unknown_node_is_rejected() -> None:

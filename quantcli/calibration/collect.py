@@ -91,6 +91,7 @@ class CalibrationConfig:
     bins: int = DEFAULT_BINS
     percentile: float = 99.99
     symmetric: bool = False
+    levels: int = 256  # quantization levels of the activation type: 2**bits
     memory_budget_bytes: int = 256 << 20
     batch_size: int = 16
 
@@ -166,6 +167,7 @@ def collect_ranges(
             CalibMethod.MINMAX if config.method is CalibMethod.ENTROPY and n in saturating else config.method,
             symmetric=config.symmetric,
             percentile=config.percentile,
+            levels=config.levels,
         )
         for n, o in observers.items()
         if o.count

@@ -3,7 +3,8 @@
 Affine mapping: q = clamp(round(x / scale) + zero_point, qmin, qmax), x ~ (q - zero_point) * scale.
 Edge cases (as in torch.ao's observers): the range always includes 0 so that 0.0 is exact; if
 min == max == 0 the scale is 1.0 and the zero point is 0 (or qmin for unsigned asymmetric).
-Symmetric INT8 uses [-127, 127] so that zero_point is 0 and -x quantizes to -q.
+Symmetric INT8 uses [-127, 127] so that zero_point is 0 and -x quantizes to -q; asymmetric INT16
+uses all of [-32768, 32767], its zero point anywhere in it (-32768 for a range that starts at 0).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from enum import Enum
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 
 class QType(str, Enum):
@@ -19,30 +20,36 @@ class QType(str, Enum):
 
     UINT8 = "uint8"
     INT8 = "int8"
+    INT16 = "int16"
     INT32 = "int32"
     UINT4 = "uint4"  # weights-int4: MatMulNBits blocks, held in uint8 arrays and packed two per byte
 
     @property
     def numpy(self) -> type[np.integer]:
-        return {"uint8": np.uint8, "int8": np.int8, "int32": np.int32, "uint4": np.uint8}[self.value]
+        return np.uint8 if self is QType.UINT4 else np.dtype(self.value).type
 
     @property
     def onnx(self) -> int:
-        return {
-            "uint8": TensorProto.UINT8,
-            "int8": TensorProto.INT8,
-            "int32": TensorProto.INT32,
-            "uint4": TensorProto.UINT4,
-        }[self.value]
+        if self is QType.UINT4:
+            return TensorProto.UINT4
+        return helper.np_dtype_to_tensor_dtype(np.dtype(self.value))
+
+    @property
+    def bits(self) -> int:
+        return 4 if self is QType.UINT4 else np.dtype(self.value).itemsize * 8
+
+    @property
+    def signed(self) -> bool:
+        return self is not QType.UINT4 and np.dtype(self.value).kind == "i"
 
     def bounds(self, symmetric: bool) -> tuple[int, int]:
+        """[qmin, qmax]; symmetric signed types drop the most negative value so that -q exists."""
         if self is QType.UINT4:
             return 0, 15
-        if self is QType.UINT8:
-            return 0, 255
-        if self is QType.INT8:
-            return (-127, 127) if symmetric else (-128, 127)
-        return -(2**31) + 1, 2**31 - 1
+        info = np.iinfo(self.value)
+        if self.signed and symmetric:
+            return int(info.min) + 1, int(info.max)
+        return int(info.min), int(info.max)
 
 
 def calculate_qparams(
@@ -58,7 +65,7 @@ def calculate_qparams(
     if symmetric:
         absmax = np.maximum(np.abs(rmin), np.abs(rmax))
         scale = absmax / ((qmax - qmin) / 2.0)
-        zero_point = np.zeros_like(scale) if qtype is not QType.UINT8 else np.full_like(scale, 128)
+        zero_point = np.zeros_like(scale) if qtype.signed else np.full_like(scale, (qmax + 1) // 2)
     else:
         scale = (rmax - rmin) / float(qmax - qmin)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -66,7 +73,7 @@ def calculate_qparams(
     degenerate = ~(scale > np.finfo(np.float32).tiny)
     scale = np.where(degenerate, 1.0, scale)
     if not symmetric:
-        zero_point = np.where(degenerate, qmin if qtype is QType.UINT8 else 0, zero_point)
+        zero_point = np.where(degenerate, 0 if qtype.signed else qmin, zero_point)
     zero_point = np.clip(zero_point, qmin, qmax)
     return scale.astype(np.float32), zero_point.astype(qtype.numpy)
 

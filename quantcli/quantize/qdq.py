@@ -4,6 +4,11 @@ Activations: producer -> T -> QuantizeLinear -> T_quantized -> DequantizeLinear 
 -> every consumer (a graph output keeps its name on the DequantizeLinear output).
 Initializers (weights, INT32 biases, constants): stored quantized as T_quantized and dequantized
 by a DequantizeLinear whose output keeps the original name T, so consumers are unchanged.
+
+16-bit tensors (A16W8): ONNX QuantizeLinear/DequantizeLinear take int16/uint16 only from opset 21;
+below it they are written in onnxruntime's `com.microsoft` domain, whose Q/DQ accept 16 bits at any
+opset. The model's own opset is left as it is: upgrading it would rewrite every other op through
+onnx's version converter for the sake of the Q/DQ alone.
 """
 
 from __future__ import annotations
@@ -14,9 +19,13 @@ from onnx import helper, numpy_helper
 from quantcli import __version__
 from quantcli.errors import BadPlanError
 from quantcli.graph import GraphIndex, NameAllocator
+from quantcli.preprocess.opset import default_opset
 from quantcli.quantize.embedding import gather_rows
+from quantcli.quantize.integer_io import io_tensors, record_io_quantization
 from quantcli.quantize.params import quantize_array
 from quantcli.quantize.plan import INT8, QuantPlan, TensorParams
+
+MS_DOMAIN = "com.microsoft"
 
 
 def quantized_tensor_names(model: onnx.ModelProto, plan: QuantPlan) -> list[str]:
@@ -53,6 +62,12 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     index = GraphIndex(graph)
     names = NameAllocator(graph)
     wanted = quantized_tensor_names(out, plan)
+    integer_inputs, integer_outputs = io_tensors(graph) if plan.config.integer_io else ([], [])
+    for t in (*integer_inputs, *integer_outputs):
+        if t not in plan.tensors:
+            raise BadPlanError(f"plan has --integer-io but gives no parameters for graph input/output '{t}'")
+        if t not in wanted:
+            wanted.append(t)
     by_name = {n.name: n for n in plan.nodes}
     gathers = {
         n.name
@@ -68,9 +83,13 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     drop_inits: set[str] = set()
 
     shared_qparams: dict[tuple, tuple[str, str]] = {}
+    contrib = default_opset(out) < 21  # 16-bit Q/DQ need com.microsoft below opset 21
+    domains: set[str] = set()
     for t in wanted:
         params = plan.tensors[t]
         scale, zp = params.arrays()
+        domain = MS_DOMAIN if contrib and params.dtype.bits == 16 else ""
+        domains.add(domain)
         # Tensors with equal parameters (a Reshape's input and output) share one scale/zero point.
         key = (params.dtype, params.axis, scale.tobytes(), zp.tobytes())
         if key not in shared_qparams:
@@ -80,7 +99,9 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
             new_inits.append(numpy_helper.from_array(zp, zp_name))
             shared_qparams[key] = (scale_name, zp_name)
         scale_name, zp_name = shared_qparams[key]
-        axis_attr = {"axis": params.axis} if params.axis is not None else {}
+        attrs = {"axis": params.axis} if params.axis is not None else {}
+        if domain:
+            attrs["domain"] = domain
         if t in index.initializers:
             values = index.array(t)
             _check_shape(t, values.shape, params)
@@ -98,12 +119,20 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
                     [q_name, scale_name, zp_name],
                     [t],
                     name=names.new(f"{t}_DequantizeLinear"),
-                    **axis_attr,
+                    **attrs,
                 )
             )
             continue
         q_name = names.new(f"{t}_quantized")
-        if t in index.graph_outputs:
+        if t in integer_outputs:
+            # The QuantizeLinear writes the graph output itself; consumers inside the graph (if
+            # any) read it dequantized.
+            source, q_name, dq_out = names.new(f"{t}_prequant"), t, None
+            if index.consumers.get(t):
+                dq_out = names.new(f"{t}_dequantized")
+                rewire[t] = dq_out
+            index.producer[t].output[list(index.producer[t].output).index(t)] = source
+        elif t in index.graph_outputs:
             source, dq_out = names.new(f"{t}_prequant"), t
             producer = index.producer.get(t)
             if producer is not None:
@@ -111,22 +140,29 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
         else:
             source, dq_out = t, names.new(f"{t}_dequantized")
             rewire[t] = dq_out
-        pair = [
-            helper.make_node(
-                "QuantizeLinear",
-                [source, scale_name, zp_name],
-                [q_name],
-                name=names.new(f"{t}_QuantizeLinear"),
-                **axis_attr,
-            ),
-            helper.make_node(
-                "DequantizeLinear",
-                [q_name, scale_name, zp_name],
-                [dq_out],
-                name=names.new(f"{t}_DequantizeLinear"),
-                **axis_attr,
-            ),
-        ]
+        pair = []
+        if t in integer_inputs:
+            q_name = t  # the caller feeds the quantized tensor: no QuantizeLinear
+        else:
+            pair.append(
+                helper.make_node(
+                    "QuantizeLinear",
+                    [source, scale_name, zp_name],
+                    [q_name],
+                    name=names.new(f"{t}_QuantizeLinear"),
+                    **attrs,
+                )
+            )
+        if dq_out is not None:
+            pair.append(
+                helper.make_node(
+                    "DequantizeLinear",
+                    [q_name, scale_name, zp_name],
+                    [dq_out],
+                    name=names.new(f"{t}_DequantizeLinear"),
+                    **attrs,
+                )
+            )
         producer = index.producer.get(t)
         if producer is None:
             head.extend(pair)
@@ -156,9 +192,25 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     stale = [v for v in graph.value_info if v.name in drop_inits]
     for v in stale:
         graph.value_info.remove(v)
+    if plan.config.integer_io:
+        _retype_io(out, {t: plan.tensors[t] for t in (*integer_inputs, *integer_outputs)})
+    if MS_DOMAIN in domains and not any(o.domain == MS_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     out.producer_name = "quantcli"
     out.producer_version = __version__
     return out
+
+
+def _retype_io(model: onnx.ModelProto, params: dict[str, TensorParams]) -> None:
+    """Integer I/O: inputs and outputs take their quantized type, recorded in the metadata."""
+    graph = model.graph
+    for v in (*graph.input, *graph.output):
+        if v.name in params:
+            v.type.tensor_type.elem_type = params[v.name].dtype.onnx
+    stale = [v for v in graph.value_info if v.name in params]
+    for v in stale:
+        graph.value_info.remove(v)
+    record_io_quantization(model, params)
 
 
 def _check_shape(name: str, shape: tuple[int, ...], params: TensorParams) -> None:

@@ -10,6 +10,7 @@ from quantcli.calibration.collect import Ranges
 from quantcli.graph import GraphIndex
 from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
 from quantcli.quantize.embedding import embedding_table
+from quantcli.quantize.integer_io import plan_io_tensors
 from quantcli.quantize.params import QType, calculate_qparams
 from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import Kind, OpRule, activation_input_indices, rule_for
@@ -83,6 +84,8 @@ def plan_static(
         if plan.precision != INT8 or rule is None:
             continue
         _plan_tensors(node, rule, plan, index, ranges, precision, tensors, config)
+    if config.integer_io:
+        plan_io_tensors(model.graph, ranges, config, tensors)
     return QuantPlan("static", config, nodes, tensors, ranges.samples)
 
 
@@ -104,8 +107,8 @@ def _without_sentinels(ranges: Ranges, index: GraphIndex) -> Ranges:
         to_softmax = any(c.op_type == "Softmax" for c in index.consumers.get(name, []))
         if not (peak < SENTINEL) or (to_softmax and peak >= MASK):
             excluded[name] = (
-                f"range [{lo:.3g}, {hi:.3g}] of {name} holds mask or sentinel values: 8 bits would "
-                "leave no resolution for the rest, so it stays float"
+                f"range [{lo:.3g}, {hi:.3g}] of {name} holds mask or sentinel values: quantizing it "
+                "would leave no resolution for the rest, so it stays float"
             )
         else:
             kept[name] = (lo, hi)
@@ -159,7 +162,7 @@ def _decide(
     if rule.kind is not Kind.SHARED:
         needed = list(act_inputs)
         if rule.kind not in (Kind.FIXED,):
-            needed += [o for o in node.output[:1] if not _float_output(rule, node, index)]
+            needed += [o for o in node.output[:1] if not _float_output(rule, node, index, config)]
         missing = [t for t in needed if t not in ranges.ranges and t not in produced_int8]
         if missing:
             return FLOAT, ranges.why_missing(missing[0])
@@ -188,9 +191,10 @@ def _float_output_producer(
     return producer
 
 
-def _float_output(rule: OpRule, node: onnx.NodeProto, index: GraphIndex) -> bool:
-    """True when the node's output stays float (integer kernel with float output)."""
-    return rule.float_output_ok and node.output[0] in index.graph_outputs
+def _float_output(rule: OpRule, node: onnx.NodeProto, index: GraphIndex, config: QuantConfig) -> bool:
+    """True when the node's output stays float (integer kernel with float output); never with
+    integer I/O, whose graph outputs are quantized."""
+    return rule.float_output_ok and node.output[0] in index.graph_outputs and not config.integer_io
 
 
 def _plan_tensors(
@@ -265,7 +269,16 @@ def _plan_tensors(
             tensors[weight_name] = TensorParams.for_weight(w, axis, config)
         plan.quantized_inputs.append(weight_name)
         bias_i = rule.bias_input
-        if bias_i is not None and bias_i < len(node.input) and node.input[bias_i] in index.initializers:
+        # An INT32 bias is what the 8-bit integer kernels need. 16-bit activations have no integer
+        # kernel (onnxruntime runs the float op on dequantized inputs), so the bias stays float:
+        # exact, where an INT32 bias at input_scale x weight_scale, 256 times finer than with 8
+        # bits, saturates (EfficientNet-Lite0: 125 values at the INT32 bound).
+        if (
+            act.bits == 8
+            and bias_i is not None
+            and bias_i < len(node.input)
+            and node.input[bias_i] in index.initializers
+        ):
             bias = node.input[bias_i]
             in_scale = np.float32(tensors[node.input[0]].scale[0])
             w_scale = np.asarray(tensors[weight_name].scale, dtype=np.float32)
@@ -292,6 +305,9 @@ def _plan_tensors(
         return
     if rule.float_output_ok:
         if out in index.graph_outputs:
+            if config.integer_io:
+                activation(out)
+                plan.quantized_outputs.append(out)
             return
         feeds_int8 = any(
             precision.get(c.name) == INT8

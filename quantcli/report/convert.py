@@ -31,6 +31,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         "model": str(r.model),
         "output": str(r.output),
         "mode": r.mode,
+        "activation_type": r.activation_type,
         "plan_replayed": r.plan_replayed,
         "size": {"input_bytes": r.input_bytes, "output_bytes": r.output_bytes, "ratio": r.size_ratio},
         "weight_bytes": None if r.weight_bytes is None else {**r.weight_bytes, "ratio": r.weight_ratio},
@@ -77,9 +78,19 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
             "candidate_ms": r.latency.candidate_ms,
             "ratio": r.latency.ratio,
         },
+        "io_quantization": {
+            name: {"scale": q.scale, "zero_point": q.zero_point, "dtype": q.dtype}
+            for name, q in r.io_quantization.items()
+        },
         "warnings": r.warnings,
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
     }
+
+
+def _precision_label(r: ConvertResult) -> str:
+    if r.activation_type == "int16":
+        return "with INT16 activations and INT8 weights (float compute in onnxruntime)"
+    return PRECISION_LABEL[r.mode]
 
 
 def _pct(x: float | None) -> str:
@@ -101,7 +112,7 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
     rows += [
         (
             "compute nodes",
-            f"{c['quantized']} of {c['total']} {PRECISION_LABEL[r.mode]}, {c['float']} in float32",
+            f"{c['quantized']} of {c['total']} {_precision_label(r)}, {c['float']} in float32",
         ),
     ]
     if r.mode == "mixed":
@@ -118,6 +129,10 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
                 f"{r.stored_weight_nodes()} of {c['total']} compute nodes read {dtype}-stored weights through a Cast to float32",
             )
         )
+    rows.extend(
+        (f"integer I/O {name}", f"{q.dtype}, scale {q.scale:.9g}, zero point {q.zero_point}")
+        for name, q in r.io_quantization.items()
+    )
     if r.calibration_samples:
         rows.append(("calibration", f"{r.calibration_samples} samples, {r.calib_method}"))
     a = r.agreement
