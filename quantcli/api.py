@@ -310,7 +310,7 @@ def convert(
         warnings=warnings,
         latency=latency,
         weight_bytes=weight_bytes,
-        activation_type=plan.config.activation_type.value if plan.mode == "static" else None,
+        activation_type=plan.config.activation_type.value if plan.mode in ("static", "mixed") else None,
         io_quantization=io_quantization,
     )
 
@@ -397,7 +397,7 @@ def _warnings(plan: QuantPlan, quantized: onnx.ModelProto) -> list[str]:
             "activations were not checked for float16 overflow (|x| > 65504): pass --calib to keep "
             "the nodes of overflowing activations in float32"
         )
-    sixteen_bit = plan.mode == "static" and plan.config.activation_type.bits == 16
+    sixteen_bit = plan.mode in ("static", "mixed") and plan.config.activation_type.bits == 16
     if sixteen_bit:
         warnings.append(
             "16-bit activations are an accuracy option, not a speed one: onnxruntime has no 16-bit "
