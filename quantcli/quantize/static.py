@@ -281,6 +281,7 @@ def _plan_tensors(
         ):
             bias = node.input[bias_i]
             in_scale = np.float32(tensors[node.input[0]].scale[0])
+            _fit_bias(tensors[weight_name], index.array(bias), in_scale)
             w_scale = np.asarray(tensors[weight_name].scale, dtype=np.float32)
             b_scale = (in_scale * w_scale).astype(np.float32)
             if bias not in tensors:
@@ -319,3 +320,25 @@ def _plan_tensors(
             return
     activation(out)
     plan.quantized_outputs.append(out)
+
+
+INT32_LIMIT = 2**31 - 1
+
+
+def _fit_bias(weight: TensorParams, bias: np.ndarray, in_scale: np.float32) -> None:
+    """Widen the weight scale of the channels whose INT32 bias would saturate.
+
+    The bias is stored at scale input_scale x weight_scale. A channel whose weights are all near
+    zero gets a tiny weight scale, and its bias then needs more than 31 bits (EfficientNet-Lite0:
+    83 biases clipped at the INT32 bound). Such a channel's weight scale grows until its bias
+    fits; its weights, near zero, lose little. onnxruntime's quantizer does the same.
+    """
+    scale = np.asarray(weight.scale, dtype=np.float64)
+    peak = np.abs(bias.astype(np.float64)).reshape(-1)
+    if scale.size == 1:
+        peak = peak.max(initial=0.0, keepdims=True)
+    if peak.size != scale.size or not in_scale > 0:
+        return
+    needed = peak / (float(in_scale) * INT32_LIMIT) * 1.0001  # float32 rounding margin
+    if np.any(needed > scale):
+        weight.scale = np.maximum(scale, needed).astype(np.float32).tolist()
