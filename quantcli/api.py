@@ -67,6 +67,7 @@ class ConvertOptions:
     fp16_count: int = FP16_COUNT  # mixed: how many of the most INT8-sensitive nodes run in FP16
     block_size: int = DEFAULT_BLOCK_SIZE  # weights-int4
     weight_symmetric: bool = False  # weights-int4
+    int4_compute: str = "float"  # weights-int4: float, or int8 (MatMulNBits accuracy_level 4)
     integer_io: bool = False
 
     def __post_init__(self) -> None:
@@ -189,6 +190,7 @@ def convert(
         keep_io_types=options.keep_io_types,
         block_size=options.block_size,
         weight_symmetric=options.weight_symmetric,
+        int4_compute=options.int4_compute,
         integer_io=options.integer_io,
     )
     replayed = plan is not None

@@ -184,6 +184,14 @@ def main() -> None:
     help="weights-int4: symmetric blocks (no zero points) or asymmetric (a 4-bit zero point per block).",
 )
 @click.option(
+    "--int4-compute",
+    type=click.Choice(["float", "int8"]),
+    default="float",
+    show_default=True,
+    help="weights-int4: float multiplies dequantized weights in float32; int8 lets onnxruntime quantize "
+    "activations to INT8 at run time (MatMulNBits accuracy_level 4): faster, slightly less accurate.",
+)
+@click.option(
     "--integer-io",
     is_flag=True,
     help="static: the model takes and returns the quantized tensors (uint8/int8) instead of float; "
@@ -243,6 +251,7 @@ def convert(
     keep_io_types: bool,
     block_size: str,
     weight_symmetric: bool,
+    int4_compute: str,
     integer_io: bool,
     check_latency: bool,
     threads: int,
@@ -295,6 +304,7 @@ def convert(
             keep_io_types=keep_io_types,
             block_size=int(block_size),
             weight_symmetric=weight_symmetric,
+            int4_compute=int4_compute,
             integer_io=integer_io,
             check_latency=check_latency,
             latency_threads=threads,

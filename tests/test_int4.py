@@ -164,6 +164,23 @@ def test_gemm_trans_b_matches_numpy(bias_shape) -> None:
     assert np.linalg.norm(got - exact) / np.linalg.norm(exact) < 0.12
 
 
+def test_int8_compute_sets_accuracy_level_4() -> None:
+    """--int4-compute int8: onnxruntime quantizes the activations per block at run time (MiniLM:
+    latency 0.85x FP32 instead of 0.97x, cosine 0.9763 instead of 0.9767)."""
+    w = RNG.normal(size=(64, 128)).astype(np.float32)
+    model = _linear(w, gemm=False)
+    _, exact_q = _quantize(model, QuantConfig())
+    plan, q = _quantize(model, QuantConfig(int4_compute="int8"))
+    assert {a.name: a.i for a in q.graph.node[0].attribute}["accuracy_level"] == 4
+    assert "accuracy_level" not in {a.name for a in exact_q.graph.node[0].attribute}
+    assert QuantPlan.from_dict(plan.to_dict()).config.int4_compute == "int8"
+    x = RNG.normal(size=(5, 64)).astype(np.float32)
+    exact = make_session(exact_q).run(None, {"x": x})[0]
+    got = make_session(q).run(None, {"x": x})[0]
+    rel = np.linalg.norm(got - exact) / np.linalg.norm(exact)
+    assert 0 < rel < 0.02  # the activations really went through INT8, and lost little
+
+
 def test_gemm_with_a_computed_bias_adds_it_after() -> None:
     w = RNG.normal(size=(32, 64)).astype(np.float32)
     model = _linear(w, gemm=True, bias=RNG.normal(size=(5, 32)).astype(np.float32))

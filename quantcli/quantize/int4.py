@@ -3,8 +3,10 @@
     MatMul(A, W[K, N])                 -> MatMulNBits(A, B_q, scales, [zero_points])
     Gemm(A, W[N, K], C, transB=1)      -> MatMulNBits(A, B_q, scales, [zero_points], bias=C)
 
-Activations stay float; MatMulNBits dequantizes each block of 4-bit values along K and multiplies
-in float32 (its `accuracy_level` attribute is left unset: no INT8 activations). The block maths
+Activations stay float by default; MatMulNBits dequantizes each block of 4-bit values along K and
+multiplies in float32 (its `accuracy_level` attribute is left unset). With `int4_compute="int8"`
+(`--int4-compute int8`) it gets accuracy_level 4: onnxruntime quantizes the activations to INT8 per
+block at run time and multiplies in integers (see INT4_COMPUTE_NOTE for the measured trade). The block maths
 and packing are in blockwise.py. The plan holds every block's scale and zero point (the MSE clipping
 search is a planning decision), so a replayed plan writes the same bytes.
 
@@ -231,6 +233,7 @@ def rewrite_int4(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fa
                 N=n,
                 bits=BITS,
                 block_size=block_size,
+                **({"accuracy_level": 4} if plan.config.int4_compute == "int8" else {}),
             )
         )
         if add is not None:

@@ -40,9 +40,12 @@ class QuantConfig:
     keep_io_types: bool = True
     block_size: int = DEFAULT_BLOCK_SIZE  # weights-int4: values per block along K
     weight_symmetric: bool = False  # weights-int4: no zero points (MatMulNBits' implicit 8)
+    int4_compute: str = "float"  # weights-int4: "int8" sets MatMulNBits accuracy_level 4
     integer_io: bool = False  # static: quantized graph inputs/outputs (quantize/integer_io.py)
 
     def __post_init__(self) -> None:
+        if self.int4_compute not in ("float", "int8"):
+            raise ValueError(f"int4 compute must be float or int8, not {self.int4_compute}")
         if self.block_size not in BLOCK_SIZES:
             raise ValueError(
                 f"block size must be one of {', '.join(map(str, BLOCK_SIZES))}, not {self.block_size}"
@@ -134,6 +137,7 @@ class QuantPlan:
                 "keep_io_types": self.config.keep_io_types,
                 "block_size": self.config.block_size,
                 "weight_symmetric": self.config.weight_symmetric,
+                "int4_compute": self.config.int4_compute,
                 "integer_io": self.config.integer_io,
             },
             "calibration_samples": self.calibration_samples,
@@ -166,6 +170,7 @@ class QuantPlan:
                 keep_io_types=bool(cfg.get("keep_io_types", True)),
                 block_size=int(cfg.get("block_size", DEFAULT_BLOCK_SIZE)),
                 weight_symmetric=bool(cfg.get("weight_symmetric", False)),
+                int4_compute=str(cfg.get("int4_compute", "float")),
                 integer_io=bool(cfg.get("integer_io", False)),
             )
             if data["mode"] not in MODES:
