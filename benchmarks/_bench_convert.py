@@ -58,9 +58,15 @@ QUANTCLI_WEIGHTS = Tool("quantcli-weights-int8", "quantcli weights-int8", "weigh
 QUANTCLI_FP16 = Tool("quantcli-fp16", "quantcli fp16", "fp16")
 OCC_FP16 = Tool("occ-fp16", "onnxconverter-common fp16")
 QUANTCLI_BF16 = Tool("quantcli-bf16", "quantcli bf16", "bf16")
-# the precision modes of issue #8 (some are still being built: a mode quantcli lacks is a FAILED row)
+# the precision modes of issue #8
 QUANTCLI_FP16_CALIB = Tool("quantcli-fp16-calib", "quantcli fp16 --calib", "fp16", needs_calib=True)
 QUANTCLI_INT4 = Tool("quantcli-int4", "quantcli weights-int4", "weights-int4")
+QUANTCLI_INT4_INT8 = Tool(
+    "quantcli-int4-int8",
+    "quantcli weights-int4 --int4-compute int8",
+    "weights-int4",
+    ("--int4-compute", "int8"),
+)
 ORT_INT4 = Tool("ort-int4", "onnxruntime MatMulNBits int4")
 QUANTCLI_MIXED = Tool("quantcli-mixed", "quantcli mixed", "mixed", needs_calib=True)
 QUANTCLI_A16W8 = Tool(
@@ -88,6 +94,7 @@ MODES_TOOLS: tuple[Tool, ...] = (
     QUANTCLI_BF16,
     QUANTCLI_WEIGHTS,
     QUANTCLI_INT4,
+    QUANTCLI_INT4_INT8,
     ORT_INT4,
     QUANTCLI_MIXED,
     QUANTCLI_A16W8,
@@ -255,7 +262,8 @@ def occ_fp16(model: str, calib: str, output: str) -> list[str]:
     return []
 
 
-ORT_INT4_ARGS = {"bits": 4, "block_size": 32, "is_symmetric": True}  # accuracy_level: its default
+# quantcli's weights-int4 defaults (blocks of 32, asymmetric): the same format, so the same bytes
+ORT_INT4_ARGS = {"bits": 4, "block_size": 32, "is_symmetric": False}  # accuracy_level: its default
 
 
 def ort_int4(model: str, calib: str, output: str) -> list[str]:
