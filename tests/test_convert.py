@@ -188,3 +188,15 @@ def test_float_conv_between_qdq_is_flagged(converted: dict[str, Converted], tmp_
     assert len(result.warnings) == 1 and result.warnings[0].startswith(f"{target}: kept in float")
     counts, _ = optimized_op_counts(out, tmp_path)
     assert counts["QLinearConv"] == 3  # what onnxruntime does with it, and why the warning exists
+
+
+def test_shape_reads_no_dequantized_tensor(converted: dict[str, Converted], tmp_path) -> None:
+    """digits_vit's Shapes read quantized activations: they read the quantized tensor, so
+    onnxruntime runs no DequantizeLinear for them (it did: 2 per run, each of the whole tensor)."""
+    _, optimized = optimized_op_counts(converted["digits_vit"].output, tmp_path)
+    producers = {o: n for n in optimized.graph.node for o in n.output}
+    shapes = [n for n in optimized.graph.node if n.op_type == "Shape"]
+    assert shapes
+    for node in shapes:
+        producer = producers.get(node.input[0])
+        assert producer is None or producer.op_type != "DequantizeLinear", node.name

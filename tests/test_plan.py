@@ -86,6 +86,51 @@ def test_matmul_into_graph_output_returns_float(tmp_path) -> None:
     assert counts["MatMulIntegerToFloat"] == 1 and counts["MatMul"] == 0
 
 
+def layernorm_branch_model() -> onnx.ModelProto:
+    """A transformer's pattern: a float LayerNormalization feeding an INT8 MatMul, a float op
+    (Sub: no INT8 rule) and a Shape, as all-MiniLM-L6-v2 has after every LayerNormalization."""
+    w = numpy_helper.from_array(RNG.normal(size=(32, 32)).astype(np.float32), "w")
+    gamma = numpy_helper.from_array(np.ones(32, np.float32), "gamma")
+    beta = numpy_helper.from_array(np.zeros(32, np.float32), "beta")
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["ln", "w"], ["m"], name="mm"),
+        helper.make_node("Sub", ["m", "ln"], ["d"], name="sub"),
+        helper.make_node("Shape", ["ln"], ["s"], name="shape"),
+        helper.make_node("Reshape", ["d", "s"], ["y"], name="reshape"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 32])],
+        [w, gamma, beta],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_float_and_shape_readers_of_a_quantized_activation_run_no_dequantize(tmp_path) -> None:
+    """Shape reads the quantized tensor; a float node reads the float tensor when its producer is
+    float too. Each would otherwise cost a DequantizeLinear that onnxruntime runs for it alone
+    (all-MiniLM-L6-v2: 24 of its 30; 0.5 ms of 4.3 at batch 1, and cosine 0.9887 -> 0.9925)."""
+    model = layernorm_branch_model()
+    x = RNG.normal(size=(2, 8, 32)).astype(np.float32)
+    plan, q = quantize(model, x)
+    assert plan.node("mm").precision == "int8" and plan.node("sub").precision == "float"
+    assert "ln" in plan.tensors  # quantized for the MatMul
+    producers = {o: n for n in q.graph.node for o in n.output}
+    by_name = {n.name: n for n in q.graph.node}
+    assert "ln" in by_name["sub"].input  # the exact float value, not ln dequantized
+    assert producers[by_name["shape"].input[0]].op_type == "QuantizeLinear"
+    assert checker_error(q) is None
+    onnx.save(q, tmp_path / "q.onnx")
+    counts, optimized = optimized_op_counts(tmp_path / "q.onnx", tmp_path)
+    assert counts["MatMulIntegerToFloat"] == 1 and counts["DequantizeLinear"] == 0, dict(counts)
+    ref = make_session(model).run(None, {"x": x})[0]
+    got = make_session(q).run(None, {"x": x})[0]
+    assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
+
+
 def test_plan_json_round_trip(tmp_path) -> None:
     plan, _ = quantize(conv_relu_model(), RNG.normal(size=(2, 3, 16, 16)).astype(np.float32))
     plan.save(tmp_path / "plan.json")

@@ -1,7 +1,10 @@
 """Rewrite a float model into QDQ form from a QuantPlan; it decides nothing.
 
 Activations: producer -> T -> QuantizeLinear -> T_quantized -> DequantizeLinear -> T_dequantized
--> every consumer (a graph output keeps its name on the DequantizeLinear output).
+-> the consumers (a graph output keeps its name on the DequantizeLinear output), except
+(`consumer_reads`): Shape/Size read T_quantized (same shape, no DequantizeLinear to run for them), and
+nodes the plan keeps in float read T itself when T's producer is float too (or T is a graph input):
+exact values, and no DequantizeLinear that onnxruntime would run for them alone.
 Initializers (weights, INT32 biases, constants): stored quantized as T_quantized and dequantized
 by a DequantizeLinear whose output keeps the original name T, so consumers are unchanged.
 """
@@ -13,10 +16,10 @@ from onnx import helper, numpy_helper
 
 from quantcli import __version__
 from quantcli.errors import BadPlanError
-from quantcli.graph import GraphIndex, NameAllocator
+from quantcli.graph import SHAPE_READERS, GraphIndex, NameAllocator
 from quantcli.quantize.embedding import gather_rows
 from quantcli.quantize.params import quantize_array
-from quantcli.quantize.plan import INT8, QuantPlan, TensorParams
+from quantcli.quantize.plan import INT8, NodePlan, QuantPlan, TensorParams
 
 
 def quantized_tensor_names(model: onnx.ModelProto, plan: QuantPlan) -> list[str]:
@@ -63,7 +66,7 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
 
     head: list[onnx.NodeProto] = []  # DQ of initializers, Q/DQ of graph inputs
     after: dict[str, list[onnx.NodeProto]] = {}  # producer node name -> Q/DQ that follow it
-    rewire: dict[str, str] = {}
+    rewire: dict[str, tuple[str, str]] = {}  # T -> (T_quantized, T_dequantized)
     new_inits: list[onnx.TensorProto] = []
     drop_inits: set[str] = set()
 
@@ -110,7 +113,7 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
                 producer.output[list(producer.output).index(t)] = source
         else:
             source, dq_out = t, names.new(f"{t}_dequantized")
-            rewire[t] = dq_out
+            rewire[t] = (q_name, dq_out)
         pair = [
             helper.make_node(
                 "QuantizeLinear",
@@ -137,7 +140,7 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     for node in graph.node:
         for i, name in enumerate(node.input):
             if name in rewire:
-                node.input[i] = rewire[name]
+                node.input[i] = consumer_reads(node, name, *rewire[name], index, by_name)
         if node.name in gathers:
             replacement, inits = gather_rows(node, *tables[node.input[0]], names)
             nodes.extend(replacement)
@@ -159,6 +162,36 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     out.producer_name = "quantcli"
     out.producer_version = __version__
     return out
+
+
+def consumer_reads(
+    node: onnx.NodeProto,
+    t: str,
+    quantized: str,
+    dequantized: str,
+    index: GraphIndex,
+    plan_nodes: dict[str, NodePlan],
+) -> str:
+    """Which of T, T_quantized, T_dequantized a consumer of the quantized activation T reads.
+
+    - Shape/Size read T_quantized: same shape, and onnxruntime would otherwise run a whole
+      DequantizeLinear for them alone (all-MiniLM-L6-v2: 12 of its 30, one per Shape per layer,
+      which also kept its common-subexpression pass from merging the Shapes).
+    - A node the plan keeps in float reads T itself when T's producer is float too (or T is a
+      graph input): it gets the exact value instead of the quantized one, and no DequantizeLinear
+      runs for it (all-MiniLM-L6-v2: the residual Adds after each LayerNormalization, 12). Not
+      when the producer is INT8: a float reader of T would stop onnxruntime fusing the producer's
+      output QuantizeLinear (a node is fused only when its outputs feed QuantizeLinear alone).
+    """
+    if node.op_type in SHAPE_READERS and node.domain in ("", "ai.onnx"):
+        return quantized
+    reader = plan_nodes.get(node.name)
+    if reader is not None and reader.precision == INT8:
+        return dequantized
+    producer = index.producer.get(t)
+    if producer is None or getattr(plan_nodes.get(producer.name), "precision", None) != INT8:
+        return t
+    return dequantized
 
 
 def _check_shape(name: str, shape: tuple[int, ...], params: TensorParams) -> None:
