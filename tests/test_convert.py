@@ -200,3 +200,31 @@ def test_shape_reads_no_dequantized_tensor(converted: dict[str, Converted], tmp_
     for node in shapes:
         producer = producers.get(node.input[0])
         assert producer is None or producer.op_type != "DequantizeLinear", node.name
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_no_integer_elementwise_result_is_only_dequantized(
+    converted: dict[str, Converted], name: str, tmp_path
+) -> None:
+    """An integer elementwise kernel whose result only DequantizeLinear reads requantizes for
+    nothing: such nodes stay float (digits_vit's residual Adds and score Muls), and Softmax is
+    never QLinearSoftmax (slower than float Softmax + QuantizeLinear)."""
+    counts, optimized = optimized_op_counts(converted[name].output, tmp_path)
+    assert counts["QLinearSoftmax"] == 0
+    readers: dict[str, list] = {}
+    for node in optimized.graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    outputs = {o.name for o in optimized.graph.output}
+    for node in optimized.graph.node:
+        if node.op_type in (
+            "QLinearAdd",
+            "QLinearMul",
+            "QLinearConcat",
+            "QLinearSigmoid",
+            "QLinearLeakyRelu",
+        ):
+            out = node.output[0]
+            assert out in outputs or any(r.op_type != "DequantizeLinear" for r in readers.get(out, [])), (
+                node.name
+            )
