@@ -248,7 +248,7 @@ def header_lines(command: str, settings: str, load: str) -> list[str]:
         f"command: {command}",
         f"latency: onnxruntime CPU provider, 1 intra-op thread, all graph optimizations; {WARMUP_RUNS} warm-up "
         f"runs per model, then {settings}; every model of a case in one process, one run each per round, "
-        "order rotated every round; medians",
+        "in a random order every round (seeded); medians",
         f"load average (1 min) {load}",
         f"onnxruntime quantize_dynamic is run with its defaults: {dynamic_defaults()} "
         "(the docstring: op_types_to_quantize=None quantizes all supported operators, Conv included)",
