@@ -228,3 +228,13 @@ def test_no_integer_elementwise_result_is_only_dequantized(
             assert out in outputs or any(r.op_type != "DequantizeLinear" for r in readers.get(out, [])), (
                 node.name
             )
+
+
+def test_cnn_head_runs_no_transpose_back_from_nhwc(converted: dict[str, Converted], tmp_path) -> None:
+    """With all optimizations onnxruntime runs digits_cnn's QLinearConvs channels-last; its Flatten
+    reads NHWC order, so the only Transpose left is the one of the model input (was 2)."""
+    counts, optimized = optimized_op_counts(converted["digits_cnn"].output, tmp_path, layout=True)
+    assert counts["QLinearConv"] == 3 and counts["Transpose"] == 1, dict(counts)
+    producers = {o: n for n in optimized.graph.node for o in n.output}
+    transpose = next(n for n in optimized.graph.node if n.op_type == "Transpose")
+    assert producers[transpose.input[0]].op_type == "QuantizeLinear"

@@ -18,6 +18,7 @@ from quantcli import __version__
 from quantcli.errors import BadPlanError
 from quantcli.graph import SHAPE_READERS, GraphIndex, NameAllocator
 from quantcli.quantize.embedding import gather_rows
+from quantcli.quantize.layout import apply_nhwc_flattens, nhwc_flattens
 from quantcli.quantize.params import quantize_array
 from quantcli.quantize.plan import INT8, NodePlan, QuantPlan, TensorParams
 
@@ -53,10 +54,12 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
         out = onnx.ModelProto()
         out.CopyFrom(model)
     graph = out.graph
-    index = GraphIndex(graph)
     names = NameAllocator(graph)
     wanted = quantized_tensor_names(out, plan)
     by_name = {n.name: n for n in plan.nodes}
+    precision = {n.name: n.precision for n in plan.nodes}
+    apply_nhwc_flattens(out, nhwc_flattens(out, GraphIndex(graph), precision), names)
+    index = GraphIndex(graph)
     gathers = {
         n.name
         for n in graph.node

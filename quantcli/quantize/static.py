@@ -10,6 +10,8 @@ from quantcli.calibration.collect import Ranges
 from quantcli.graph import GraphIndex
 from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
 from quantcli.quantize.embedding import embedding_table
+from quantcli.quantize.layout import REASON as NHWC_FLATTEN_REASON
+from quantcli.quantize.layout import nhwc_flattens
 from quantcli.quantize.params import QType, calculate_qparams
 from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import Kind, OpRule, activation_input_indices, rule_for
@@ -55,6 +57,8 @@ def plan_static(model: onnx.ModelProto, ranges: Ranges, config: QuantConfig) -> 
         if not dequantized_only:
             break
         kept_float.update(dequantized_only)
+    for name in nhwc_flattens(model, index, precision):
+        reasons[name] = NHWC_FLATTEN_REASON  # the rewriter applies it (quantize/layout.py)
 
     nodes: list[NodePlan] = []
     tensors: dict[str, TensorParams] = {}
