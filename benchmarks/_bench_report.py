@@ -81,7 +81,7 @@ def cell(row: Row, column: str) -> str:
         "error": f"FAILED: {row.error}" if row.error else "",
     }
     if column.startswith("lat b"):
-        return _opt(row.latency.get(int(column[5:])), ".2f")
+        return _opt(row.latency.get(int(column[5:])), ".3f")  # the gaps between tools are 1-5%
     return values[column]
 
 
@@ -109,7 +109,7 @@ def markdown_table(result: CaseResult) -> str:
 
 def case_title(result: CaseResult) -> str:
     fp32 = ", ".join(f"{s * 1e3:.3f} ms at batch {b}" for b, s in result.fp32_seconds.items())
-    control = ", ".join(f"{r:.2f}" for r in result.control.values())
+    control = ", ".join(f"{r:.3f}" for r in result.control.values())
     return (
         f"{result.case.name}: {result.total_macs / 1e6:.1f} M MACs at batch 1; FP32 median latency {fp32}; "
         f"a second FP32 session timed alongside: lat {control} (the noise floor)"
@@ -134,7 +134,7 @@ def _float_summary(row: Row) -> str:
 
 
 def _ratios(latency: dict[int, float]) -> str:
-    return ", ".join(f"{r:.2f} at batch {b}" for b, r in latency.items())
+    return ", ".join(f"{r:.3f} at batch {b}" for b, r in latency.items())
 
 
 def float_note(row: Row) -> str | None:
