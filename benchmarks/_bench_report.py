@@ -99,7 +99,7 @@ def cell(row: Row, column: str) -> str:
         "error": f"FAILED: {row.error}" if row.error else "",
     }
     if column.startswith("lat b"):
-        return _opt(row.latency.get(int(column[5:])), ".2f")
+        return _opt(row.latency.get(int(column[5:])), ".3f")  # the gaps between tools are 1-5%
     return values[column]
 
 
@@ -127,7 +127,7 @@ def markdown_table(result: CaseResult) -> str:
 
 def case_title(result: CaseResult) -> str:
     fp32 = ", ".join(f"{s * 1e3:.3f} ms at batch {b}" for b, s in result.fp32_seconds.items())
-    control = ", ".join(f"{r:.2f}" for r in result.control.values())
+    control = ", ".join(f"{r:.3f}" for r in result.control.values())
     weights = ""
     if result.weight_bytes is not None:
         share = result.weight_bytes / result.case.model.stat().st_size
@@ -158,7 +158,7 @@ def _float_summary(row: Row) -> str:
 
 
 def _ratios(latency: dict[int, float]) -> str:
-    return ", ".join(f"{r:.2f} at batch {b}" for b, r in latency.items())
+    return ", ".join(f"{r:.3f} at batch {b}" for b, r in latency.items())
 
 
 def float_note(row: Row) -> str | None:
@@ -288,7 +288,7 @@ def header_lines(command: str, settings: str, load: str, tools: list[Tool]) -> l
         f"command: {command}",
         f"latency: onnxruntime CPU provider, 1 intra-op thread, all graph optimizations; {WARMUP_RUNS} warm-up "
         f"runs per model, then {settings}; every model of a case in one process, one run each per round, "
-        "order rotated every round; medians",
+        "in a random order every round (seeded); medians",
         f"load average (1 min) {load}",
     ] + (
         [

@@ -19,7 +19,7 @@ exported into benchmarks/.cache) it:
 3. reports the file size ratio to FP32 and the share of the FP32 model's multiply-accumulates that
    the graph onnxruntime optimizes runs in integer kernels (``_bench_kernels.py``);
 4. measures latency ratios to FP32 (onnxruntime CPU, one intra-op thread, every model of the case
-   interleaved in one process with a rotating order, medians) at batch 1, and batch 32 for the
+   interleaved in one process in a random order every round, medians) at batch 1, and batch 32 for the
    digits models.
 
 ``--preset modes`` (issue #8) runs the precision modes instead: quantcli fp16 (also with --calib),

@@ -10,6 +10,8 @@ from onnx import numpy_helper
 
 # Compute ops (ai.onnx domain) as convert and inspect count them: one tuple, so the two reports agree.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Ops that read only the shape of their input, so take it in any element type.
+SHAPE_READERS = frozenset({"Shape", "Size"})
 
 
 class GraphIndex:

@@ -35,15 +35,20 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def optimized_op_counts(model_path: Path, tmp_dir: Path) -> collections.Counter:
+def optimized_op_counts(model_path: Path, tmp_dir: Path, *, layout: bool = False) -> collections.Counter:
     """Op types of the graph onnxruntime's CPU provider actually runs (after its QDQ fusions)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
-    # Extended level: the QDQ fusions, without hardware-specific NCHWc layout rewrites.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    # Extended level: the QDQ fusions, without hardware-specific NCHWc layout rewrites; `layout`:
+    # all optimizations, as a session gets by default (NHWC QLinearConv, NCHWc float Conv).
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if layout
+        else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    )
     opts.optimized_model_filepath = str(tmp_dir / f"{model_path.stem}.optimized.onnx")
     ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
     optimized = onnx.load(opts.optimized_model_filepath)

@@ -103,7 +103,9 @@ def test_a16w8_calibrates_for_65536_levels(
         assert t16.range[0] <= t8.range[0] + 1e-6 and t16.range[1] >= t8.range[1] - 1e-6
         compared += 1
         widened += t16.range[1] - t16.range[0] > 1.01 * (t8.range[1] - t8.range[0])
-    assert compared > 50 and widened >= 0.9 * compared  # measured: 66 of 67 more than 1% wider
+    # measured: 40 of 44 more than 1% wider (66 of 67 before Softmax and the elementwise nodes
+    # only float nodes read stayed float)
+    assert compared > 35 and widened >= 0.85 * compared
 
 
 def test_a16w8_report_says_it_is_not_a_speed_option(a16: dict[str, Converted], capsys) -> None:

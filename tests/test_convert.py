@@ -188,3 +188,53 @@ def test_float_conv_between_qdq_is_flagged(converted: dict[str, Converted], tmp_
     assert len(result.warnings) == 1 and result.warnings[0].startswith(f"{target}: kept in float")
     counts, _ = optimized_op_counts(out, tmp_path)
     assert counts["QLinearConv"] == 3  # what onnxruntime does with it, and why the warning exists
+
+
+def test_shape_reads_no_dequantized_tensor(converted: dict[str, Converted], tmp_path) -> None:
+    """digits_vit's Shapes read quantized activations: they read the quantized tensor, so
+    onnxruntime runs no DequantizeLinear for them (it did: 2 per run, each of the whole tensor)."""
+    _, optimized = optimized_op_counts(converted["digits_vit"].output, tmp_path)
+    producers = {o: n for n in optimized.graph.node for o in n.output}
+    shapes = [n for n in optimized.graph.node if n.op_type == "Shape"]
+    assert shapes
+    for node in shapes:
+        producer = producers.get(node.input[0])
+        assert producer is None or producer.op_type != "DequantizeLinear", node.name
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_no_integer_elementwise_result_is_only_dequantized(
+    converted: dict[str, Converted], name: str, tmp_path
+) -> None:
+    """An integer elementwise kernel whose result only DequantizeLinear reads requantizes for
+    nothing: such nodes stay float (digits_vit's residual Adds and score Muls), and Softmax is
+    never QLinearSoftmax (slower than float Softmax + QuantizeLinear)."""
+    counts, optimized = optimized_op_counts(converted[name].output, tmp_path)
+    assert counts["QLinearSoftmax"] == 0
+    readers: dict[str, list] = {}
+    for node in optimized.graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    outputs = {o.name for o in optimized.graph.output}
+    for node in optimized.graph.node:
+        if node.op_type in (
+            "QLinearAdd",
+            "QLinearMul",
+            "QLinearConcat",
+            "QLinearSigmoid",
+            "QLinearLeakyRelu",
+        ):
+            out = node.output[0]
+            assert out in outputs or any(r.op_type != "DequantizeLinear" for r in readers.get(out, [])), (
+                node.name
+            )
+
+
+def test_cnn_head_runs_no_transpose_back_from_nhwc(converted: dict[str, Converted], tmp_path) -> None:
+    """With all optimizations onnxruntime runs digits_cnn's QLinearConvs channels-last; its Flatten
+    reads NHWC order, so the only Transpose left is the one of the model input (was 2)."""
+    counts, optimized = optimized_op_counts(converted["digits_cnn"].output, tmp_path, layout=True)
+    assert counts["QLinearConv"] == 3 and counts["Transpose"] == 1, dict(counts)
+    producers = {o: n for n in optimized.graph.node for o in n.output}
+    transpose = next(n for n in optimized.graph.node if n.op_type == "Transpose")
+    assert producers[transpose.input[0]].op_type == "QuantizeLinear"

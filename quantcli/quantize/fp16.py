@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantcli import __version__
 from quantcli.errors import BadPlanError
-from quantcli.graph import GraphIndex, attr
+from quantcli.graph import SHAPE_READERS, GraphIndex, attr
 from quantcli.quantize.plan import FLOAT, FP16, NodePlan
 
 FP16_MAX = 65504.0
@@ -59,7 +59,6 @@ FP16_CPU_KERNELS = frozenset(
 )  # fmt: skip
 
 _STORED_NOTE = "its weights are stored as float16 and Cast to float32 right before it (the file still halves)"
-_SHAPE_READERS = frozenset({"Shape", "Size"})  # read only the shape: take their input in either type
 _TYPE_ATTRS = ("to", "dtype", "output_dtype", "value", "value_float", "value_floats")
 
 
@@ -134,7 +133,7 @@ def _why_float(node: onnx.NodeProto, facts: _Facts) -> str | None:
     unknown = [t for t in tensors if t not in facts.types]
     if not unknown and not facts.floats(tensors):
         return "no float tensors: runs unchanged"
-    if node.op_type in _SHAPE_READERS:
+    if node.op_type in SHAPE_READERS:
         return "reads only its input's shape: takes it in float16 or float32 as it comes, with no Cast"
     if node.op_type not in FP16_CPU_KERNELS:
         return (
@@ -232,7 +231,7 @@ def _borders(region: list[onnx.NodeProto], facts: _Facts) -> tuple[int, bool]:
                 crossing.add(t)
                 touches_io |= t in index.graph_inputs
         for t in facts.floats(node.output):
-            readers = [c for c in index.consumers[t] if c.op_type not in _SHAPE_READERS]
+            readers = [c for c in index.consumers[t] if c.op_type not in SHAPE_READERS]
             if t in index.graph_outputs or any(c.name not in names for c in readers):
                 crossing.add(t)
                 touches_io |= t in index.graph_outputs
@@ -290,7 +289,7 @@ def rewrite_fp16(
         want = F16 if node.name in fp16 else F32
         for i, t in enumerate(node.input):
             if types.get(t) == F32:
-                node.input[i] = casts.get(t, have.get(t, F32) if node.op_type in _SHAPE_READERS else want)
+                node.input[i] = casts.get(t, have.get(t, F32) if node.op_type in SHAPE_READERS else want)
         if node.name in fp16:
             _retarget(node)
         else:  # a subgraph reads outer tensors by name, in float32

@@ -1,7 +1,10 @@
 """Rewrite a float model into QDQ form from a QuantPlan; it decides nothing.
 
 Activations: producer -> T -> QuantizeLinear -> T_quantized -> DequantizeLinear -> T_dequantized
--> every consumer (a graph output keeps its name on the DequantizeLinear output).
+-> the consumers (a graph output keeps its name on the DequantizeLinear output), except
+(`consumer_reads`): Shape/Size read T_quantized (same shape, no DequantizeLinear to run for them), and
+nodes the plan keeps in float read T itself when T's producer is float too (or T is a graph input):
+exact values, and no DequantizeLinear that onnxruntime would run for them alone.
 Initializers (weights, INT32 biases, constants): stored quantized as T_quantized and dequantized
 by a DequantizeLinear whose output keeps the original name T, so consumers are unchanged.
 
@@ -18,12 +21,13 @@ from onnx import helper, numpy_helper
 
 from quantcli import __version__
 from quantcli.errors import BadPlanError
-from quantcli.graph import GraphIndex, NameAllocator
+from quantcli.graph import SHAPE_READERS, GraphIndex, NameAllocator
 from quantcli.preprocess.opset import default_opset
 from quantcli.quantize.embedding import gather_rows
 from quantcli.quantize.integer_io import io_tensors, record_io_quantization
+from quantcli.quantize.layout import apply_nhwc_flattens, nhwc_flattens
 from quantcli.quantize.params import quantize_array
-from quantcli.quantize.plan import INT8, QuantPlan, TensorParams
+from quantcli.quantize.plan import INT8, NodePlan, QuantPlan, TensorParams
 
 MS_DOMAIN = "com.microsoft"
 
@@ -59,7 +63,6 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
         out = onnx.ModelProto()
         out.CopyFrom(model)
     graph = out.graph
-    index = GraphIndex(graph)
     names = NameAllocator(graph)
     wanted = quantized_tensor_names(out, plan)
     integer_inputs, integer_outputs = io_tensors(graph) if plan.config.integer_io else ([], [])
@@ -69,6 +72,9 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
         if t not in wanted:
             wanted.append(t)
     by_name = {n.name: n for n in plan.nodes}
+    precision = {n.name: n.precision for n in plan.nodes}
+    apply_nhwc_flattens(out, nhwc_flattens(out, GraphIndex(graph), precision), names)
+    index = GraphIndex(graph)
     gathers = {
         n.name
         for n in graph.node
@@ -78,7 +84,7 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
 
     head: list[onnx.NodeProto] = []  # DQ of initializers, Q/DQ of graph inputs
     after: dict[str, list[onnx.NodeProto]] = {}  # producer node name -> Q/DQ that follow it
-    rewire: dict[str, str] = {}
+    rewire: dict[str, tuple[str, str]] = {}  # T -> (T_quantized, T_dequantized)
     new_inits: list[onnx.TensorProto] = []
     drop_inits: set[str] = set()
 
@@ -130,7 +136,7 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
             source, q_name, dq_out = names.new(f"{t}_prequant"), t, None
             if index.consumers.get(t):
                 dq_out = names.new(f"{t}_dequantized")
-                rewire[t] = dq_out
+                rewire[t] = (q_name, dq_out)
             index.producer[t].output[list(index.producer[t].output).index(t)] = source
         elif t in index.graph_outputs:
             source, dq_out = names.new(f"{t}_prequant"), t
@@ -139,11 +145,11 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
                 producer.output[list(producer.output).index(t)] = source
         else:
             source, dq_out = t, names.new(f"{t}_dequantized")
-            rewire[t] = dq_out
+            if t in integer_inputs:
+                q_name = t  # the caller feeds the quantized tensor: no QuantizeLinear
+            rewire[t] = (q_name, dq_out)
         pair = []
-        if t in integer_inputs:
-            q_name = t  # the caller feeds the quantized tensor: no QuantizeLinear
-        else:
+        if t not in integer_inputs:
             pair.append(
                 helper.make_node(
                     "QuantizeLinear",
@@ -173,7 +179,9 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     for node in graph.node:
         for i, name in enumerate(node.input):
             if name in rewire:
-                node.input[i] = rewire[name]
+                node.input[i] = consumer_reads(
+                    node, name, *rewire[name], index, by_name, exact=name not in integer_inputs
+                )
         if node.name in gathers:
             replacement, inits = gather_rows(node, *tables[node.input[0]], names)
             nodes.extend(replacement)
@@ -211,6 +219,39 @@ def _retype_io(model: onnx.ModelProto, params: dict[str, TensorParams]) -> None:
     for v in stale:
         graph.value_info.remove(v)
     record_io_quantization(model, params)
+
+
+def consumer_reads(
+    node: onnx.NodeProto,
+    t: str,
+    quantized: str,
+    dequantized: str,
+    index: GraphIndex,
+    plan_nodes: dict[str, NodePlan],
+    *,
+    exact: bool = True,
+) -> str:
+    """Which of T, T_quantized, T_dequantized a consumer of the quantized activation T reads.
+
+    - Shape/Size read T_quantized: same shape, and onnxruntime would otherwise run a whole
+      DequantizeLinear for them alone (all-MiniLM-L6-v2: 12 of its 30, one per Shape per layer,
+      which also kept its common-subexpression pass from merging the Shapes).
+    - A node the plan keeps in float reads T itself when T's producer is float too (or T is a
+      graph input): it gets the exact value instead of the quantized one, and no DequantizeLinear
+      runs for it (all-MiniLM-L6-v2: the residual Adds after each LayerNormalization, 12). Not
+      when the producer is INT8: a float reader of T would stop onnxruntime fusing the producer's
+      output QuantizeLinear (a node is fused only when its outputs feed QuantizeLinear alone).
+      Not when T is not float at all (`exact=False`: an integer graph input under --integer-io).
+    """
+    if node.op_type in SHAPE_READERS and node.domain in ("", "ai.onnx"):
+        return quantized
+    reader = plan_nodes.get(node.name)
+    if reader is not None and reader.precision == INT8:
+        return dequantized
+    producer = index.producer.get(t)
+    if exact and (producer is None or getattr(plan_nodes.get(producer.name), "precision", None) != INT8):
+        return t
+    return dequantized
 
 
 def _check_shape(name: str, shape: tuple[int, ...], params: TensorParams) -> None:
