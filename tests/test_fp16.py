@@ -226,6 +226,37 @@ def test_overflowing_initializer_stays_float32() -> None:
     np.testing.assert_allclose(y, np.maximum(np.maximum(x, ok), big), rtol=1e-3)
 
 
+def test_underflowing_initializer_stays_float32() -> None:
+    """Weights of ~1e-6 (below float16's smallest normal, 6.1e-5) lose most of their precision in
+    float16: that initializer keeps float32, its neighbour with ordinary values is stored float16."""
+    rng = np.random.default_rng(3)
+    tiny = (rng.normal(0, 1e-6, (8, 8))).astype(np.float32)
+    ok = rng.normal(0, 1, (8, 8)).astype(np.float32)
+    nodes = [
+        helper.make_node("Add", ["x", "w_tiny"], ["h"], name="add_tiny"),
+        helper.make_node("Concat", ["h", "w_ok"], ["y"], name="concat", axis=0),
+        helper.make_node("Concat", ["x", "w_tiny"], ["z"], name="concat_tiny", axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "underflow",
+        [helper.make_tensor_value_info("x", F32, [8, 8])],
+        [helper.make_tensor_value_info("y", F32, [16, 8]), helper.make_tensor_value_info("z", F32, [16, 8])],
+        [numpy_helper.from_array(tiny, "w_tiny"), numpy_helper.from_array(ok, "w_ok")],
+    )
+    model = preprocess(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])).model
+    plan = {p.name: p for p in plan_fp16(model)}
+    assert plan["concat_tiny"].precision == FLOAT  # a float16 Concat would flush w_tiny
+    assert "w_tiny keeps float32: its small values underflow float16" in plan["concat_tiny"].reason
+    out = rewrite_fp16(model, list(plan.values()))
+    onnx.checker.check_model(out, full_check=True)
+    stored = {i.name: i.data_type for i in out.graph.initializer}
+    assert stored["w_tiny"] == F32 and stored["w_ok"] == F16
+    x = rng.normal(0, 1, (8, 8)).astype(np.float32) * 1e-6
+    z = session(out).run(None, {"x": x})[1]
+    np.testing.assert_array_equal(z[8:], tiny)  # exact: never went through float16
+
+
 def _overflow_model(path: Path) -> None:
     """A 1e6 weight (MatMul keeps float32) whose product, ~1e6, passes a Transpose to the output
     (a float16 kernel on the output's border: float16 without calibration)."""

@@ -197,3 +197,35 @@ def test_pad_computed_from_constants_folds_into_conv() -> None:
     model.graph.node[2].input.append("value")
     model.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), "value"))
     assert not FusePadConv().call(preprocess(model).model).modified
+
+
+def test_initializers_no_node_reads_are_dropped() -> None:
+    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    dead = numpy_helper.from_array(np.zeros(3, np.int64), "dead")
+    inner = helper.make_graph(
+        [helper.make_node("Identity", ["sub_read"], ["b"], name="inner")],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 2])],
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+        helper.make_node("If", ["cond"], ["z"], name="if", then_branch=inner, else_branch=inner),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 2]),
+        ],
+        [w, dead, numpy_helper.from_array(np.ones((2, 2), np.float32), "sub_read")],
+    )
+    result = preprocess(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert {t.name for t in result.model.graph.initializer} == {"w", "sub_read"}  # read in a subgraph: kept
+    assert "drop_unused_initializers" in result.applied
+    assert "dropped 1 initializer(s) that no node reads" in result.notes

@@ -13,6 +13,7 @@ from quantcli.preprocess.fuse_pad import FusePadConv
 from quantcli.preprocess.names import NameNodes
 from quantcli.preprocess.opset import UpgradeOpset
 from quantcli.preprocess.shapes import InferShapes
+from quantcli.preprocess.unused import DropUnusedInitializers
 
 
 @dataclass
@@ -28,6 +29,7 @@ DEFAULT_PASSES: tuple[type[Pass], ...] = (
     FoldConstants,
     FuseConvBatchNorm,
     FusePadConv,
+    DropUnusedInitializers,
     InferShapes,
 )
 

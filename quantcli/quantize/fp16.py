@@ -4,14 +4,15 @@
 where onnxruntime's CPU provider has a float16 kernel for it (`FP16_CPU_KERNELS`, probed, not
 guessed), its tensor types are known, the ONNX schema allows float16 for its float tensors, its type
 attributes can be retargeted (Cast `to`, ConstantOfShape `value`) and no initializer of it overflows
-float16 (|x| > 65504). A connected region of such nodes whose float borders all touch float32 nodes
+float16 (|x| > 65504) or underflows it (storing it in float16 would cost more than UNDERFLOW_ERROR
+relative L2 error: values below float16's smallest normal, 6.1e-5, lose their precision or become 0). A connected region of such nodes whose float borders all touch float32 nodes
 stays float32: it would pay a Cast per border and run no faster (onnxruntime's InsertCastTransformer
 applies this "isolated fp16 node" rule to single nodes). A region touching a graph input or output
 stays float16: those are float16 under `keep_io_types=False`, and the plan does not depend on it.
 Shape and Size read only the shape and take their input in either type, with no Cast.
 
 Storage is planned too: each float32 initializer is stored as float16 (the file halves), except one
-that overflows, or a small one (<= SMALL_CONSTANT values) read only by float32 nodes, where a Cast
+that overflows or underflows, or a small one (<= SMALL_CONSTANT values) read only by float32 nodes, where a Cast
 would cost more than it saves. `quantized_inputs` lists what a node reads in float16 (every float
 input of an fp16 node; the float16-stored initializers a float node reads through a Cast) and
 `quantized_outputs` what it produces in float16.
@@ -39,6 +40,7 @@ from quantcli.graph import SHAPE_READERS, GraphIndex, attr
 from quantcli.quantize.plan import FLOAT, FP16, NodePlan
 
 FP16_MAX = 65504.0
+UNDERFLOW_ERROR = 1e-3  # relative L2 error of a float16-stored initializer beyond which it keeps float32
 SMALL_CONSTANT = 8
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
 _SUFFIX = {F32: "fp32", F16: "fp16"}
@@ -68,7 +70,7 @@ class _Facts:
 
     index: GraphIndex
     types: dict[str, int]  # element type of every tensor the graph declares
-    overflow: dict[str, float]  # float32 initializer -> its largest finite |value|, when > 65504
+    float32_only: dict[str, str]  # float32 initializer float16 cannot hold -> why (overflow, underflow)
     opset: int
     peaks: dict[str, float]  # activation -> largest |value| seen on the calibration samples, when > 65504
 
@@ -89,7 +91,7 @@ def plan_fp16(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]] | N
     index = GraphIndex(model.graph)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     peaks = {t: peak for t, (lo, hi) in (ranges or {}).items() if (peak := max(abs(lo), abs(hi))) > FP16_MAX}
-    facts = _Facts(index, elem_types(model.graph), _overflowing(index), opset, peaks)
+    facts = _Facts(index, elem_types(model.graph), _float32_only(index), opset, peaks)
     why_float = {n.name: _why_float(n, facts) for n in model.graph.node}
     capable = {name for name, why in why_float.items() if why is None}
     for region in _regions(model.graph, facts, capable):
@@ -118,9 +120,32 @@ def _overflow(values: np.ndarray) -> float | None:
     return peak if peak > FP16_MAX else None
 
 
-def _overflowing(index: GraphIndex) -> dict[str, float]:
-    peaks = {n: _overflow(index.array(n)) for n, t in index.initializers.items() if t.data_type == F32}
-    return {n: peak for n, peak in peaks.items() if peak is not None}
+def _underflow(values: np.ndarray) -> float | None:
+    """The relative L2 error of storing `values` in float16, when underflow makes it exceed
+    UNDERFLOW_ERROR (rounding alone stays below ~2.6e-4 on every weight of the real models)."""
+    v = values[np.isfinite(values)].astype(np.float64)
+    norm = float(np.linalg.norm(v))
+    if norm == 0.0:
+        return None
+    err = float(np.linalg.norm(v - v.astype(np.float16).astype(np.float64))) / norm
+    return err if err > UNDERFLOW_ERROR else None
+
+
+def _float32_only(index: GraphIndex) -> dict[str, str]:
+    """The float32 initializers that float16 cannot hold, each with the reason."""
+    notes = {}
+    for name, t in index.initializers.items():
+        if t.data_type != F32:
+            continue
+        values = index.array(name)
+        if (peak := _overflow(values)) is not None:
+            notes[name] = _overflow_note(name, peak)
+        elif (err := _underflow(values)) is not None:
+            notes[name] = (
+                f"initializer {name} keeps float32: its small values underflow float16 (storing it "
+                f"in float16 would cost a relative error of {err:.2g}, over {UNDERFLOW_ERROR:g})"
+            )
+    return notes
 
 
 def _why_float(node: onnx.NodeProto, facts: _Facts) -> str | None:
@@ -143,8 +168,8 @@ def _why_float(node: onnx.NodeProto, facts: _Facts) -> str | None:
     if unknown:
         return f"type of tensor {unknown[0]} is unknown (shape inference could not type it)"
     for t in facts.floats(node.input):
-        if t in facts.overflow:
-            return _overflow_note(t, facts.overflow[t])
+        if t in facts.float32_only:
+            return facts.float32_only[t]
     for t in facts.floats((*node.input, *node.output)):
         if t in facts.peaks:
             return (
@@ -243,7 +268,7 @@ def _stored_fp16(facts: _Facts, fp16: set[str]) -> set[str]:
     index, stored = facts.index, set()
     overridable = {i.name for i in index.graph.input} | index.graph_outputs
     for name, init in index.initializers.items():
-        if init.data_type != F32 or name in facts.overflow or name in overridable:
+        if init.data_type != F32 or name in facts.float32_only or name in overridable:
             continue
         if np.prod(init.dims) > SMALL_CONSTANT or any(c.name in fp16 for c in index.consumers[name]):
             stored.add(name)
@@ -260,7 +285,7 @@ def _node_plan(node: onnx.NodeProto, why_float: str | None, facts: _Facts, store
         return NodePlan(node.name, node.op_type, FP16, reason, read16, facts.floats(node.output))
     weights = [t for t in inputs if t in stored]
     notes = [why_float] + [_STORED_NOTE] * bool(weights)
-    notes += [_overflow_note(t, facts.overflow[t]) for t in inputs if t in facts.overflow]
+    notes += [facts.float32_only[t] for t in inputs if t in facts.float32_only]
     return NodePlan(node.name, node.op_type, FLOAT, "; ".join(dict.fromkeys(notes)), weights, [])
 
 

@@ -195,7 +195,9 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     kept = [t for t in graph.initializer if t.name not in drop_inits]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    graph.initializer.extend(new_inits)
+    # A table read only by row lookups needs its per-row scale, not the zero point made with it.
+    read = {i for n in nodes for i in n.input}
+    graph.initializer.extend(t for t in new_inits if t.name in read)
     # Value infos of retyped or renamed tensors would contradict the new graph.
     stale = [v for v in graph.value_info if v.name in drop_inits]
     for v in stale:
