@@ -327,19 +327,26 @@ def _plan_mixed(
     progress: Callable[[str, int, int], None] | None,
 ) -> QuantPlan:
     """The static plan with the named and the most INT8-sensitive nodes in FP16."""
-    from quantcli.quantize.mixed import SENSITIVITY_SAMPLES, match_patterns, node_sensitivity, plan_mixed
+    from quantcli.quantize.mixed import (
+        SENSITIVITY_SAMPLES,
+        candidate_count,
+        match_patterns,
+        node_sensitivity,
+        plan_mixed,
+    )
 
     named = match_patterns(model, options.fp16_nodes)
-    sensitivity: dict[str, float] = {}
+    sensitivity: dict[str, tuple[float, float]] = {}
     if options.fp16_count:
-        static = plan_static(model, ranges, config)
         refs = split.calib[:SENSITIVITY_SAMPLES]
         if progress:
             progress("measuring per-node INT8 error", 0, len(refs))
         sensitivity = node_sensitivity(
             model,
-            static,
+            ranges,
+            config,
             lambda: iter_samples(refs, specs, options.calib_preprocess),
+            candidates=candidate_count(options.fp16_count),
             memory_budget_bytes=options.calibration.memory_budget_bytes,
         )
     return plan_mixed(model, ranges, config, named=named, sensitivity=sensitivity, count=options.fp16_count)

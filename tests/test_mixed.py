@@ -15,9 +15,9 @@ from quantcli.api import ConvertOptions, convert
 from quantcli.quantize.plan import FP16, INT8
 
 # SQNR (dB) of the logits vs FP32 on the 300 eval samples, 64 calibration samples, measured with the
-# default --fp16-count 1 (static in brackets): digits_cnn 45.72 (44.88), digits_vit 38.31 (36.40),
+# default --fp16-count 1 (static in brackets): digits_cnn 45.72 (44.88), digits_vit 41.64 (40.36),
 # digits_mlp 53.83 (51.70).
-MIN_SQNR_DB = {"digits_cnn": 45.4, "digits_vit": 37.9, "digits_mlp": 53.4}
+MIN_SQNR_DB = {"digits_cnn": 45.4, "digits_vit": 41.3, "digits_mlp": 53.4}
 
 
 @cache
@@ -51,7 +51,7 @@ def test_mixed_is_valid_and_more_accurate_than_static(name: str, out_dir: str, c
     output, _, result = mixed(name, out_dir)
     onnx.checker.check_model(onnx.load(output), full_check=True)
     fp16 = [n for n in result.nodes if n.precision == FP16]
-    assert len(fp16) == 1 and "loses" in fp16[0].reason
+    assert len(fp16) == 1 and "raises the outputs' SQNR on the calibration samples" in fp16[0].reason
     assert sum(n.precision == INT8 for n in result.nodes) > 0
     got, static = result.agreement.outputs[0], converted[name].result.agreement.outputs[0]
     assert got.sqnr_db >= MIN_SQNR_DB[name]
