@@ -175,3 +175,18 @@ def test_kill_9_mid_write_keeps_the_previous_output(tmp_path) -> None:
     )
     assert proc.returncode == -9
     assert sha256(out) == previous
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Atomic writes go through a private temporary file (mode 0600); the result must not stay so."""
+    from conftest import quantcli
+
+    run = quantcli(
+        "convert", SAMPLES / "digits_mlp.onnx", "--mode", "fp16", "-o", tmp_path / "m.onnx",
+        "--save-plan", tmp_path / "plan.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("m.onnx", "plan.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
