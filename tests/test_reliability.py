@@ -33,7 +33,7 @@ def test_same_input_gives_byte_identical_output(tmp_path) -> None:
 
 
 def _big_model(path: Path) -> None:
-    """A model slow enough to calibrate (~1 s per sample) that a signal lands mid-run."""
+    """A model slow enough to calibrate (~20 ms per sample, 400 samples) that a signal lands mid-run."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -79,6 +79,8 @@ def _start_convert(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
             str(out_dir / "q.onnx"),
             "--save-plan",
             str(out_dir / "plan.json"),
+            "--calib-samples",
+            "400",
         ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -89,10 +91,30 @@ def _start_convert(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
     return proc, model, out_dir
 
 
+def _wait_for_cpu(pid: int, seconds: float, timeout: float = 60.0) -> None:
+    """Wait until process `pid` has used `seconds` of CPU time (a wall-clock sleep races with a
+    fast machine: the conversion once finished within the 4 s the test slept)."""
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists():  # no procfs: fall back to wall time
+        time.sleep(seconds)
+        return
+    ticks = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return  # the process is gone: the caller's poll() says so
+        if (int(fields[11]) + int(fields[12])) / ticks >= seconds:
+            return
+        time.sleep(0.02)
+
+
 def _interrupt(tmp_path: Path, sig: int, code: int) -> None:
     proc, model, out_dir = _start_convert(tmp_path)
     before = sha256(model)
-    time.sleep(4)  # well into calibration
+    _wait_for_cpu(proc.pid, 2.0)  # past the imports and the model load: calibrating
+    assert proc.poll() is None, "the conversion finished before the signal: make the workload larger"
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
