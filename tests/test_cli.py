@@ -157,6 +157,10 @@ BAD_INPUTS = {
         lambda d: ["convert", CNN, "--calib", _bad_npz(d / "c"), "-o", d / "o.onnx"],
         ["s0.npz", "cannot read sample"],
     ),
+    "text file named .npz": (
+        lambda d: ["convert", CNN, "--calib", _write_in(d / "c", "s0.npz", b"junk"), "-o", d / "o.onnx"],
+        ["s0.npz", "not a NumPy .npy/.npz file"],
+    ),
     "output is input": (
         lambda d: ["convert", _copy(CNN, d / "m.onnx"), "--calib", CALIB, "-o", d / "m.onnx"],
         ["output path is the input"],
@@ -278,6 +282,12 @@ def _mkdir(path: Path) -> Path:
 def _copy(src: Path, dst: Path) -> Path:
     dst.write_bytes(src.read_bytes())
     return dst
+
+
+def _write_in(directory: Path, name: str, data: bytes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_bytes(data)
+    return directory
 
 
 def _bad_npz(directory: Path) -> Path:

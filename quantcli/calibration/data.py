@@ -97,7 +97,7 @@ def read_sample(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
     except BadDataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise BadDataError(f"{path}: cannot read sample: {exc}") from exc
+        raise BadDataError(f"{path}: cannot read sample: {_load_error(exc)}") from exc
     validate_sample(path, feeds, specs)
     return feeds
 
@@ -187,12 +187,20 @@ def find_samples(
     return refs
 
 
+def _load_error(exc: Exception) -> str:
+    """numpy's message, except where it misleads: a file that is neither .npy nor .npz (text, a
+    truncated archive) makes np.load guess a pickle and talk about allow_pickle."""
+    if "pickled" in str(exc):
+        return "not a NumPy .npy/.npz file (no NumPy header or zip archive)"
+    return str(exc)
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise BadDataError(f"{path}: cannot read sample: {exc}") from exc
+        raise BadDataError(f"{path}: cannot read sample: {_load_error(exc)}") from exc
 
 
 def iter_samples(
