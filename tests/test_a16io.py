@@ -394,3 +394,14 @@ def test_recorded_dtype_must_match_the_tensor(integer_io: dict[str, Converted], 
     assert (
         result.exit_code == 2 and "records 'input' as int8, but the model's tensor is uint8" in result.stderr
     )
+
+
+def test_inspect_reports_16_bit_dequantize_as_expected_not_as_defects(a16: dict[str, Converted]) -> None:
+    """Every 16-bit DequantizeLinear runs (no 16-bit integer kernels): one info finding that says
+    so, not a warning per tensor."""
+    from quantcli.inspect import inspect_model
+
+    result = inspect_model(a16["digits_vit"].output, nodes=False, tensors=False, use_ort=True)
+    not_fused = [f for f in result.findings if f.code == "dq-not-fused"]
+    assert len(not_fused) == 1 and not_fused[0].severity == "info"
+    assert "16-bit activations run" in not_fused[0].message
