@@ -1,7 +1,7 @@
 """Mixed mode: static INT8 everywhere it runs, FP16 for the nodes named or measured most sensitive.
 
 Planning starts from the static plan. The FP16 nodes are the ones `--fp16-nodes` names (shell-style
-patterns on node names) plus the `fp16_count` INT8 nodes whose INT8 error is largest; the static
+patterns on node names) plus the `fp16_count` INT8 nodes whose FP16 form helps most; the static
 planner then decides every other node again with those kept out of INT8 (a Relu after an FP16 Conv
 is no longer absorbed, a Reshape after it no longer runs on quantized data). Nodes that neither
 INT8 nor FP16 can run stay float32, with the static planner's reason.
@@ -46,7 +46,7 @@ from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.rules import Kind, rule_for
 from quantcli.quantize.static import plan_static
 
-SENSITIVITY_SAMPLES = 32  # per-layer error is stable well before this (digits_cnn: same top 3 from 8)
+SENSITIVITY_SAMPLES = 32  # calibration samples the sensitivity runs use (each candidate runs them once)
 
 SampleSource = Callable[[], Iterable[dict[str, np.ndarray]]]
 
