@@ -55,25 +55,29 @@ def optimized_op_counts(model_path: Path, tmp_dir: Path, *, layout: bool = False
     return collections.Counter(n.op_type for n in optimized.graph.node), optimized
 
 
+def convert_sample(name: str, out_dir: Path, tag: str, *, calibrated: bool = True, **options) -> Converted:  # noqa: ANN003
+    """Convert sample model `name` into `out_dir` (`<name>_<tag>.onnx` and its plan), evaluated on
+    its eval samples, calibrated on CALIB_SAMPLES of its calibration samples unless told not to."""
+    output = out_dir / f"{name}_{tag}.onnx"
+    plan = out_dir / f"{name}_{tag}_plan.json"
+    calib = {"calib": DATA / name / "calib", "calib_samples": CALIB_SAMPLES} if calibrated else {}
+    result = convert(
+        ConvertOptions(
+            model=SAMPLES / f"{name}.onnx",
+            output=output,
+            eval=DATA / name / "eval",
+            save_plan=plan,
+            **calib,
+            **options,
+        )
+    )
+    return Converted(name, SAMPLES / f"{name}.onnx", output, plan, result)
+
+
 @pytest.fixture(scope="session")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Converted]:
     out_dir = tmp_path_factory.mktemp("converted")
-    results = {}
-    for name in SAMPLE_NAMES:
-        output = out_dir / f"{name}_int8.onnx"
-        plan = out_dir / f"{name}_plan.json"
-        result = convert(
-            ConvertOptions(
-                model=SAMPLES / f"{name}.onnx",
-                output=output,
-                calib=DATA / name / "calib",
-                calib_samples=CALIB_SAMPLES,
-                eval=DATA / name / "eval",
-                save_plan=plan,
-            )
-        )
-        results[name] = Converted(name, SAMPLES / f"{name}.onnx", output, plan, result)
-    return results
+    return {name: convert_sample(name, out_dir, "int8") for name in SAMPLE_NAMES}
 
 
 @pytest.fixture(scope="session")
@@ -84,18 +88,7 @@ def converted_modes(tmp_path_factory: pytest.TempPathFactory):
 
     def get(name: str, mode: str) -> Converted:
         if (name, mode) not in cache:
-            output = out_dir / f"{name}_{mode}.onnx"
-            plan = out_dir / f"{name}_{mode}_plan.json"
-            result = convert(
-                ConvertOptions(
-                    model=SAMPLES / f"{name}.onnx",
-                    output=output,
-                    mode=mode,
-                    eval=DATA / name / "eval",
-                    save_plan=plan,
-                )
-            )
-            cache[(name, mode)] = Converted(name, SAMPLES / f"{name}.onnx", output, plan, result)
+            cache[(name, mode)] = convert_sample(name, out_dir, mode, calibrated=False, mode=mode)
         return cache[(name, mode)]
 
     return get

@@ -9,7 +9,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from conftest import CALIB_SAMPLES, DATA, SAMPLE_NAMES, SAMPLES, Converted, optimized_op_counts
+from conftest import (
+    CALIB_SAMPLES,
+    DATA,
+    SAMPLE_NAMES,
+    SAMPLES,
+    Converted,
+    convert_sample,
+    optimized_op_counts,
+)
 from onnx import TensorProto, helper, numpy_helper
 
 from quantcli.api import ConvertOptions, convert
@@ -39,22 +47,9 @@ A16_MIN_SQNR = {"digits_cnn": 47.0, "digits_mlp": 55.0, "digits_vit": 45.0}  # 4
 @pytest.fixture(scope="module")
 def a16(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Converted]:
     out_dir = tmp_path_factory.mktemp("a16")
-    results = {}
-    for name in SAMPLE_NAMES:
-        output, plan = out_dir / f"{name}_a16w8.onnx", out_dir / f"{name}_a16w8_plan.json"
-        result = convert(
-            ConvertOptions(
-                model=SAMPLES / f"{name}.onnx",
-                output=output,
-                calib=DATA / name / "calib",
-                calib_samples=CALIB_SAMPLES,
-                eval=DATA / name / "eval",
-                activation_type=QType.INT16,
-                save_plan=plan,
-            )
-        )
-        results[name] = Converted(name, SAMPLES / f"{name}.onnx", output, plan, result)
-    return results
+    return {
+        name: convert_sample(name, out_dir, "a16w8", activation_type=QType.INT16) for name in SAMPLE_NAMES
+    }
 
 
 def _inits(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -163,22 +158,7 @@ def test_a16w8_at_opset_21_uses_standard_quantize_linear() -> None:
 @pytest.fixture(scope="module")
 def integer_io(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Converted]:
     out_dir = tmp_path_factory.mktemp("integer_io")
-    results = {}
-    for name in SAMPLE_NAMES:
-        output, plan = out_dir / f"{name}_int_io.onnx", out_dir / f"{name}_int_io_plan.json"
-        result = convert(
-            ConvertOptions(
-                model=SAMPLES / f"{name}.onnx",
-                output=output,
-                calib=DATA / name / "calib",
-                calib_samples=CALIB_SAMPLES,
-                eval=DATA / name / "eval",
-                integer_io=True,
-                save_plan=plan,
-            )
-        )
-        results[name] = Converted(name, SAMPLES / f"{name}.onnx", output, plan, result)
-    return results
+    return {name: convert_sample(name, out_dir, "int_io", integer_io=True) for name in SAMPLE_NAMES}
 
 
 def _eval_inputs(name: str) -> np.ndarray:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import CALIB_SAMPLES, DATA, SAMPLE_NAMES, SAMPLES, optimized_op_counts, quantcli, sha256
+from conftest import DATA, SAMPLE_NAMES, SAMPLES, convert_sample, optimized_op_counts, quantcli, sha256
 
-from quantcli.api import ConvertOptions, convert
+from quantcli.api import ConvertOptions, ConvertResult, convert
 from quantcli.quantize.plan import FP16, INT8
 
 # SQNR (dB) of the logits vs FP32 on the 300 eval samples, 64 calibration samples, measured with the
@@ -21,24 +22,10 @@ MIN_SQNR_DB = {"digits_cnn": 45.4, "digits_vit": 41.3, "digits_mlp": 53.4}
 
 
 @cache
-def mixed(name: str, out_dir: str, **kwargs) -> object:  # noqa: ANN003
-    from pathlib import Path
-
-    output = Path(out_dir) / f"{name}_mixed_{abs(hash(tuple(sorted(kwargs.items()))))}.onnx"
-    plan = output.with_suffix(".plan.json")
-    result = convert(
-        ConvertOptions(
-            model=SAMPLES / f"{name}.onnx",
-            output=output,
-            mode="mixed",
-            calib=DATA / name / "calib",
-            calib_samples=CALIB_SAMPLES,
-            eval=DATA / name / "eval",
-            save_plan=plan,
-            **kwargs,
-        )
-    )
-    return output, plan, result
+def mixed(name: str, out_dir: str, **kwargs) -> tuple[Path, Path, ConvertResult]:  # noqa: ANN003
+    tag = "mixed_" + "_".join(f"{k}-{v}" for k, v in sorted(kwargs.items())).replace("/", "").replace("*", "")
+    c = convert_sample(name, Path(out_dir), tag, mode="mixed", **kwargs)
+    return c.output, c.plan, c.result
 
 
 @pytest.fixture(scope="module")
