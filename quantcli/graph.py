@@ -30,7 +30,7 @@ class GraphIndex:
                 if inp:
                     self.consumers[inp].append(node)
             # Tensors read inside subgraphs (If/Loop bodies) count as consumed by the outer node.
-            for name in _subgraph_reads(node):
+            for name in subgraph_reads(node):
                 self.consumers[name].append(node)
         self.graph_inputs = {i.name for i in graph.input} - set(self.initializers)
         self.graph_outputs = {o.name for o in graph.output}
@@ -75,14 +75,13 @@ class NameAllocator:
         return name
 
 
-def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Every tensor name that a node of `node`'s subgraphs (recursively) reads."""
     names: set[str] = set()
-    for attr in node.attribute:
-        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
-        for g in graphs:
-            for sub in g.node:
-                names.update(i for i in sub.input if i)
-                names.update(_subgraph_reads(sub))
+    for g in subgraphs(node):
+        for sub in g.node:
+            names.update(i for i in sub.input if i)
+            names.update(subgraph_reads(sub))
     return names
 
 
@@ -96,3 +95,15 @@ def attr(node: onnx.NodeProto, name: str, default=None):  # noqa: ANN001 - attri
 def node_label(node: onnx.NodeProto) -> str:
     """A node's name, or a stable stand-in when the exporter left it empty."""
     return node.name or f"{node.op_type}({node.output[0] if node.output else ''})"
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A deep copy of `model` (the rewriters' `in_place=False`)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs held in a node's attributes (If branches, Loop/Scan bodies)."""
+    return [g for a in node.attribute for g in (*a.graphs, *([a.g] if a.HasField("g") else []))]

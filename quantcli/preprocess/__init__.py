@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from quantcli.graph import copy_model
 from quantcli.preprocess.base import Pass, PassResult
 from quantcli.preprocess.fold_constants import FoldConstants
 from quantcli.preprocess.fuse_bn import FuseConvBatchNorm
@@ -37,11 +38,7 @@ DEFAULT_PASSES: tuple[type[Pass], ...] = (
 def preprocess(model: onnx.ModelProto, *, in_place: bool = False) -> PreprocessResult:
     """Run the default passes on a copy (the caller's model object is left untouched), or on the
     model itself with `in_place` (one copy of the weights fewer, for a model the caller owns)."""
-    if in_place:
-        work = model
-    else:
-        work = onnx.ModelProto()
-        work.CopyFrom(model)
+    work = model if in_place else copy_model(model)
     result = PreprocessResult(work)
     for pass_cls in DEFAULT_PASSES:
         step: PassResult = pass_cls().call(result.model)

@@ -6,18 +6,8 @@ from __future__ import annotations
 
 import onnx
 
+from quantcli.graph import subgraph_reads
 from quantcli.preprocess.base import Pass, PassResult
-
-
-def read_names(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name a node of the graph, or of any subgraph, reads."""
-    names: set[str] = set()
-    for node in graph.node:
-        names.update(node.input)
-        for a in node.attribute:
-            for g in (*a.graphs, *([a.g] if a.HasField("g") else [])):
-                names |= read_names(g)
-    return names
 
 
 class DropUnusedInitializers(Pass):
@@ -26,7 +16,10 @@ class DropUnusedInitializers(Pass):
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph
-        keep = read_names(graph) | {o.name for o in graph.output} | {i.name for i in graph.input}
+        keep = {o.name for o in graph.output} | {i.name for i in graph.input}
+        for node in graph.node:
+            keep.update(node.input)
+            keep |= subgraph_reads(node)
         unused = [t for t in graph.initializer if t.name not in keep]
         for t in unused:
             graph.initializer.remove(t)

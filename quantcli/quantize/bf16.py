@@ -15,7 +15,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from quantcli.errors import BadPlanError
-from quantcli.graph import GraphIndex, NameAllocator
+from quantcli.graph import GraphIndex, NameAllocator, copy_model
 from quantcli.quantize.plan import FLOAT, NodePlan
 
 SMALL_CONSTANT = 8  # at most this many values: not worth a Cast
@@ -51,7 +51,7 @@ def plan_bf16(model: onnx.ModelProto) -> list[NodePlan]:
 
 def rewrite_bf16(model: onnx.ModelProto, nodes: list[NodePlan], *, in_place: bool = False) -> onnx.ModelProto:
     """Store the initializers the plan lists as bfloat16, each behind one Cast to float32."""
-    out = model if in_place else _copy(model)
+    out = model if in_place else copy_model(model)
     graph = out.graph
     index = GraphIndex(graph)
     known = {n.name for n in graph.node}
@@ -84,10 +84,4 @@ def rewrite_bf16(model: onnx.ModelProto, nodes: list[NodePlan], *, in_place: boo
     body = list(graph.node)
     del graph.node[:]
     graph.node.extend(casts + body)
-    return out
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
     return out

@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quantcli.errors import BadPlanError
-from quantcli.graph import GraphIndex, NameAllocator, attr
+from quantcli.graph import GraphIndex, NameAllocator, attr, copy_model
 from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
 from quantcli.quantize.embedding import embedding_table, gather_rows
 from quantcli.quantize.params import QType, quantize_array
@@ -108,7 +108,7 @@ def plan_dynamic(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
 
 def rewrite_dynamic(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = False) -> onnx.ModelProto:
     """The model with each INT8-planned MatMul/Gemm in the dynamic integer pattern."""
-    out = model if in_place else _copy(model)
+    out = model if in_place else copy_model(model)
     graph = out.graph
     index = GraphIndex(graph)
     names = NameAllocator(graph)
@@ -287,9 +287,3 @@ def _bias_second(node: onnx.NodeProto, index: GraphIndex, plan: dict[str, NodePl
     if producer is not None and producer.op_type == "MatMul" and plan.get(producer.name, None) is not None:
         if plan[producer.name].precision == INT8:
             node.input[0], node.input[1] = node.input[1], node.input[0]
-
-
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    return out

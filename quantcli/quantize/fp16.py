@@ -36,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantcli import __version__
 from quantcli.errors import BadPlanError
-from quantcli.graph import SHAPE_READERS, GraphIndex, attr
+from quantcli.graph import SHAPE_READERS, GraphIndex, attr, copy_model, subgraphs
 from quantcli.quantize.plan import FLOAT, FP16, NodePlan
 
 FP16_MAX = 65504.0
@@ -293,8 +293,7 @@ def rewrite_fp16(
     model: onnx.ModelProto, nodes: list[NodePlan], *, keep_io_types: bool = True
 ) -> onnx.ModelProto:
     """A new model (the input is not modified) in which the nodes planned "fp16" compute in float16."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    out = copy_model(model)
     graph = out.graph
     index = GraphIndex(graph)
     types = elem_types(graph)
@@ -414,10 +413,6 @@ class _Casts:
             nodes.extend(self.after.get(node.name, []))
         del graph.node[:]
         graph.node.extend(nodes)
-
-
-def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    return [g for a in node.attribute for g in (*a.graphs, *([a.g] if a.HasField("g") else []))]
 
 
 def _all_names(graph: onnx.GraphProto) -> set[str]:

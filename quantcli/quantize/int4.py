@@ -30,7 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quantcli.errors import BadPlanError
-from quantcli.graph import GraphIndex, NameAllocator, attr
+from quantcli.graph import GraphIndex, NameAllocator, attr, copy_model
 from quantcli.quantize.blockwise import BITS, block_qparams, n_blocks, pack_nibbles, packed_bytes, to_blocks
 from quantcli.quantize.blockwise import quantize_blocks as quantize_weight_blocks
 from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
@@ -170,11 +170,7 @@ def rewrite_int4(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fa
     """The model with each INT4-planned MatMul/Gemm replaced by a MatMulNBits of the same name and
     output (Gemm's bias becomes its bias input, or an Add after it when not a constant [N] vector).
     Other nodes are left alone: the INT8 embedding tables are rewrite_qdq's."""
-    if in_place:
-        out = model
-    else:
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
+    out = model if in_place else copy_model(model)
     graph = out.graph
     index = GraphIndex(graph)
     names = NameAllocator(graph)

@@ -32,14 +32,13 @@ import onnx
 
 from quantcli.calibration.collect import Ranges
 from quantcli.errors import UsageError
-from quantcli.graph import GraphIndex
+from quantcli.graph import GraphIndex, copy_model, subgraphs
 from quantcli.quantize.fp16 import (
     FP16_CPU_KERNELS,
     FP16_MAX,
     attribute_forbids_fp16,
     elem_types,
     rewrite_fp16,
-    subgraphs,
 )
 from quantcli.quantize.plan import FP16, INT8, QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
@@ -107,9 +106,7 @@ def node_sensitivity(
         plan = plan_mixed(model, ranges, config, named=[name], sensitivity={}, count=0)
         if not any(n.precision == FP16 for n in plan.nodes):
             continue  # it cannot be FP16 (overflow, attributes): plan_mixed says why when named
-        work = onnx.ModelProto()
-        work.CopyFrom(model)
-        gain = _output_sqnr(reference, rewrite_mixed(work, plan), samples) - baseline
+        gain = _output_sqnr(reference, rewrite_mixed(copy_model(model), plan), samples) - baseline
         if gain > 0:
             gains[name] = (gain, loss[name])
     return dict(sorted(gains.items(), key=lambda kv: -kv[1][0]))

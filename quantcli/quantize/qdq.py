@@ -21,7 +21,7 @@ from onnx import helper, numpy_helper
 
 from quantcli import __version__
 from quantcli.errors import BadPlanError
-from quantcli.graph import SHAPE_READERS, GraphIndex, NameAllocator
+from quantcli.graph import SHAPE_READERS, GraphIndex, NameAllocator, copy_model
 from quantcli.preprocess.opset import default_opset
 from quantcli.quantize.embedding import gather_rows
 from quantcli.quantize.integer_io import io_tensors, record_io_quantization
@@ -57,11 +57,7 @@ def quantized_tensor_names(model: onnx.ModelProto, plan: QuantPlan) -> list[str]
 def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = False) -> onnx.ModelProto:
     """The model with Q/DQ inserted as the plan says; a copy unless `in_place` (saves one copy of
     the weights on a big model)."""
-    if in_place:
-        out = model
-    else:
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
+    out = model if in_place else copy_model(model)
     graph = out.graph
     names = NameAllocator(graph)
     wanted = quantized_tensor_names(out, plan)
