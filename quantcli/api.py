@@ -201,7 +201,7 @@ def convert(
             )
         if options.integer_io and not plan.config.integer_io:
             raise UsageError(f"--integer-io contradicts the plan {options.plan}, made without it")
-    elif options.mode in ("static", None):
+    elif options.mode in ("static", "mixed", None):
         t = time.perf_counter()
         calibration = replace(
             options.calibration,
@@ -210,18 +210,11 @@ def convert(
         )
         ranges = _calibrate(model, split, specs, options, calibration, progress)
         seconds["calibrate"] = time.perf_counter() - t
-        plan = plan_static(model, ranges, config)
-    elif options.mode == "mixed":
-        t = time.perf_counter()
-        calibration = replace(
-            options.calibration,
-            symmetric=config.symmetric_activations,
-            levels=2**config.activation_type.bits,
-        )
-        ranges = _calibrate(model, split, specs, options, calibration, progress)
-        seconds["calibrate"] = time.perf_counter() - t
-        plan = _plan_mixed(model, ranges, config, split, specs, options, progress)
-        seconds["sensitivity"] = time.perf_counter() - t - seconds["calibrate"]
+        if options.mode == "mixed":
+            plan = _plan_mixed(model, ranges, config, split, specs, options, progress)
+            seconds["sensitivity"] = time.perf_counter() - t - seconds["calibrate"]
+        else:
+            plan = plan_static(model, ranges, config)
     elif options.mode == "dynamic":
         plan = plan_dynamic(model, config)
     elif options.mode == "weights-int8":

@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quantcli.graph import GraphIndex, NameAllocator, attr
+from quantcli.quantize.plan import INT8, NodePlan, QuantConfig, TensorParams
 
 REASON = "embedding table stored INT8 with one scale per row; only the gathered rows are dequantized"
 
@@ -29,6 +30,18 @@ def embedding_table(node: onnx.NodeProto, index: GraphIndex) -> str | None:
     if t is None or t.data_type != TensorProto.FLOAT or len(t.dims) != 2 or ids in index.initializers:
         return None
     return table if attr(node, "axis", 0) == 0 else None
+
+
+def plan_embedding(
+    node: onnx.NodeProto, index: GraphIndex, tensors: dict[str, TensorParams], config: QuantConfig
+) -> NodePlan | None:
+    """The INT8 plan of a row-lookup Gather, its table's per-row parameters added to `tensors`;
+    None when `node` is not one (the weight-only modes' shared first step)."""
+    table = embedding_table(node, index)
+    if table is None:
+        return None
+    tensors.setdefault(table, TensorParams.for_weight(index.array(table), 0, config))
+    return NodePlan(node.name, node.op_type, INT8, REASON, quantized_inputs=[table])
 
 
 def gather_rows(

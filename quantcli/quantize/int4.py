@@ -33,10 +33,9 @@ from quantcli.errors import BadPlanError
 from quantcli.graph import GraphIndex, NameAllocator, attr, copy_model
 from quantcli.quantize.blockwise import BITS, block_qparams, n_blocks, pack_nibbles, packed_bytes, to_blocks
 from quantcli.quantize.blockwise import quantize_blocks as quantize_weight_blocks
-from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
-from quantcli.quantize.embedding import embedding_table
+from quantcli.quantize.embedding import embedding_table, plan_embedding
 from quantcli.quantize.params import QType
-from quantcli.quantize.plan import FLOAT, INT4, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
+from quantcli.quantize.plan import FLOAT, INT4, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.weights import weight_of
 
 MS_DOMAIN = "com.microsoft"
@@ -101,10 +100,9 @@ def plan_weights_int4(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     )
     tables = {embedding_table(n, index) for n in model.graph.node} - {None}
     for node in model.graph.node:
-        table = embedding_table(node, index)
-        if table is not None:
-            tensors.setdefault(table, TensorParams.for_weight(index.array(table), 0, config))
-            nodes.append(NodePlan(node.name, node.op_type, INT8, EMBEDDING_REASON, quantized_inputs=[table]))
+        embedding = plan_embedding(node, index, tensors, config)
+        if embedding is not None:
+            nodes.append(embedding)
             continue
         if node.op_type not in OP_TYPES or node.domain not in ("", "ai.onnx"):
             reason = (

@@ -10,8 +10,7 @@ import onnx
 from onnx import TensorProto
 
 from quantcli.graph import GraphIndex
-from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
-from quantcli.quantize.embedding import embedding_table
+from quantcli.quantize.embedding import plan_embedding
 from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import rule_for
 
@@ -38,10 +37,9 @@ def plan_weights_int8(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     nodes: list[NodePlan] = []
     tensors: dict[str, TensorParams] = {}
     for node in model.graph.node:
-        table = embedding_table(node, index)
-        if table is not None:
-            tensors.setdefault(table, TensorParams.for_weight(index.array(table), 0, config))
-            nodes.append(NodePlan(node.name, node.op_type, INT8, EMBEDDING_REASON, quantized_inputs=[table]))
+        embedding = plan_embedding(node, index, tensors, config)
+        if embedding is not None:
+            nodes.append(embedding)
             continue
         weight, why_not = weight_of(node, index)
         if weight is None:
