@@ -110,8 +110,8 @@ class HistogramObserver(MinMaxObserver):
             position = x[start : start + CHUNK].astype(np.float64)
             position -= self.lo
             position *= inverse
-            index = position.astype(np.intp)
-            np.clip(index, 0, self.bins - 1, out=index)
+            index = position.astype(np.intp)  # >= 0: every value is >= lo
+            np.minimum(index, self.bins - 1, out=index)  # the top edge counts in the top bin
             counts += np.bincount(index, minlength=self.bins)
         return counts
 
