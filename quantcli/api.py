@@ -71,6 +71,7 @@ class ConvertOptions:
     integer_io: bool = False
 
     def __post_init__(self) -> None:
+        check_model_path(self.model)  # a missing model is the first thing to say, before option errors
         if self.mode is not None and self.mode not in MODES:
             raise UsageError(f"--mode {self.mode}: not one of {', '.join(MODES)}")
         if self.block_size not in BLOCK_SIZES:
@@ -87,10 +88,35 @@ class ConvertOptions:
             raise UsageError(
                 f"--mode {self.mode or 'static'} needs calibration data: pass --calib DIR (or --plan FILE)"
             )
-        if self.mode != "mixed" and self.fp16_nodes:
-            raise UsageError("--fp16-nodes applies to --mode mixed only")
         if self.fp16_count < 0:
             raise UsageError(f"--fp16-count {self.fp16_count}: must be 0 or more")
+        self._check_mode_options()
+
+    def _check_mode_options(self) -> None:
+        """A mode-specific option given with another mode would silently change nothing: refuse it.
+        Without --mode a plan's mode decides (nothing is refused), or the mode is static."""
+        mode = self.mode or ("static" if self.plan is None else None)
+        if mode is None:
+            return
+        for option, value, modes in _MODE_OPTIONS:
+            if getattr(self, option) != value and mode not in modes:
+                flag = _FLAGS.get(option, "--" + option.replace("_", "-"))
+                needs = " or ".join(f"--mode {m}" for m in modes)
+                raise UsageError(f"{flag} applies to {needs} only, not --mode {mode}")
+
+
+# (field, its default, the modes that read it) for options only some modes read.
+_MODE_OPTIONS: tuple[tuple[str, object, tuple[str, ...]], ...] = (
+    ("activation_type", QType.UINT8, ("static", "mixed")),
+    ("fp16_nodes", (), ("mixed",)),
+    ("fp16_count", FP16_COUNT, ("mixed",)),
+    ("block_size", DEFAULT_BLOCK_SIZE, ("weights-int4",)),
+    ("weight_symmetric", False, ("weights-int4",)),
+    ("int4_compute", "float", ("weights-int4",)),
+    ("dynamic_op_types", ("MatMul", "Gemm"), ("dynamic",)),
+    ("keep_io_types", True, ("fp16",)),
+)
+_FLAGS = {"weight_symmetric": "--weight-symmetric", "keep_io_types": "--no-keep-io-types"}
 
 
 @dataclass

@@ -86,6 +86,38 @@ BAD_INPUTS = {
         lambda d: ["convert", _write(d / "empty.onnx", b""), "--calib", CALIB, "-o", d / "o.onnx"],
         ["empty.onnx", "empty"],
     ),
+    "missing model, mode needing calib": (
+        lambda d: ["convert", d / "nope.onnx", "--mode", "mixed", "-o", d / "o.onnx"],
+        ["nope.onnx", "no such file"],
+    ),
+    "int16 activations with bf16": (
+        lambda d: ["convert", CNN, "--mode", "bf16", "--activation-type", "int16", "-o", d / "o.onnx"],
+        ["--activation-type applies to --mode static or --mode mixed only, not --mode bf16"],
+    ),
+    "block size with static": (
+        lambda d: ["convert", CNN, "--calib", CALIB, "--block-size", "128", "-o", d / "o.onnx"],
+        ["--block-size applies to --mode weights-int4 only, not --mode static"],
+    ),
+    "int4 compute with weights-int8": (
+        lambda d: ["convert", CNN, "--mode", "weights-int8", "--int4-compute", "int8", "-o", d / "o.onnx"],
+        ["--int4-compute applies to --mode weights-int4 only"],
+    ),
+    "symmetric int4 blocks with fp16": (
+        lambda d: ["convert", CNN, "--mode", "fp16", "--weight-symmetric", "-o", d / "o.onnx"],
+        ["--weight-symmetric applies to --mode weights-int4 only"],
+    ),
+    "fp16 count with static": (
+        lambda d: ["convert", CNN, "--calib", CALIB, "--fp16-count", "3", "-o", d / "o.onnx"],
+        ["--fp16-count applies to --mode mixed only"],
+    ),
+    "dynamic op types with static": (
+        lambda d: ["convert", CNN, "--calib", CALIB, "--dynamic-op-types", "Conv", "-o", d / "o.onnx"],
+        ["--dynamic-op-types applies to --mode dynamic only"],
+    ),
+    "float16 I/O with bf16": (
+        lambda d: ["convert", CNN, "--mode", "bf16", "--no-keep-io-types", "-o", d / "o.onnx"],
+        ["--no-keep-io-types applies to --mode fp16 only"],
+    ),
     "static without calib": (
         lambda d: ["convert", CNN, "-o", d / "o.onnx"],
         ["--mode static needs calibration data"],
