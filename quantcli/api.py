@@ -68,6 +68,7 @@ class ConvertOptions:
     block_size: int = DEFAULT_BLOCK_SIZE  # weights-int4
     weight_symmetric: bool = False  # weights-int4
     int4_compute: str = "float"  # weights-int4: float, or int8 (MatMulNBits accuracy_level 4)
+    bias_correction: bool = True  # static/mixed: INT32 biases cancel the INT8 weights' mean shift
     integer_io: bool = False
 
     def __post_init__(self) -> None:
@@ -113,10 +114,15 @@ _MODE_OPTIONS: tuple[tuple[str, object, tuple[str, ...]], ...] = (
     ("block_size", DEFAULT_BLOCK_SIZE, ("weights-int4",)),
     ("weight_symmetric", False, ("weights-int4",)),
     ("int4_compute", "float", ("weights-int4",)),
+    ("bias_correction", True, ("static", "mixed")),
     ("dynamic_op_types", ("MatMul", "Gemm"), ("dynamic",)),
     ("keep_io_types", True, ("fp16",)),
 )
-_FLAGS = {"weight_symmetric": "--weight-symmetric", "keep_io_types": "--no-keep-io-types"}
+_FLAGS = {
+    "weight_symmetric": "--weight-symmetric",
+    "keep_io_types": "--no-keep-io-types",
+    "bias_correction": "--no-bias-correction",
+}
 
 
 @dataclass
@@ -142,6 +148,7 @@ class ConvertResult:
     weight_bytes: dict[str, int] | None = None  # MatMul/Gemm weights {"before", "after"} (weights-int4)
     activation_type: str | None = None  # static mode: uint8, int8 or int16
     io_quantization: dict[str, IOQuantization] = field(default_factory=dict)  # --integer-io
+    bias_corrected: int | None = None  # static/mixed: INT32 biases with a bias correction
 
     @property
     def size_ratio(self) -> float:
@@ -217,6 +224,7 @@ def convert(
         block_size=options.block_size,
         weight_symmetric=options.weight_symmetric,
         int4_compute=options.int4_compute,
+        bias_correction=options.bias_correction,
         integer_io=options.integer_io,
     )
     replayed = plan is not None
@@ -333,6 +341,9 @@ def convert(
         weight_bytes=weight_bytes,
         activation_type=plan.config.activation_type.value if plan.mode in ("static", "mixed") else None,
         io_quantization=io_quantization,
+        bias_corrected=sum(t.correction is not None for t in plan.tensors.values())
+        if plan.mode in ("static", "mixed")
+        else None,
     )
 
 

@@ -192,6 +192,13 @@ def main() -> None:
     "activations to INT8 at run time (MatMulNBits accuracy_level 4): faster, slightly less accurate.",
 )
 @click.option(
+    "--bias-correction/--no-bias-correction",
+    default=True,
+    show_default=True,
+    help="static/mixed: subtract from each INT8 Conv/Gemm bias the mean shift its INT8 weights add "
+    "(measured on --calib); no cost at inference.",
+)
+@click.option(
     "--integer-io",
     is_flag=True,
     help="static: the model takes and returns the quantized tensors (uint8/int8) instead of float; "
@@ -252,6 +259,7 @@ def convert(
     block_size: str,
     weight_symmetric: bool,
     int4_compute: str,
+    bias_correction: bool,
     integer_io: bool,
     check_latency: bool,
     threads: int,
@@ -305,6 +313,7 @@ def convert(
             block_size=int(block_size),
             weight_symmetric=weight_symmetric,
             int4_compute=int4_compute,
+            bias_correction=bias_correction,
             integer_io=integer_io,
             check_latency=check_latency,
             latency_threads=threads,

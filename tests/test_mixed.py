@@ -161,7 +161,10 @@ def test_cli_json_reports_fp16_nodes(tmp_path) -> None:  # noqa: ANN001
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["mode"] == "mixed"
-    assert report["nodes_by_precision"]["fp16"] == 2
+    # At most the 2 asked for: a node whose FP16 form does not raise the outputs' SQNR is not taken.
+    fp16 = [n for n in report["nodes"] if n["precision"] == "fp16"]
+    assert 1 <= report["nodes_by_precision"]["fp16"] == len(fp16) <= 2
+    assert all("raises the outputs' SQNR" in n["reason"] for n in fp16)
     sess = ort.InferenceSession(str(tmp_path / "o.onnx"), providers=["CPUExecutionProvider"])
     x = np.load(sorted((DATA / "digits_mlp" / "eval").glob("*.npz"))[0])["input"]
     assert np.isfinite(sess.run(None, {"input": x})[0]).all()

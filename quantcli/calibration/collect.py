@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from quantcli.calibration.observers import DEFAULT_BINS
+from quantcli.calibration.observers import DEFAULT_BINS, ChannelMeanObserver
 from quantcli.calibration.ranges import CalibMethod, compute_range, make_observer
 from quantcli.errors import UnsupportedModelError
 from quantcli.model_io import model_size, serialize_model, staged_model
@@ -24,6 +24,8 @@ class Ranges:
     samples: int = 0
     method: str = "minmax"
     excluded: dict[str, str] = field(default_factory=dict)  # tensor -> why its range is unusable
+    # Per-channel means of the data inputs of Conv/Gemm nodes with constant weights (bias correction).
+    channel_means: dict[str, np.ndarray] = field(default_factory=dict)
 
     def why_missing(self, name: str) -> str:
         return self.excluded.get(name, f"no calibrated range for {name}")
@@ -137,6 +139,7 @@ def collect_ranges(
         batch = 1
     groups = tensor_groups(names, sizes, config.memory_budget_bytes // batch)
     observers = {n: make_observer(config.method, config.bins) for n in names}
+    means = {n: ChannelMeanObserver(axis) for n, axis in weighted_inputs(model).items() if n in observers}
     count = 0
     for g, group in enumerate(groups):
         session = probe if probe is not None and len(groups) == 1 else exposing_session(model, group)
@@ -153,6 +156,8 @@ def collect_ranges(
                     obs = observers.get(name)
                     if obs is not None and isinstance(value, np.ndarray) and value.dtype == np.float32:
                         obs.update(value)
+                        if name in means:
+                            means[name].update(value)
             count += n
             results = values = value = None  # do not hold this run's outputs while the next run computes
             if progress is not None:
@@ -172,7 +177,22 @@ def collect_ranges(
         for n, o in observers.items()
         if o.count
     }
-    return Ranges(ranges, count, config.method.value)
+    channel_means = {n: m for n, o in means.items() if (m := o.mean()) is not None}
+    return Ranges(ranges, count, config.method.value, channel_means=channel_means)
+
+
+def weighted_inputs(model: onnx.ModelProto) -> dict[str, int]:
+    """Data inputs of the Conv nodes and (transA=0) Gemm nodes whose weight is an initializer, with
+    their channel axis (1): the tensors whose channel means bias correction needs."""
+    inits = {t.name for t in model.graph.initializer}
+    found: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        if node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute):
+            continue
+        found[node.input[0]] = 1
+    return found
 
 
 _PASS_THROUGH = (

@@ -144,3 +144,34 @@ class HistogramObserver(MinMaxObserver):
         self.counts = new_counts
         self.lo = new_lo
         self.width = w * factor
+
+
+class ChannelMeanObserver:
+    """The running mean of each channel (`axis`) over every other axis: the E[x] that bias
+    correction (quantize/bias_correction.py) multiplies by the weights' quantization error."""
+
+    def __init__(self, axis: int = 1) -> None:
+        self.axis = axis
+        self.sums: np.ndarray | None = None
+        self.count = 0  # values per channel seen
+
+    def update(self, x: np.ndarray) -> None:
+        if x.ndim <= self.axis or x.size == 0:
+            return
+        other = tuple(i for i in range(x.ndim) if i != self.axis)
+        sums = np.sum(x, axis=other, dtype=np.float64)
+        if self.sums is None:
+            self.sums = sums
+        elif sums.shape != self.sums.shape:  # a tensor whose channel count varies: no mean
+            self.sums, self.count = None, -1
+            return
+        else:
+            self.sums += sums
+        if self.count >= 0:
+            self.count += x.size // x.shape[self.axis]
+
+    def mean(self) -> np.ndarray | None:
+        """The channel means, or None when nothing usable (finite, fixed channels) was seen."""
+        if self.sums is None or self.count <= 0 or not np.isfinite(self.sums).all():
+            return None
+        return self.sums / self.count

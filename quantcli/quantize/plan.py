@@ -42,6 +42,7 @@ class QuantConfig:
     weight_symmetric: bool = False  # weights-int4: no zero points (MatMulNBits' implicit 8)
     int4_compute: str = "float"  # weights-int4: "int8" sets MatMulNBits accuracy_level 4
     integer_io: bool = False  # static: quantized graph inputs/outputs (quantize/integer_io.py)
+    bias_correction: bool = True  # static/mixed: INT32 biases cancel the INT8 weights' mean shift
 
     def __post_init__(self) -> None:
         if self.int4_compute not in ("float", "int8"):
@@ -77,6 +78,8 @@ class TensorParams:
     zero_point: list[int]
     axis: int | None = None
     range: list[float] | None = None
+    # bias: subtracted from the float values before quantizing (quantize/bias_correction.py)
+    correction: list[float] | None = None
 
     @classmethod
     def for_weight(cls, w: np.ndarray, axis: int | None, config: QuantConfig | None = None) -> TensorParams:
@@ -139,6 +142,7 @@ class QuantPlan:
                 "weight_symmetric": self.config.weight_symmetric,
                 "int4_compute": self.config.int4_compute,
                 "integer_io": self.config.integer_io,
+                "bias_correction": self.config.bias_correction,
             },
             "calibration_samples": self.calibration_samples,
             "nodes": [asdict(n) for n in self.nodes],
@@ -172,6 +176,7 @@ class QuantPlan:
                 weight_symmetric=bool(cfg.get("weight_symmetric", False)),
                 int4_compute=str(cfg.get("int4_compute", "float")),
                 integer_io=bool(cfg.get("integer_io", False)),
+                bias_correction=bool(cfg.get("bias_correction", False)),
             )
             if data["mode"] not in MODES:
                 raise BadPlanError(f"{source}: mode must be one of {', '.join(MODES)}, not {data['mode']!r}")

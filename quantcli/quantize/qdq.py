@@ -16,6 +16,7 @@ onnx's version converter for the sake of the Q/DQ alone.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -107,6 +108,8 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
         if t in index.initializers:
             values = index.array(t)
             _check_shape(t, values.shape, params)
+            if params.correction is not None:
+                values = _corrected(t, values, params.correction)
             symmetric = params.role in ("weight", "bias")
             q = quantize_array(values, scale, zp, params.dtype, params.axis, symmetric=symmetric)
             q_name = names.new(f"{t}_quantized")
@@ -250,6 +253,14 @@ def consumer_reads(
     if exact and (producer is None or getattr(plan_nodes.get(producer.name), "precision", None) != INT8):
         return t
     return dequantized
+
+
+def _corrected(name: str, values: np.ndarray, correction: list[float]) -> np.ndarray:
+    """A bias minus its planned correction (quantize/bias_correction.py)."""
+    shift = np.asarray(correction, dtype=np.float64)
+    if shift.size != values.size:
+        raise BadPlanError(f"plan: '{name}' has {shift.size} correction values for {values.size} biases")
+    return (values.astype(np.float64) - shift.reshape(values.shape)).astype(values.dtype)
 
 
 def _check_shape(name: str, shape: tuple[int, ...], params: TensorParams) -> None:

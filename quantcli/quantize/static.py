@@ -8,6 +8,7 @@ import onnx
 
 from quantcli.calibration.collect import Ranges
 from quantcli.graph import GraphIndex
+from quantcli.quantize.bias_correction import output_shift
 from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
 from quantcli.quantize.embedding import embedding_table
 from quantcli.quantize.integer_io import plan_io_tensors
@@ -111,7 +112,7 @@ def _without_sentinels(ranges: Ranges, index: GraphIndex) -> Ranges:
             )
         else:
             kept[name] = (lo, hi)
-    return Ranges(kept, ranges.samples, ranges.method, excluded)
+    return Ranges(kept, ranges.samples, ranges.method, excluded, ranges.channel_means)
 
 
 def _decide_all(
@@ -347,7 +348,12 @@ def _plan_tensors(
         ):
             bias = node.input[bias_i]
             in_scale = np.float32(tensors[node.input[0]].scale[0])
-            _fit_bias(tensors[weight_name], index.array(bias), in_scale)
+            values = index.array(bias)
+            names = (weight_name, tensors[weight_name]), (bias, values)
+            shift = _bias_shift(node, index, ranges, config, *names)
+            _fit_bias(tensors[weight_name], values if shift is None else values - shift, in_scale)
+            if shift is not None:  # with the weight scales _fit_bias may have widened
+                shift = _bias_shift(node, index, ranges, config, *names)
             w_scale = np.asarray(tensors[weight_name].scale, dtype=np.float32)
             b_scale = (in_scale * w_scale).astype(np.float32)
             if bias not in tensors:
@@ -357,6 +363,7 @@ def _plan_tensors(
                     b_scale.tolist(),
                     [0] * b_scale.size,
                     0 if b_scale.size > 1 else None,
+                    correction=None if shift is None else shift.reshape(-1).tolist(),
                 )
             plan.quantized_inputs.append(bias)
 
@@ -386,6 +393,26 @@ def _plan_tensors(
             return
     activation(out)
     plan.quantized_outputs.append(out)
+
+
+def _bias_shift(
+    node: onnx.NodeProto,
+    index: GraphIndex,
+    ranges: Ranges,
+    config: QuantConfig,
+    weight: tuple[str, TensorParams],
+    bias: tuple[str, np.ndarray],
+) -> np.ndarray | None:
+    """The bias correction of an INT8 Conv/Gemm (quantize/bias_correction.py), shaped like its bias;
+    None when it is off, no channel means were calibrated, or the bias is shared or shaped otherwise."""
+    mean = ranges.channel_means.get(node.input[0])
+    (weight_name, params), (bias_name, values) = weight, bias
+    if not config.bias_correction or mean is None or len(index.consumers[bias_name]) != 1:
+        return None
+    shift = output_shift(node, index.array(weight_name), params, mean)
+    if shift is None or shift.size != values.size or not np.isfinite(shift).all():
+        return None
+    return shift.reshape(values.shape)
 
 
 INT32_LIMIT = 2**31 - 1

@@ -32,6 +32,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         "output": str(r.output),
         "mode": r.mode,
         "activation_type": r.activation_type,
+        "bias_corrected": r.bias_corrected,
         "plan_replayed": r.plan_replayed,
         "size": {"input_bytes": r.input_bytes, "output_bytes": r.output_bytes, "ratio": r.size_ratio},
         "weight_bytes": None if r.weight_bytes is None else {**r.weight_bytes, "ratio": r.weight_ratio},
@@ -135,6 +136,13 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
     )
     if r.calibration_samples:
         rows.append(("calibration", f"{r.calibration_samples} samples, {r.calib_method}"))
+    if r.bias_corrected:
+        rows.append(
+            (
+                "bias correction",
+                f"{r.bias_corrected} INT32 biases offset the mean shift of their INT8 weights",
+            )
+        )
     a = r.agreement
     if a is None:
         rows.append(("accuracy", "not measured (no evaluation samples: pass --eval DIR)"))
