@@ -13,6 +13,7 @@ import onnx
 from quantcli.calibration.observers import DEFAULT_BINS, ChannelMeanObserver
 from quantcli.calibration.ranges import CalibMethod, compute_range, make_observer
 from quantcli.errors import UnsupportedModelError
+from quantcli.graph import attr
 from quantcli.model_io import model_size, serialize_model, staged_model
 
 
@@ -189,7 +190,7 @@ def weighted_inputs(model: onnx.ModelProto) -> dict[str, int]:
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
             continue
-        if node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute):
+        if node.op_type == "Gemm" and attr(node, "transA", 0):
             continue
         found[node.input[0]] = 1
     return found

@@ -20,27 +20,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from quantcli.quantize.params import quantize_array
+from quantcli.graph import attr
+from quantcli.quantize.params import dequantize_array, quantize_array
 from quantcli.quantize.plan import TensorParams
-
-
-def _attr(node: onnx.NodeProto, name: str, default: float) -> float:
-    for a in node.attribute:
-        if a.name == name:
-            return a.f if a.type == onnx.AttributeProto.FLOAT else a.i
-    return default
 
 
 def dequantized(w: np.ndarray, params: TensorParams) -> np.ndarray:
     """The weight as the INT8 kernel sees it: quantized with `params`, then dequantized (float64)."""
     scale, zp = params.arrays()
-    q = quantize_array(w, scale, zp, params.dtype, params.axis, symmetric=True).astype(np.float64)
-    scale64, zp64 = scale.astype(np.float64), zp.astype(np.float64)
-    if params.axis is not None and scale64.size > 1:
-        shape = [1] * w.ndim
-        shape[params.axis] = -1
-        scale64, zp64 = scale64.reshape(shape), zp64.reshape(shape)
-    return (q - zp64) * scale64
+    q = quantize_array(w, scale, zp, params.dtype, params.axis, symmetric=True)
+    return dequantize_array(q, scale, zp, params.axis)
 
 
 def output_shift(
@@ -53,7 +42,7 @@ def output_shift(
     if node.op_type == "Conv":
         if w.ndim < 3:
             return None
-        groups = int(_attr(node, "group", 1))
+        groups = int(attr(node, "group", 1))
         out_ch, in_per_group = w.shape[0], w.shape[1]
         if out_ch % groups or mean.size != groups * in_per_group:
             return None
@@ -63,9 +52,9 @@ def output_shift(
     if node.op_type == "Gemm":
         if w.ndim != 2:
             return None
-        b = dw.T if _attr(node, "transB", 0) else dw  # [K, N]
-        beta = float(_attr(node, "beta", 1.0))
+        b = dw.T if attr(node, "transB", 0) else dw  # [K, N]
+        beta = float(attr(node, "beta", 1.0))
         if b.shape[0] != mean.size or beta == 0.0:
             return None
-        return float(_attr(node, "alpha", 1.0)) * (mean @ b) / beta
+        return float(attr(node, "alpha", 1.0)) * (mean @ b) / beta
     return None

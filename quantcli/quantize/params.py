@@ -87,16 +87,32 @@ def quantize_array(
     symmetric: bool = True,
 ) -> np.ndarray:
     """Quantize `x` per tensor (axis None) or per channel along `axis`."""
-    scale = np.asarray(scale, dtype=np.float64)
-    zp = np.asarray(zero_point, dtype=np.float64)
-    if axis is not None and scale.ndim == 1 and scale.size > 1:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        scale = scale.reshape(shape)
-        zp = zp.reshape(shape)
+    scale, zp = _along(scale, zero_point, x.ndim, axis)
     qmin, qmax = qtype.bounds(symmetric)
     q = np.round(x.astype(np.float64) / scale) + zp
     return np.clip(q, qmin, qmax).astype(qtype.numpy)
+
+
+def dequantize_array(
+    q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None
+) -> np.ndarray:
+    """(q - zero_point) * scale in float64, per tensor (axis None) or per channel along `axis`."""
+    scale, zp = _along(scale, zero_point, q.ndim, axis)
+    return (q.astype(np.float64) - zp) * scale
+
+
+def _along(
+    scale: np.ndarray, zero_point: np.ndarray, ndim: int, axis: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point as float64, shaped to broadcast along `axis` of an `ndim` tensor."""
+    scale = np.asarray(scale, dtype=np.float64)
+    zp = np.asarray(zero_point, dtype=np.float64)
+    if axis is not None and scale.ndim == 1 and scale.size > 1:
+        shape = [1] * ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        zp = zp.reshape(shape)
+    return scale, zp
 
 
 REDUCED_QMAX = 63  # 7-bit weights: u8 x s7 pairs cannot saturate VPMADDUBSW's int16 sums

@@ -351,9 +351,10 @@ def _plan_tensors(
             values = index.array(bias)
             names = (weight_name, tensors[weight_name]), (bias, values)
             shift = _bias_shift(node, index, ranges, config, *names)
+            scale_before = tensors[weight_name].scale
             _fit_bias(tensors[weight_name], values if shift is None else values - shift, in_scale)
-            if shift is not None:  # with the weight scales _fit_bias may have widened
-                shift = _bias_shift(node, index, ranges, config, *names)
+            if shift is not None and tensors[weight_name].scale != scale_before:
+                shift = _bias_shift(node, index, ranges, config, *names)  # with the widened scales
             w_scale = np.asarray(tensors[weight_name].scale, dtype=np.float32)
             b_scale = (in_scale * w_scale).astype(np.float32)
             if bias not in tensors:
