@@ -14,11 +14,12 @@ from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_rang
 from quantcli.calibration.data import InputSpec, SampleSplit, iter_samples, split_samples
 from quantcli.calibration.images import ImagePreprocess
 from quantcli.compare import Latency
-from quantcli.cpu import has_vnni
+from quantcli.cpu import DEFAULT_TARGET, TARGETS
 from quantcli.errors import UnsupportedModelError, UsageError
 from quantcli.graph import COMPUTE_OPS
 from quantcli.io_match import IOQuantization
 from quantcli.io_match import io_quantization as read_io_quantization
+from quantcli.kernel_check import KernelCheck, Saturation, kernel_check, mismatch_warning, saturation_warning
 from quantcli.model_io import (
     check_model_path,
     check_output_path,
@@ -36,7 +37,13 @@ from quantcli.quantize.plan import FLOAT, FP16, NodePlan, QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
 from quantcli.quantize.weights import plan_weights_int8
-from quantcli.verify import Agreement, checker_error, compare_sessions, requantized_by_onnxruntime
+from quantcli.verify import (
+    Agreement,
+    checker_error,
+    compare_sessions,
+    exact_kernel_model,
+    requantized_by_onnxruntime,
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class ConvertOptions:
     calib_layout: str = "auto"
     weight_calibration: str = "minmax"
     reduce_range: bool = False
+    target_cpu: str = DEFAULT_TARGET  # the CPU kind the model is made for (cpu.TARGETS)
     dynamic_op_types: tuple[str, ...] = ("MatMul", "Gemm")
     calib_preprocess: ImagePreprocess | None = None
     keep_io_types: bool = True
@@ -89,6 +97,8 @@ class ConvertOptions:
             raise UsageError(
                 f"--mode {self.mode or 'static'} needs calibration data: pass --calib DIR (or --plan FILE)"
             )
+        if self.target_cpu not in TARGETS:
+            raise UsageError(f"--target-cpu {self.target_cpu}: not one of {', '.join(TARGETS)}")
         if self.fp16_count < 0:
             raise UsageError(f"--fp16-count {self.fp16_count}: must be 0 or more")
         self._check_mode_options()
@@ -117,6 +127,7 @@ _MODE_OPTIONS: tuple[tuple[str, object, tuple[str, ...]], ...] = (
     ("bias_correction", True, ("static", "mixed")),
     ("dynamic_op_types", ("MatMul", "Gemm"), ("dynamic",)),
     ("keep_io_types", True, ("fp16",)),
+    ("target_cpu", DEFAULT_TARGET, ("static", "mixed", "dynamic")),
 )
 _FLAGS = {
     "weight_symmetric": "--weight-symmetric",
@@ -149,6 +160,8 @@ class ConvertResult:
     activation_type: str | None = None  # static mode: uint8, int8 or int16
     io_quantization: dict[str, IOQuantization] = field(default_factory=dict)  # --integer-io
     bias_corrected: int | None = None  # static/mixed: INT32 biases with a bias correction
+    saturation: Saturation | None = None  # static/mixed/dynamic: U8S8 weight pairs vs the int16 limit
+    kernels: KernelCheck | None = None  # which integer kernels the accuracy figures came from
 
     @property
     def size_ratio(self) -> float:
@@ -219,6 +232,7 @@ def convert(
         calib_method=options.calibration.method.value,
         weight_calibration=options.weight_calibration,
         reduce_range=options.reduce_range,
+        target_cpu=options.target_cpu,
         dynamic_op_types=options.dynamic_op_types,
         keep_io_types=options.keep_io_types,
         block_size=options.block_size,
@@ -289,7 +303,14 @@ def convert(
     seconds["rewrite"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    warnings = _warnings(plan, quantized)
+    saturation = None
+    if plan.mode in ("static", "mixed", "dynamic"):
+        from quantcli.inspect.saturation import u8s8_layers
+
+        saturation = Saturation.of(plan.config.target_cpu, u8s8_layers(quantized.graph))
+        _set_metadata(quantized, TARGET_CPU_KEY, plan.config.target_cpu)
+    warnings = _warnings(plan, quantized) + saturation_warning(saturation)
+    kernels = kernel_check(saturation)
     # Written under a temporary name beside the output, verified from there, renamed at the end:
     # a failed check or an interruption leaves nothing behind.
     with staged_model(quantized, Path(options.output)) as staged:
@@ -311,8 +332,18 @@ def convert(
                 iter_samples(split.eval, specs, options.calib_preprocess),
                 split.eval_labels,
             )
+            if not kernels.same_as_exact:  # what VNNI/ARM CPUs compute, beside this CPU's figure
+                exact = exact_kernel_model(onnx.load(str(staged.path)))
+                if exact is not None:
+                    kernels.exact = compare_sessions(
+                        reference,
+                        make_session(exact),
+                        iter_samples(split.eval, specs, options.calib_preprocess),
+                        split.eval_labels,
+                    )
+                del exact
         seconds["verify"] = time.perf_counter() - t
-        warnings += _agreement_warnings(plan, agreement)
+        warnings += _agreement_warnings(plan, agreement) + mismatch_warning(agreement, kernels)
         latency = None
         if options.check_latency:
             latency = _latency(options, staged.path, candidate, split, specs)
@@ -341,6 +372,8 @@ def convert(
         weight_bytes=weight_bytes,
         activation_type=plan.config.activation_type.value if plan.mode in ("static", "mixed") else None,
         io_quantization=io_quantization,
+        saturation=saturation,
+        kernels=kernels,
         bias_corrected=sum(t.correction is not None for t in plan.tensors.values())
         if plan.mode in ("static", "mixed")
         else None,
@@ -442,11 +475,6 @@ def _warnings(plan: QuantPlan, quantized: onnx.ModelProto) -> list[str]:
             "16-bit activations are an accuracy option, not a speed one: onnxruntime has no 16-bit "
             "integer kernels and runs each quantized op as DequantizeLinear -> float op -> QuantizeLinear"
         )
-    elif plan.mode in ("static", "dynamic") and not plan.config.reduce_range and has_vnni() is False:
-        warnings.append(
-            "this CPU has no VNNI: onnxruntime's U8S8 integer kernels may saturate here; "
-            "convert with --reduce-range for models that will run on such CPUs"
-        )
     return warnings
 
 
@@ -487,6 +515,16 @@ def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
 
         return rewrite_fp16(model, plan.nodes, keep_io_types=plan.config.keep_io_types)
     return rewrite_qdq(model, plan, in_place=True)
+
+
+TARGET_CPU_KEY = "quantcli.target_cpu"  # metadata_props: the CPU kind the model was made for
+
+
+def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    kept = [p for p in model.metadata_props if p.key != key]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=key, value=value)
 
 
 def _drop_inferred_value_info(model: onnx.ModelProto, keep: set[str]) -> None:

@@ -146,7 +146,14 @@ def main() -> None:
 @click.option(
     "--reduce-range",
     is_flag=True,
-    help="7-bit weights, for x86 CPUs without VNNI where U8S8 products can saturate (slightly less accurate).",
+    help="7-bit weights everywhere (less accurate; the default --target-cpu any is already exact on every CPU).",
+)
+@click.option(
+    "--target-cpu",
+    type=click.Choice(["any", "avx2", "vnni", "arm"]),
+    default="any",
+    show_default=True,
+    help="CPU kind the model is made for: any/avx2 keep every INT8 weight pair within what x86 CPUs without VNNI add exactly; vnni/arm keep full-range weights.",
 )
 @click.option(
     "--dynamic-op-types",
@@ -252,6 +259,7 @@ def convert(
     calib_memory: int,
     weight_calibration: str,
     reduce_range: bool,
+    target_cpu: str,
     dynamic_op_types: str,
     per_tensor: bool,
     activation_type: str,
@@ -307,6 +315,7 @@ def convert(
             calib_layout=calib_layout,
             weight_calibration=weight_calibration,
             reduce_range=reduce_range,
+            target_cpu=target_cpu,
             dynamic_op_types=_op_types(dynamic_op_types),
             calib_preprocess=ImagePreprocess.parse(calib_preprocess) if calib_preprocess else None,
             keep_io_types=keep_io_types,

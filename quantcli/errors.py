@@ -58,3 +58,20 @@ class UnsupportedModelError(QuantcliError):
     """Valid ONNX that cannot be done as asked (onnxruntime cannot load it, unsupported opset...)."""
 
     exit_code = ExitCode.CANNOT_DO
+
+
+class Notice(str):
+    """A warning that does not stop the command: its one-line text, plus a stable `code` that
+    tests and CI scripts match on instead of the wording (`--json`: "warning_codes")."""
+
+    code: str
+
+    def __new__(cls, code: str, text: str) -> Notice:
+        notice = super().__new__(cls, text)
+        notice.code = code
+        return notice
+
+
+def notice_code(warning: str) -> str:
+    """The code of a warning (Notice), or "other" for a plain string."""
+    return getattr(warning, "code", "other")

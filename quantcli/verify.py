@@ -256,3 +256,57 @@ def requantized_by_onnxruntime(model: onnx.ModelProto, float_nodes: set[str]) ->
                 break
             current = nxt
     return found
+
+
+_WEIGHT_READERS = {"Conv": 1, "MatMul": 1, "Gemm": 1, "MatMulInteger": 1}
+
+
+def exact_kernel_model(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy of the model that onnxruntime runs on exact integer kernels on any CPU, or None when
+    nothing in it runs on U8S8 kernels (nothing to change).
+
+    Each INT8 weight that an integer Conv/MatMul/Gemm reads (through a DequantizeLinear, or as
+    MatMulInteger's B) is stored as UINT8, value + 128 with zero point + 128: the same numbers, which
+    onnxruntime multiplies on its U8U8 kernels (int32 sums) instead of U8S8's saturating int16
+    pairs (FIELD_NOTES.md). On a CPU with VNNI or on ARM the two models compute the same outputs.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, i))
+
+    def reads_as_weight(tensor: str) -> bool:
+        uses = readers.get(tensor, [])
+        return bool(uses) and all(_WEIGHT_READERS.get(n.op_type) == i and not n.domain for n, i in uses)
+
+    targets: list[tuple[str, str]] = []  # (int8 tensor, its zero point)
+    for node in model.graph.node:
+        if (
+            node.op_type == "DequantizeLinear"
+            and node.domain in ("", "ai.onnx")
+            and reads_as_weight(node.output[0])
+        ):
+            x, zp = node.input[0], node.input[2] if len(node.input) > 2 else ""
+        elif node.op_type == "MatMulInteger" and len(node.input) > 1:
+            x, zp = node.input[1], node.input[3] if len(node.input) > 3 else ""
+        else:
+            continue
+        t = inits.get(x)
+        if t is None or t.data_type != onnx.TensorProto.INT8 or not zp or zp not in inits:
+            continue
+        if len(readers.get(x, [])) != 1 or len(readers.get(zp, [])) != 1:
+            continue  # shared with another reader: leave it alone
+        targets.append((x, zp))
+    if not targets:
+        return None
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    by_name = {t.name: t for t in out.graph.initializer}
+    for x, zp in targets:
+        for name in (x, zp):
+            values = numpy_helper.to_array(by_name[name]).astype(np.int16) + 128
+            by_name[name].CopyFrom(numpy_helper.from_array(values.astype(np.uint8), name))
+    return out

@@ -27,6 +27,9 @@ class Ranges:
     excluded: dict[str, str] = field(default_factory=dict)  # tensor -> why its range is unusable
     # Per-channel means of the data inputs of Conv/Gemm nodes with constant weights (bias correction).
     channel_means: dict[str, np.ndarray] = field(default_factory=dict)
+    # Per-channel E[x^2] of the data inputs of Conv/Gemm/MatMul nodes with constant weights: how much
+    # each input channel's weights matter to the output (quantize/saturation.py).
+    channel_energy: dict[str, np.ndarray] = field(default_factory=dict)
 
     def why_missing(self, name: str) -> str:
         return self.excluded.get(name, f"no calibrated range for {name}")
@@ -178,21 +181,28 @@ def collect_ranges(
         for n, o in observers.items()
         if o.count
     }
-    channel_means = {n: m for n, o in means.items() if (m := o.mean()) is not None}
-    return Ranges(ranges, count, config.method.value, channel_means=channel_means)
+    channel_means = {n: m for n, o in means.items() if (m := o.mean()) is not None and o.axis == 1}
+    energy = {n: e for n, o in means.items() if (e := o.mean_square()) is not None}
+    return Ranges(ranges, count, config.method.value, channel_means=channel_means, channel_energy=energy)
 
 
 def weighted_inputs(model: onnx.ModelProto) -> dict[str, int]:
-    """Data inputs of the Conv nodes and (transA=0) Gemm nodes whose weight is an initializer, with
-    their channel axis (1): the tensors whose channel means bias correction needs."""
+    """Data inputs of the Conv, (transA=0) Gemm and MatMul nodes whose weight is an initializer,
+    with their channel axis (1; MatMul: -1, the last): the tensors whose channel statistics bias
+    correction (means, axis 1) and the saturation fit (mean squares) need."""
     inits = {t.name for t in model.graph.initializer}
     found: dict[str, int] = {}
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+        if (
+            node.op_type not in ("Conv", "Gemm", "MatMul")
+            or len(node.input) < 2
+            or node.input[1] not in inits
+        ):
             continue
         if node.op_type == "Gemm" and attr(node, "transA", 0):
             continue
-        found[node.input[0]] = 1
+        # MatMul multiplies the last axis of its input by the weight's rows (its K)
+        found.setdefault(node.input[0], -1 if node.op_type == "MatMul" else 1)
     return found
 
 

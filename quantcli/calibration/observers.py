@@ -147,31 +147,44 @@ class HistogramObserver(MinMaxObserver):
 
 
 class ChannelMeanObserver:
-    """The running mean of each channel (`axis`) over every other axis: the E[x] that bias
-    correction (quantize/bias_correction.py) multiplies by the weights' quantization error."""
+    """The running mean and mean square of each channel (`axis`, negative from the end) over every
+    other axis: the E[x] that bias correction (quantize/bias_correction.py) multiplies by the
+    weights' quantization error, and the E[x^2] that weighs each input channel's share of a
+    layer's output error (quantize/saturation.py)."""
 
     def __init__(self, axis: int = 1) -> None:
         self.axis = axis
         self.sums: np.ndarray | None = None
+        self.squares: np.ndarray | None = None
         self.count = 0  # values per channel seen
 
     def update(self, x: np.ndarray) -> None:
-        if x.ndim <= self.axis or x.size == 0:
+        axis = self.axis if self.axis >= 0 else x.ndim + self.axis
+        if x.ndim <= axis or axis < 0 or x.size == 0:
             return
-        other = tuple(i for i in range(x.ndim) if i != self.axis)
+        other = tuple(i for i in range(x.ndim) if i != axis)
         sums = np.sum(x, axis=other, dtype=np.float64)
+        squares = np.sum(np.square(x, dtype=np.float64), axis=other)
         if self.sums is None:
-            self.sums = sums
-        elif sums.shape != self.sums.shape:  # a tensor whose channel count varies: no mean
-            self.sums, self.count = None, -1
+            if self.count < 0:
+                return
+            self.sums, self.squares = sums, squares
+        elif sums.shape != self.sums.shape:  # a tensor whose channel count varies: no statistics
+            self.sums, self.squares, self.count = None, None, -1
             return
         else:
             self.sums += sums
-        if self.count >= 0:
-            self.count += x.size // x.shape[self.axis]
+            self.squares += squares
+        self.count += x.size // x.shape[axis]
 
     def mean(self) -> np.ndarray | None:
         """The channel means, or None when nothing usable (finite, fixed channels) was seen."""
         if self.sums is None or self.count <= 0 or not np.isfinite(self.sums).all():
             return None
         return self.sums / self.count
+
+    def mean_square(self) -> np.ndarray | None:
+        """The channel means of x^2, or None when nothing usable was seen."""
+        if self.squares is None or self.count <= 0 or not np.isfinite(self.squares).all():
+            return None
+        return self.squares / self.count

@@ -93,6 +93,7 @@ def inspect_model(
     index = GraphIndex(g)
     # _decode by name, so that patching quantcli.inspect._decode sees every decode (tests count them)
     values = _Values(g, path.parent, decode=_decode)
+    values.read_external = tensors
     types = _elem_types(model)
     facts = FileFacts(
         path=path,

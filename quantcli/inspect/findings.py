@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
-from quantcli.cpu import has_vnni
 from quantcli.graph import GraphIndex, attr, node_label
 from quantcli.inspect.facts import FileFacts, Finding
 from quantcli.inspect.quantization import Q_OPS, _QRef
 from quantcli.inspect.reading import _Values, dtype_name, tensor_bytes
 from quantcli.inspect.runtime import _not_fused
+from quantcli.inspect.saturation import LIMIT_8BIT, u8s8_layers
 
 _RANGE = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535)}
 _RANGE |= {"int4": (-8, 7), "uint4": (0, 15), "int2": (-2, 1), "uint2": (0, 3)}
@@ -48,7 +48,7 @@ def _findings(
         found += _not_fused(g, optimized)
     found += _half_findings(g, index, values)
     found += _cast_round_trips(g, index, types)
-    found += saturation_risk(g, has_vnni())
+    found += saturation_risk(g, values.decode_internal)
     used = set(index.consumers) | index.graph_outputs
     for t in g.initializer:
         if t.name not in used:
@@ -211,26 +211,38 @@ def _cast_round_trips(g: onnx.GraphProto, index: GraphIndex, types: dict[str, in
     return found
 
 
-def saturation_risk(g: onnx.GraphProto, vnni: bool | None) -> list[Finding]:
-    """On an x86 CPU without VNNI, U8S8 integer kernels sum pairs of u8 x s8 products in 16 bits
-    (VPMADDUBSW) and can saturate unless weights use 7 bits (quantcli convert --reduce-range)."""
-    if vnni is not False:
-        return []
-    int8_weights = [t for t in g.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
-    full_range = [
-        t.name
-        for t in int8_weights
-        if int(np.abs(numpy_helper.to_array(t).astype(np.int16)).max(initial=0)) > 63
-    ]
-    if not full_range:
-        return []
-    return [
-        Finding(
-            "u8s8-saturation",
-            "warning",
-            None,
-            f"this CPU has no VNNI: {len(full_range)} INT8 weight tensor(s) use the full 8-bit range, so "
-            "onnxruntime's U8S8 kernels may saturate here; reconvert with --reduce-range for such CPUs",
-            full_range[0],
+def saturation_risk(g: onnx.GraphProto, decode=None) -> list[Finding]:  # noqa: ANN001
+    """INT8 weights on onnxruntime's U8S8 kernels with a pair of codes whose int16 sum can saturate on
+    x86 CPUs without VNNI (VPMADDUBSW; quantize/saturation.py): one warning per layer, whatever the
+    host, since the model runs wherever it is deployed. Layers whose weights were not read (external
+    data, unless asked) get one info finding."""
+    found: list[Finding] = []
+    layers = u8s8_layers(g, decode)
+    for layer in layers:
+        if not layer.pairs_over:
+            continue
+        found.append(
+            Finding(
+                "u8s8-saturation",
+                "warning",
+                layer.node,
+                f"{layer.pairs_over} of {layer.pairs} INT8 weight pairs (largest same-sign sum "
+                f"{layer.worst_pair}) exceed {LIMIT_8BIT}: on x86 CPUs without VNNI, onnxruntime's U8S8 "
+                "kernel adds each pair in a saturating int16 and can compute wrong results; exact on "
+                "VNNI and ARM (reconvert with quantcli convert --target-cpu any)",
+                layer.weight,
+            )
         )
-    ]
+    unchecked = [layer for layer in layers if not layer.checked]
+    if unchecked:
+        found.append(
+            Finding(
+                "u8s8-unchecked",
+                "info",
+                None,
+                f"{len(unchecked)} U8S8 integer layer(s) keep their INT8 weights in external data, which "
+                "inspect does not read unless asked: pass --tensors to check their pairs for int16 saturation",
+                unchecked[0].weight,
+            )
+        )
+    return found

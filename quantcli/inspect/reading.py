@@ -80,6 +80,7 @@ class _Values:
                 self.tensors[node.output[0]] = t
         self.cache: dict[str, np.ndarray | None] = {}
         self.errors: dict[str, str] = {}
+        self.read_external = False  # inspect --tensors reads external weights for their checks
 
     def __contains__(self, name: str) -> bool:
         return name in self.tensors
@@ -97,6 +98,13 @@ class _Values:
         if array is None or array.size <= self.KEEP_ELEMENTS:
             self.cache[name] = array
         return array
+
+    def decode_internal(self, t: onnx.TensorProto) -> np.ndarray | None:
+        """The tensor's values when they are stored in the model file itself (or external data was
+        asked for: `read_external`); None otherwise."""
+        if t.data_location == onnx.TensorProto.EXTERNAL and not self.read_external:
+            return None
+        return self.get(t.name)
 
     def numel(self, name: str) -> int | None:
         t = self.tensors.get(name)

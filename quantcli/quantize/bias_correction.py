@@ -21,23 +21,32 @@ import numpy as np
 import onnx
 
 from quantcli.graph import attr
-from quantcli.quantize.params import dequantize_array, quantize_array
+from quantcli.quantize.params import dequantize_array
 from quantcli.quantize.plan import TensorParams
+from quantcli.quantize.saturation import quantize_weight
 
 
 def dequantized(w: np.ndarray, params: TensorParams) -> np.ndarray:
-    """The weight as the INT8 kernel sees it: quantized with `params`, then dequantized (float64)."""
+    """The weight as the INT8 kernel sees it: quantized with `params` (pairs fitted to its limit),
+    then dequantized (float64)."""
     scale, zp = params.arrays()
-    q = quantize_array(w, scale, zp, params.dtype, params.axis, symmetric=True)
-    return dequantize_array(q, scale, zp, params.axis)
+    return dequantize_array(quantize_weight(w, params), scale, zp, params.axis)
 
 
 def output_shift(
-    node: onnx.NodeProto, w: np.ndarray, params: TensorParams, mean: np.ndarray
+    node: onnx.NodeProto,
+    w: np.ndarray,
+    params: TensorParams,
+    mean: np.ndarray,
+    w_dequantized: np.ndarray | None = None,
 ) -> np.ndarray | None:
     """E[output] of the node with INT8 weights minus with float weights, per output channel, in the
-    bias's units (divided by Gemm's beta); None when the shapes do not fit the formula."""
-    dw = dequantized(w, params) - w.astype(np.float64)
+    bias's units (divided by Gemm's beta); None when the shapes do not fit the formula.
+    `w_dequantized`: the INT8 weight as the kernel sees it, when the caller computed it (a Gemm
+    weight stored in another order)."""
+    if w_dequantized is None:
+        w_dequantized = dequantized(w, params)
+    dw = w_dequantized - w.astype(np.float64)
     mean = np.asarray(mean, dtype=np.float64).reshape(-1)
     if node.op_type == "Conv":
         if w.ndim < 3:

@@ -24,10 +24,14 @@ from quantcli.quantize.embedding import embedding_table, gather_rows
 from quantcli.quantize.params import QType, quantize_array
 from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import rule_for
+from quantcli.quantize.saturation import limit_pairs, quantize_weight
 from quantcli.quantize.weights import weight_of
 
 KERNEL = "DynamicQuantizeMatMul / MatMulIntegerToFloat (activations quantized at run time)"
 
+
+# DynamicQuantizeLinear maps each input's [min, max] onto all of 0..255 at run time.
+RUNTIME_ACTIVATION = TensorParams("activation", QType.UINT8, [1.0], [0], None, None)
 
 DEFAULT_OP_TYPES = ("MatMul", "Gemm")
 OP_TYPES = ("MatMul", "Gemm", "Conv")
@@ -95,6 +99,9 @@ def plan_dynamic(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
                 else None
             )
             tensors[weight] = TensorParams.for_weight(index.array(weight), axis, config)
+            if config.saturation_safe and node.op_type != "Conv":  # ConvInteger never saturates
+                layout = rule_for(node).pair_layout(node, index)
+                limit_pairs(tensors[weight], index.array(weight), layout, RUNTIME_ACTIVATION)
         nodes[node.name] = NodePlan(node.name, node.op_type, INT8, KERNEL, quantized_inputs=[weight])
         add = _bias_add_of(node, index) if node.op_type == "MatMul" else None
         if add is not None:
@@ -207,7 +214,7 @@ def _weight_initializers(
 ) -> tuple[str, str, str]:
     """INT8 weight [K, N] (Gemm transB weights transposed), its scale and zero point per column."""
     scale, zp = params.arrays()
-    q = quantize_array(w, scale, zp, QType.INT8, params.axis, symmetric=True)
+    q = quantize_weight(w, params)
     if node.op_type == "Gemm" and attr(node, "transB", 0):
         q = np.ascontiguousarray(q.T)
     names_ = (

@@ -91,6 +91,20 @@ def _channels_last(name: str, index: GraphIndex, precision: dict[str, str], memo
     return ok
 
 
+def permute_gemm_weight(
+    values: np.ndarray, chw: tuple[int, int, int], trans_b: bool, inverse: bool = False
+) -> np.ndarray:
+    """The Gemm weight's input dimension from C, H, W order to H, W, C order (back with `inverse`)."""
+    c, h, w = chw
+    if trans_b:  # [N, C*H*W]
+        if inverse:
+            return values.reshape(-1, h, w, c).transpose(0, 3, 1, 2).reshape(values.shape)
+        return values.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(values.shape)
+    if inverse:  # [C*H*W, N]
+        return values.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(values.shape)
+    return values.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(values.shape)
+
+
 def apply_nhwc_flattens(model: onnx.ModelProto, flattens: dict[str, tuple], names: NameAllocator) -> None:
     """Write a Transpose(0, 2, 3, 1) before each Flatten and permute its Gemm's weight to match."""
     if not flattens:
@@ -102,10 +116,7 @@ def apply_nhwc_flattens(model: onnx.ModelProto, flattens: dict[str, tuple], name
             c, h, w, gemm = flattens[node.name]
             weight = inits[gemm.input[1]]
             values = numpy_helper.to_array(weight)
-            if attr(gemm, "transB", 0):  # [N, C*H*W]
-                permuted = values.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(values.shape)
-            else:  # [C*H*W, N]
-                permuted = values.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(values.shape)
+            permuted = permute_gemm_weight(values, (c, h, w), bool(attr(gemm, "transB", 0)))
             weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(permuted), weight.name))
             nhwc = names.new(f"{node.input[0]}_nhwc")
             nodes.append(

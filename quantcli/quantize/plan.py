@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quantcli.cpu import DEFAULT_TARGET, TARGETS, target_saturates
 from quantcli.errors import BadPlanError
 from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, MODES
 from quantcli.quantize.params import QType, weight_qparams, weight_qparams_mse
@@ -43,8 +44,11 @@ class QuantConfig:
     int4_compute: str = "float"  # weights-int4: "int8" sets MatMulNBits accuracy_level 4
     integer_io: bool = False  # static: quantized graph inputs/outputs (quantize/integer_io.py)
     bias_correction: bool = True  # static/mixed: INT32 biases cancel the INT8 weights' mean shift
+    target_cpu: str = DEFAULT_TARGET  # the CPU kind the model is for (cpu.TARGETS)
 
     def __post_init__(self) -> None:
+        if self.target_cpu not in TARGETS:
+            raise ValueError(f"target CPU must be one of {', '.join(TARGETS)}, not {self.target_cpu}")
         if self.int4_compute not in ("float", "int8"):
             raise ValueError(f"int4 compute must be float or int8, not {self.int4_compute}")
         if self.block_size not in BLOCK_SIZES:
@@ -67,6 +71,12 @@ class QuantConfig:
         symmetric (README, "16-bit activations")."""
         return self.activation_type is QType.INT8
 
+    @property
+    def saturation_safe(self) -> bool:
+        """INT8 weights of U8S8 integer kernels keep every pair within the int16 limit
+        (quantize/saturation.py): the target includes x86 CPUs without VNNI."""
+        return target_saturates(self.target_cpu)
+
 
 @dataclass
 class TensorParams:
@@ -80,6 +90,11 @@ class TensorParams:
     range: list[float] | None = None
     # bias: subtracted from the float values before quantizing (quantize/bias_correction.py)
     correction: list[float] | None = None
+    # weight: no pair of codes the x86 U8S8 kernels add in int16 exceeds this same-sign sum, pairs
+    # taken along K in `pair_layout` order (quantize/saturation.py); None: full range
+    pair_limit: int | None = None
+    pair_layout: str | None = None
+    pair_weights: list[float] | None = None  # each input channel's relative E[x^2] (None: equal)
 
     @classmethod
     def for_weight(cls, w: np.ndarray, axis: int | None, config: QuantConfig | None = None) -> TensorParams:
@@ -115,6 +130,15 @@ class NodePlan:
     quantized_outputs: list[str] = field(default_factory=list)
 
 
+def _tensor_dict(params: TensorParams) -> dict:
+    """A tensor's parameters as JSON; the pair limit only where it is set (full-range weights and
+    activations keep the keys they had before it existed)."""
+    d = {**asdict(params), "dtype": params.dtype.value}
+    if params.pair_limit is None:
+        del d["pair_limit"], d["pair_layout"], d["pair_weights"]
+    return d
+
+
 @dataclass
 class QuantPlan:
     mode: str
@@ -143,10 +167,11 @@ class QuantPlan:
                 "int4_compute": self.config.int4_compute,
                 "integer_io": self.config.integer_io,
                 "bias_correction": self.config.bias_correction,
+                "target_cpu": self.config.target_cpu,
             },
             "calibration_samples": self.calibration_samples,
             "nodes": [asdict(n) for n in self.nodes],
-            "tensors": {k: {**asdict(v), "dtype": v.dtype.value} for k, v in sorted(self.tensors.items())},
+            "tensors": {k: _tensor_dict(v) for k, v in sorted(self.tensors.items())},
         }
 
     def save(self, path: Path) -> None:
@@ -177,6 +202,8 @@ class QuantPlan:
                 int4_compute=str(cfg.get("int4_compute", "float")),
                 integer_io=bool(cfg.get("integer_io", False)),
                 bias_correction=bool(cfg.get("bias_correction", False)),
+                # plans written before --target-cpu existed hold full-range weights
+                target_cpu=str(cfg.get("target_cpu", "vnni")),
             )
             if data["mode"] not in MODES:
                 raise BadPlanError(f"{source}: mode must be one of {', '.join(MODES)}, not {data['mode']!r}")

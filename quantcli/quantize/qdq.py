@@ -29,6 +29,7 @@ from quantcli.quantize.integer_io import io_tensors, record_io_quantization
 from quantcli.quantize.layout import apply_nhwc_flattens, nhwc_flattens
 from quantcli.quantize.params import quantize_array
 from quantcli.quantize.plan import INT8, NodePlan, QuantPlan, TensorParams
+from quantcli.quantize.saturation import quantize_weight
 
 MS_DOMAIN = "com.microsoft"
 
@@ -110,8 +111,11 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
             _check_shape(t, values.shape, params)
             if params.correction is not None:
                 values = _corrected(t, values, params.correction)
-            symmetric = params.role in ("weight", "bias")
-            q = quantize_array(values, scale, zp, params.dtype, params.axis, symmetric=symmetric)
+            if params.role == "weight":
+                q = quantize_weight(values, params)  # pairs fitted to the plan's limit, if any
+            else:
+                symmetric = params.role == "bias"
+                q = quantize_array(values, scale, zp, params.dtype, params.axis, symmetric=symmetric)
             q_name = names.new(f"{t}_quantized")
             new_inits.append(numpy_helper.from_array(q, q_name))
             drop_inits.add(t)

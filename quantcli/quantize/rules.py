@@ -61,6 +61,20 @@ class OpRule:
             return 1 if index.rank(node.input[1]) == 2 else None
         return None
 
+    def pair_layout(self, node: onnx.NodeProto, index: GraphIndex) -> str | None:
+        """How onnxruntime's x86 U8S8 kernel pairs this node's weight along K (quantize/saturation.py),
+        or None when its integer kernel cannot saturate (depthwise QLinearConv) or it has none."""
+        if self.op_type == "Conv":
+            weight = index.initializers.get(node.input[1])
+            dims = list(weight.dims) if weight is not None else []
+            depthwise = len(dims) > 2 and dims[1] == 1 and dims[0] == attr(node, "group", 1)
+            return None if depthwise else "conv"
+        if self.op_type == "Gemm":
+            return "nk" if attr(node, "transB", 0) else "kn"
+        if self.op_type == "MatMul":
+            return "kn"
+        return None  # ConvTranspose: onnxruntime's CPU provider runs it in float
+
 
 def _float_input(node: onnx.NodeProto, index: GraphIndex, i: int) -> bool:
     t = index.elem_type(node.input[i]) if i < len(node.input) and node.input[i] else None

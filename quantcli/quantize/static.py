@@ -7,16 +7,17 @@ import numpy as np
 import onnx
 
 from quantcli.calibration.collect import Ranges
-from quantcli.graph import GraphIndex
-from quantcli.quantize.bias_correction import output_shift
+from quantcli.graph import GraphIndex, attr
+from quantcli.quantize.bias_correction import dequantized, output_shift
 from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
 from quantcli.quantize.embedding import embedding_table
 from quantcli.quantize.integer_io import plan_io_tensors
 from quantcli.quantize.layout import REASON as NHWC_FLATTEN_REASON
-from quantcli.quantize.layout import nhwc_flattens
+from quantcli.quantize.layout import nhwc_flattens, permute_gemm_weight
 from quantcli.quantize.params import QType, calculate_qparams
 from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import Kind, OpRule, activation_input_indices, rule_for
+from quantcli.quantize.saturation import limit_pairs
 
 
 def _absorbable(
@@ -67,8 +68,10 @@ def plan_static(
         if not dequantized_only:
             break
         kept_float.update(dequantized_only)
-    for name in nhwc_flattens(model, index, precision):
+    permuted: dict[str, tuple[int, int, int]] = {}  # Gemm -> C, H, W of its NHWC-ordered weight
+    for name, (c, h, w, gemm) in nhwc_flattens(model, index, precision).items():
         reasons[name] = NHWC_FLATTEN_REASON  # the rewriter applies it (quantize/layout.py)
+        permuted[gemm.name] = (c, h, w)
 
     nodes: list[NodePlan] = []
     tensors: dict[str, TensorParams] = {}
@@ -83,7 +86,7 @@ def plan_static(
             continue
         if plan.precision != INT8 or rule is None:
             continue
-        _plan_tensors(node, rule, plan, index, ranges, precision, tensors, config)
+        _plan_tensors(node, rule, plan, index, ranges, precision, tensors, config, permuted.get(node.name))
     if config.integer_io:
         plan_io_tensors(model.graph, ranges, config, tensors)
     return QuantPlan("static", config, nodes, tensors, ranges.samples)
@@ -112,7 +115,7 @@ def _without_sentinels(ranges: Ranges, index: GraphIndex) -> Ranges:
             )
         else:
             kept[name] = (lo, hi)
-    return Ranges(kept, ranges.samples, ranges.method, excluded, ranges.channel_means)
+    return Ranges(kept, ranges.samples, ranges.method, excluded, ranges.channel_means, ranges.channel_energy)
 
 
 def _decide_all(
@@ -273,7 +276,10 @@ def _plan_tensors(
     precision: dict[str, str],
     tensors: dict[str, TensorParams],
     config: QuantConfig,
+    nhwc: tuple[int, int, int] | None = None,
 ) -> None:  # noqa: ANN001
+    """Parameters of the node's quantized tensors; `nhwc`: C, H, W when the node is a Gemm whose
+    weight the rewriter stores in H, W, C order (quantize/layout.py)."""
     act = config.activation_type
     sym = config.symmetric_activations
 
@@ -334,6 +340,17 @@ def _plan_tensors(
             w = index.array(weight_name)
             axis = rule.weight_axis(node, index) if config.per_channel else None
             tensors[weight_name] = TensorParams.for_weight(w, axis, config)
+            layout = rule.pair_layout(node, index)
+            if config.saturation_safe and act.bits == 8 and layout is not None:
+                energy = ranges.channel_energy.get(node.input[0])
+                if nhwc is not None:
+                    trans_b = bool(attr(node, "transB", 0))
+                    stored = permute_gemm_weight(w, nhwc, trans_b)
+                    if energy is not None and energy.size == np.prod(nhwc):
+                        energy = permute_gemm_weight(energy.reshape(1, -1), nhwc, True).reshape(-1)
+                else:
+                    stored = w
+                limit_pairs(tensors[weight_name], stored, layout, tensors[node.input[0]], energy)
         plan.quantized_inputs.append(weight_name)
         bias_i = rule.bias_input
         # An INT32 bias is what the 8-bit integer kernels need. 16-bit activations have no integer
@@ -350,11 +367,11 @@ def _plan_tensors(
             in_scale = np.float32(tensors[node.input[0]].scale[0])
             values = index.array(bias)
             names = (weight_name, tensors[weight_name]), (bias, values)
-            shift = _bias_shift(node, index, ranges, config, *names)
+            shift = _bias_shift(node, index, ranges, config, *names, nhwc)
             scale_before = tensors[weight_name].scale
             _fit_bias(tensors[weight_name], values if shift is None else values - shift, in_scale)
             if shift is not None and tensors[weight_name].scale != scale_before:
-                shift = _bias_shift(node, index, ranges, config, *names)  # with the widened scales
+                shift = _bias_shift(node, index, ranges, config, *names, nhwc)  # with the widened scales
             w_scale = np.asarray(tensors[weight_name].scale, dtype=np.float32)
             b_scale = (in_scale * w_scale).astype(np.float32)
             if bias not in tensors:
@@ -403,6 +420,7 @@ def _bias_shift(
     config: QuantConfig,
     weight: tuple[str, TensorParams],
     bias: tuple[str, np.ndarray],
+    nhwc: tuple[int, int, int] | None = None,
 ) -> np.ndarray | None:
     """The bias correction of an INT8 Conv/Gemm (quantize/bias_correction.py), shaped like its bias;
     None when it is off, no channel means were calibrated, or the bias is shared or shaped otherwise."""
@@ -410,7 +428,13 @@ def _bias_shift(
     (weight_name, params), (bias_name, values) = weight, bias
     if not config.bias_correction or mean is None or len(index.consumers[bias_name]) != 1:
         return None
-    shift = output_shift(node, index.array(weight_name), params, mean)
+    w = index.array(weight_name)
+    w_dequantized = None
+    if nhwc is not None and params.pair_limit is not None:  # pairs are fitted in the stored order
+        trans_b = bool(attr(node, "transB", 0))
+        stored = dequantized(permute_gemm_weight(w, nhwc, trans_b), params)
+        w_dequantized = permute_gemm_weight(stored, nhwc, trans_b, inverse=True)
+    shift = output_shift(node, w, params, mean, w_dequantized)
     if shift is None or shift.size != values.size or not np.isfinite(shift).all():
         return None
     return shift.reshape(values.shape)

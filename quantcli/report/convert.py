@@ -7,8 +7,12 @@ from typing import Any
 
 from quantcli import __version__
 from quantcli.api import ConvertResult
+from quantcli.cpu import TARGETS
+from quantcli.errors import notice_code
 from quantcli.graph import COMPUTE_OPS
+from quantcli.kernel_check import KernelCheck
 from quantcli.report import SCHEMA_VERSION, number, out
+from quantcli.verify import Agreement
 
 PRECISION_LABEL = {
     "static": "in INT8",
@@ -57,18 +61,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
             "eval_source": r.eval_source,
             "reference_accuracy": a.reference_accuracy,
             "candidate_accuracy": a.candidate_accuracy,
-            "outputs": [
-                {
-                    "name": o.name,
-                    "cosine_mean": number(o.cosine_mean),
-                    "cosine_min": number(o.cosine_min),
-                    "max_abs_error": number(o.max_abs_error),
-                    "mean_abs_error": number(o.mean_abs_error),
-                    "sqnr_db": number(o.sqnr_db),
-                    "top1_agreement": o.top1_agreement,
-                }
-                for o in a.outputs
-            ],
+            "outputs": _outputs_dict(a),
         },
         "latency": None
         if r.latency is None
@@ -83,8 +76,47 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
             name: {"scale": q.scale, "zero_point": q.zero_point, "dtype": q.dtype}
             for name, q in r.io_quantization.items()
         },
+        "target_cpu": None if r.saturation is None else r.saturation.target_cpu,
+        "saturation": None
+        if r.saturation is None
+        else {
+            "integer_layers": r.saturation.layers,
+            "layers_over_limit": r.saturation.layers_over,
+            "pairs_over_limit": r.saturation.pairs_over,
+        },
+        "kernels": None if r.kernels is None else _kernels_dict(r.kernels),
         "warnings": r.warnings,
+        "warning_codes": [notice_code(w) for w in r.warnings],
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
+    }
+
+
+def _outputs_dict(a: Agreement) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": o.name,
+            "cosine_mean": number(o.cosine_mean),
+            "cosine_min": number(o.cosine_min),
+            "max_abs_error": number(o.max_abs_error),
+            "mean_abs_error": number(o.mean_abs_error),
+            "sqnr_db": number(o.sqnr_db),
+            "top1_agreement": o.top1_agreement,
+        }
+        for o in a.outputs
+    ]
+
+
+def _kernels_dict(k: KernelCheck) -> dict[str, Any]:
+    """Which kernels `accuracy` came from; `exact_accuracy`: the same evaluation on exact integer
+    kernels, when this CPU's can differ from them on this model (else null, and `reason` says why)."""
+    return {
+        "host": k.host,
+        "onnxruntime_version": k.onnxruntime_version,
+        "same_as_exact": k.same_as_exact,
+        "reason": k.reason,
+        "exact_accuracy": None
+        if k.exact is None
+        else {"candidate_accuracy": k.exact.candidate_accuracy, "outputs": _outputs_dict(k.exact)},
     }
 
 
@@ -160,6 +192,7 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
                     f"float {_pct(a.reference_accuracy)} -> quantized {_pct(a.candidate_accuracy)}",
                 )
             )
+        rows += _kernel_rows(r)
     if r.latency is not None:
         lat = r.latency
         rows.append(
@@ -171,6 +204,22 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
         )
     rows.append(("time", f"{r.seconds.get('total', 0.0):.2f} s"))
     rows.extend(("warning", w) for w in r.warnings)
+    return rows
+
+
+def _kernel_rows(r: ConvertResult) -> list[tuple[str, str]]:
+    """Which kernels the figures above came from; the exact-kernel figures when they differ."""
+    k, sat = r.kernels, r.saturation
+    if k is None or sat is None or not sat.layers:
+        return []
+    rows = [("target CPU", f"{sat.target_cpu}: {TARGETS[sat.target_cpu]}")]
+    rows.append(("measured on", f"this CPU's kernels ({k.host['kind']}): {k.reason}"))
+    if k.exact is not None:
+        for o in k.exact.outputs:
+            text = f"cosine {o.cosine_mean:.5f} (min {o.cosine_min:.5f}), SQNR {o.sqnr_db:.1f} dB"
+            if o.top1_agreement is not None:
+                text += f", top-1 agreement {_pct(o.top1_agreement)}"
+            rows.append((f"exact kernels {o.name}", text + " (what VNNI and ARM CPUs compute)"))
     return rows
 
 
