@@ -18,12 +18,13 @@ import onnx
 
 from quantcli.calibration.collect import make_session
 from quantcli.calibration.data import InputSpec, find_samples, iter_samples, read_labels
-from quantcli.errors import BadDataError, ExitCode, UnsupportedModelError, UsageError
+from quantcli.errors import BadDataError, ExitCode, Notice, UnsupportedModelError, UsageError
 from quantcli.io_match import IOMatch, match_io
+from quantcli.kernel_check import KernelCheck, Saturation, kernel_check, mismatch_warning
 from quantcli.model_io import file_size, load_model
 from quantcli.per_layer import PerLayerResult, per_layer_errors
 from quantcli.thresholds import Check, Thresholds, evaluate
-from quantcli.verify import Agreement, compare_sessions
+from quantcli.verify import Agreement, compare_sessions, exact_kernel_model
 
 RANDOM_SAMPLES = 32  # samples generated without --data
 MIN_ROUNDS = 30
@@ -111,6 +112,7 @@ class CompareResult:
     checks: list[Check]
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    kernels: KernelCheck | None = None  # which integer kernels `agreement` came from
 
     @property
     def size_ratio(self) -> float:
@@ -140,6 +142,8 @@ def compare(
         ModelFacts(Path(p), file_size(p), parameter_bytes(m))
         for p, m in ((options.reference, reference_model), (options.candidate, candidate_model))
     ]
+    risks = [_saturation(m) for m in (reference_model, candidate_model)]
+    kernels = kernel_check(max(risks, key=lambda r: r.pairs_over))
     if not options.per_layer:
         del reference_model, candidate_model
     reference = make_session(Path(options.reference))
@@ -179,6 +183,11 @@ def compare(
         io=io,
         progress=(lambda k: progress("comparing outputs", k, source.samples)) if progress else None,
     )
+    if not kernels.same_as_exact:  # this CPU's U8S8 kernels can saturate: measure exact kernels too
+        exact = [_exact_session(p) for p in (options.reference, options.candidate)]
+        kernels.exact = compare_sessions(exact[0], exact[1], samples(), labels, io=io)
+        del exact
+        warnings += mismatch_warning(agreement, kernels)
     seconds["outputs"] = time.perf_counter() - t
 
     per_layer = None
@@ -194,6 +203,17 @@ def compare(
         )
         del reference_model, candidate_model
         seconds["per_layer"] = time.perf_counter() - t
+        if not kernels.same_as_exact:
+            first = agreement.outputs[0]
+            warnings.append(
+                Notice(
+                    "per-layer-unfused",
+                    "per-layer figures run each op unfused (float arithmetic on dequantized values), so "
+                    f"they do not show the int16 saturation of this CPU's fused kernels: end to end, output "
+                    f"{first.name} has {first.sqnr_db:.1f} dB SQNR here vs {kernels.exact.outputs[0].sqnr_db:.1f} dB "
+                    "on exact kernels",
+                )
+            )
 
     latency = None
     if options.latency or options.thresholds.needs_latency:
@@ -220,6 +240,7 @@ def compare(
         checks=[],
         warnings=warnings,
         seconds=seconds,
+        kernels=kernels,
     )
     result.checks = evaluate(
         options.thresholds,
@@ -229,6 +250,19 @@ def compare(
     )
     seconds["total"] = time.perf_counter() - t0
     return result
+
+
+def _saturation(model: onnx.ModelProto) -> Saturation:
+    from quantcli.inspect.saturation import u8s8_layers
+
+    return Saturation.of("", u8s8_layers(model.graph))
+
+
+def _exact_session(path: Path):  # noqa: ANN202 - onnxruntime session
+    """A session over the model as exact integer kernels compute it (the model itself when nothing
+    in it runs on U8S8 kernels)."""
+    exact = exact_kernel_model(load_model(path))
+    return make_session(Path(path)) if exact is None else make_session(exact)
 
 
 def random_samples(specs: list[InputSpec], count: int, seed: int) -> Iterator[dict[str, np.ndarray]]:

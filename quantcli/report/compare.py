@@ -72,6 +72,13 @@ def _summary_rows(r: CompareResult) -> list[tuple[str, str]]:
             ("accuracy", f"reference {_pct(a.reference_accuracy)}, candidate {_pct(a.candidate_accuracy)} "
              f"(drop {100 * a.accuracy_drop:.2f} points, {a.samples} labelled samples)")
         )  # fmt: skip
+    k = r.kernels
+    if k is not None:
+        text = f"this CPU's ({k.host['kind']}, onnxruntime {k.onnxruntime_version}): {k.reason}"
+        if k.exact is not None:
+            o = k.exact.outputs[0]
+            text += f"; on exact integer kernels (VNNI/ARM) output {o.name} has SQNR {_db(o.sqnr_db)} dB"
+        rows.append(("kernels", text))
     if r.latency is not None:
         lat = r.latency
         rows.append(

@@ -6,6 +6,7 @@ from typing import Any
 
 from quantcli import __version__
 from quantcli.compare import CompareResult, ModelFacts
+from quantcli.errors import notice_code
 from quantcli.report import SCHEMA_VERSION, number
 
 
@@ -88,8 +89,27 @@ def compare_to_dict(r: CompareResult) -> dict[str, Any]:
             }
             for c in r.checks
         ],
+        "kernels": _kernels(r),
         "warnings": r.warnings,
+        "warning_codes": [notice_code(w) for w in r.warnings],
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
+    }
+
+
+def _kernels(r: CompareResult) -> dict[str, Any]:
+    """Which integer kernels `outputs` came from (this CPU's), and the same comparison on exact
+    integer kernels when this CPU's U8S8 kernels can saturate on these models."""
+    k = r.kernels
+    exact = None
+    if k.exact is not None:
+        exact = [{"name": o.name, "cosine_mean": number(o.cosine_mean), "sqnr_db": number(o.sqnr_db),
+                  "top1_agreement": o.top1_agreement} for o in k.exact.outputs]  # fmt: skip
+    return {
+        "host": k.host,
+        "onnxruntime_version": k.onnxruntime_version,
+        "same_as_exact": k.same_as_exact,
+        "reason": k.reason,
+        "exact_outputs": exact,
     }
 
 
@@ -288,7 +308,39 @@ COMPARE_JSON_SCHEMA: dict[str, Any] = {
                     }
                 ),
             },
+            "kernels": _object(
+                {
+                    "host": _object(
+                        {
+                            "kind": {"enum": ["vnni", "avx512", "avx2", "x86", "arm", "unknown"]},
+                            "arch": _STR,
+                            "avx2": {"type": "boolean"},
+                            "avx512": {"type": "boolean"},
+                            "vnni": {"type": "boolean"},
+                            "u8s8_saturates": _nullable({"type": "boolean"}),
+                            "source": _STR,
+                        }
+                    ),
+                    "onnxruntime_version": _STR,
+                    "same_as_exact": {"type": "boolean"},
+                    "reason": _STR,
+                    "exact_outputs": _nullable(
+                        {
+                            "type": "array",
+                            "items": _object(
+                                {
+                                    "name": _STR,
+                                    "cosine_mean": _FIGURE,
+                                    "sqnr_db": _FIGURE,
+                                    "top1_agreement": _FRACTION,
+                                }
+                            ),
+                        }
+                    ),
+                }
+            ),
             "warnings": {"type": "array", "items": _STR},
+            "warning_codes": {"type": "array", "items": _STR},
             "seconds": {"type": "object", "additionalProperties": {"type": "number"}},
         }
     ),
