@@ -624,5 +624,3 @@ def test_cli_unreadable_model_with_json(tmp_path: Path) -> None:
     assert proc.returncode == 2
     data = json.loads(proc.stdout)
     assert data["command"] == "inspect" and data["error"]["exit_code"] == 2
-
-

@@ -116,6 +116,8 @@ def test_emulated_avx2_kernel_breaks_full_range_and_matches_exact_when_safe(
     for tag, conversion in (("safe", converted[name]), ("full", full_range[name])):
         broken = 0
         for _, _, q in _weights(conversion).values():
+            if q.dtype == np.uint8:
+                continue  # a first/last layer on the exact U8U8 kernel (quantize/exact_layers.py)
             layout = CONV if q.ndim == 4 else NK  # the sample models' Gemms are transB=1
             rows = kernel_rows(q, layout)
             if layout == CONV:
@@ -266,8 +268,11 @@ def test_exact_kernel_copy_computes_what_the_safe_model_computes(converted, name
     model = onnx.load(converted[name].output)
     exact = exact_kernel_model(model)
     assert exact is not None and onnx.checker.check_model(exact, full_check=True) is None
-    uint8 = [t for t in exact.graph.initializer if t.data_type == TensorProto.UINT8 and len(t.dims) >= 2]
-    assert len(uint8) == len(u8s8_layers(model.graph))
+
+    def uint8_weights(m: onnx.ModelProto) -> int:
+        return sum(t.data_type == TensorProto.UINT8 and len(t.dims) >= 2 for t in m.graph.initializer)
+
+    assert uint8_weights(exact) == uint8_weights(model) + len(u8s8_layers(model.graph))
     a = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     b = ort.InferenceSession(exact.SerializeToString(), providers=["CPUExecutionProvider"])
     for f in sorted((DATA / name / "eval").glob("*.npz"))[:20]:
@@ -282,7 +287,26 @@ def test_target_is_recorded_in_the_plan_and_the_model(converted, full_range) -> 
         assert meta["quantcli.target_cpu"] == target
         assert c.result.saturation.target_cpu == target
     assert converted["digits_cnn"].result.saturation.pairs_over == 0
-    assert all(p.pair_limit == 128 for _, p, _ in _weights(converted["digits_cnn"]).values())
+    params = [p for _, p, _ in _weights(converted["digits_cnn"]).values()]
+    assert {p.pair_limit for p in params if p.dtype.value == "int8"} == {128}
+    # the first Conv and the last Gemm keep full-range weights on the exact U8U8 kernel
+    uint8 = [p for p in params if p.dtype.value == "uint8"]
+    assert len(uint8) == 2 and all(p.pair_limit is None and set(p.zero_point) == {128} for p in uint8)
+
+
+def test_first_and_last_layers_go_exact_within_the_mac_budget(converted) -> None:
+    from quantcli.quantize.exact_layers import EXACT_MAC_SHARE
+
+    for name, expected in (
+        ("digits_cnn", {"/block1/block1.0/Conv", "/head/head.3/Gemm"}),
+        ("digits_mlp", {"/net/net.4/Gemm"}),  # its first Gemm is 20% of the MACs: too costly
+        ("digits_vit", {"/patch_embed/Conv", "/head/Gemm"}),
+    ):
+        nodes = converted[name].result.nodes
+        exact = {n.name for n in nodes if "UINT8 weights" in n.reason}
+        assert exact == expected, name
+        shares = [float(n.reason.rsplit("; ", 1)[1].split("%")[0]) / 100 for n in nodes if n.name in exact]
+        assert sum(shares) <= EXACT_MAC_SHARE
 
 
 def test_default_accuracy_on_exact_kernels_is_close_to_full_range(converted, full_range) -> None:

@@ -162,9 +162,11 @@ class ChannelMeanObserver:
         axis = self.axis if self.axis >= 0 else x.ndim + self.axis
         if x.ndim <= axis or axis < 0 or x.size == 0:
             return
-        other = tuple(i for i in range(x.ndim) if i != axis)
-        sums = np.sum(x, axis=other, dtype=np.float64)
-        squares = np.sum(np.square(x, dtype=np.float64), axis=other)
+        # [outer, C, inner] views (no copy of a contiguous x); einsum squares without a temporary
+        c = x.shape[axis]
+        v = x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), c, -1)
+        sums = np.einsum("ocj->c", v, dtype=np.float64)
+        squares = np.einsum("ocj,ocj->c", v, v).astype(np.float64)
         if self.sums is None:
             if self.count < 0:
                 return

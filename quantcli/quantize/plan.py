@@ -110,6 +110,12 @@ class TensorParams:
             "weight", QType.INT8, np.atleast_1d(scale).tolist(), np.atleast_1d(zp).astype(int).tolist(), axis
         )
 
+    def to_uint8(self) -> None:
+        """The same symmetric INT8 weight stored UINT8 (value + 128, zero point 128): onnxruntime
+        multiplies it on its exact U8U8 kernel instead of U8S8 (quantize/exact_layers.py)."""
+        self.dtype = QType.UINT8
+        self.zero_point = [128] * len(self.zero_point)
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         scale = np.asarray(self.scale, dtype=np.float32)
         zp = np.asarray(self.zero_point, dtype=np.int64).astype(self.dtype.numpy)

@@ -183,7 +183,11 @@ def fit_scales(
 ) -> np.ndarray:
     """Per-channel (or the one per-tensor) scale that, with fit_pairs, gives the smallest
     importance-weighted squared weight error under the pair limit; channels with no pair over it
-    keep their scale."""
+    keep their scale.
+
+    Each scale group tries _GRID factors f evenly spaced in [1, f_max] (f_max: no pair left over
+    the limit); all groups at once, rows in chunks. On a layer above _EXACT_ELEMENTS weights the
+    error is summed over an evenly strided sample of the pairs."""
     scale = np.asarray(scale, dtype=np.float64)
     rows = kernel_rows(np.asarray(w, dtype=np.float64), layout)
     importance = k_importance(channel_weights, layout, np.shape(w))
@@ -195,60 +199,43 @@ def fit_scales(
     else:
         groups = np.arange(rows.shape[0])
         per_group = scale.reshape(-1)
-    s = per_group[groups][:, None]
-    excess = pair_excess(np.round(np.clip(rows / s, -qmax, qmax)), limit)
-    at_risk = np.unique(groups[excess.max(axis=1, initial=0) > 0])
-    if at_risk.size == 0:
+    x = np.clip(rows / per_group[groups][:, None], -qmax, qmax)  # code units at the plain scale
+    pairs = kernel_pairs(x)
+    worst_row = np.maximum(np.maximum(pairs, 0).sum(axis=2).max(axis=1, initial=0),
+                           (-np.minimum(pairs, 0)).sum(axis=2).max(axis=1, initial=0))  # fmt: skip
+    over_row = pair_excess(np.round(x), limit).max(axis=1, initial=0) > 0
+    n_groups = per_group.size
+    worst = np.zeros(n_groups)
+    np.maximum.at(worst, groups, worst_row)
+    at_risk = np.zeros(n_groups, dtype=bool)
+    np.logical_or.at(at_risk, groups, over_row)
+    if not at_risk.any():
         return scale
-    out = per_group.copy()
-    for g in at_risk:
-        sel = groups == g
-        out[g] = per_group[g] * _best_factor(rows[sel] / per_group[g], importance, limit, qmax)
-    return out.astype(np.float32).reshape(np.shape(scale))
-
-
-def _best_factor(x: np.ndarray, importance: np.ndarray, limit: int, qmax: int) -> float:
-    """The factor f (scale x f) minimising sum(importance * (fit(round(x / f)) * f - x)^2) over a
-    grid in [1, f_max]; x is one scale group's rows in code units, importance one value per K."""
-    xc = np.clip(x, -qmax, qmax)
-    pairs = kernel_pairs(xc)
-    pos = np.maximum(pairs, 0).sum(axis=2)
-    neg = -np.minimum(pairs, 0).sum(axis=2)
-    worst = float(max(pos.max(initial=0), neg.max(initial=0)))
-    f_max = max(1.0, (worst + 0.5) / (limit - 0.5))  # round(worst / f) <= limit
-    # Pairs over the limit at f = 1 are the only ones fit_pairs can change: their error is exact;
-    # the rounding error of the rest is exact too on small groups, sampled on big ones.
-    risky = (pos > limit - 0.5) | (neg > limit - 0.5)
-    w_pairs = np.broadcast_to(kernel_pairs(importance.reshape(1, -1)), pairs.shape)
+    f_max = np.maximum(1.0, (worst + 0.5) / (limit - 0.5))  # round(worst / f) <= limit
+    keep = at_risk[groups]
+    x, g = x[keep], groups[keep]
     k_even = pairs.shape[1] * 2
-    rest = np.concatenate([pairs[~risky].reshape(-1), x[:, k_even:].reshape(-1)])
-    rest_w = np.concatenate(
-        [w_pairs[~risky].reshape(-1), np.broadcast_to(importance[k_even:], x[:, k_even:].shape).reshape(-1)]
-    )
-    scale_up = 1.0
-    if rest.size > _EXACT_ELEMENTS:
-        step = rest.size // _EXACT_ELEMENTS + 1
-        scale_up = rest.size / rest[::step].size
-        rest, rest_w = rest[::step], rest_w[::step]
-    rest = np.clip(rest, -qmax, qmax)
-    risky_pairs, risky_w = pairs[risky], w_pairs[risky]  # [P, 2]
-    best_f, best_err = 1.0, np.inf
-    for f in np.linspace(1.0, f_max, _GRID):
-        real = np.clip(risky_pairs / f, -qmax, qmax)
-        sign = np.where(real.sum(axis=1) > 0, 1.0, -1.0)
-        mags = np.abs(np.round(real))
-        over = mags.sum(axis=1) > limit
-        fitted = np.round(real)
-        if over.any():
-            a, b = np.abs(real[over, 0]), np.abs(real[over, 1])
-            first = _fit(a, b, risky_w[over, 0], risky_w[over, 1], limit, qmax)
-            fitted[over, 0] = sign[over] * first
-            fitted[over, 1] = sign[over] * (limit - first)
-        err = float(np.sum(risky_w * (fitted * f - risky_pairs) ** 2))
-        err += scale_up * float(np.sum(rest_w * (np.clip(np.round(rest / f), -qmax, qmax) * f - rest) ** 2))
-        if err < best_err:
-            best_f, best_err = float(f), err
-    return best_f
+    x, imp = x[:, :k_even], importance[:k_even]  # an odd K's last column: plain rounding at any f
+    if x.size > _EXACT_ELEMENTS:  # a strided sample of the pairs: the same columns for every f
+        step = x.size // _EXACT_ELEMENTS + 1
+        cols = (np.arange(0, k_even // 2, step)[:, None] * 2 + np.arange(2)).reshape(-1)
+        x, imp = x[:, cols], imp[cols]
+    chunk = max(1, _EXACT_ELEMENTS // (8 * max(1, x.shape[1])))
+    best_err = np.full(n_groups, np.inf)
+    best_f = np.ones(n_groups)
+    for t in np.linspace(0.0, 1.0, _GRID):
+        f_group = 1.0 + t * (f_max - 1.0)
+        err = np.zeros(n_groups)
+        for start in range(0, x.shape[0], chunk):
+            xs, gs = x[start : start + chunk], g[start : start + chunk]
+            f = f_group[gs][:, None]
+            real = np.clip(xs / f, -qmax, qmax)
+            q = fit_pairs(np.round(real), real, limit, imp, qmax)
+            np.add.at(err, gs, np.sum(imp * (q * f - xs) ** 2, axis=1))
+        better = at_risk & (err < best_err)
+        best_err = np.where(better, err, best_err)
+        best_f = np.where(better, f_group, best_f)
+    return (per_group * best_f).astype(np.float32).reshape(np.shape(scale))
 
 
 def quantize_weight(values: np.ndarray, params) -> np.ndarray:  # noqa: ANN001 - plan.TensorParams

@@ -11,6 +11,8 @@ from quantcli.graph import GraphIndex, attr
 from quantcli.quantize.bias_correction import dequantized, output_shift
 from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
 from quantcli.quantize.embedding import embedding_table
+from quantcli.quantize.exact_layers import REASON as EXACT_REASON
+from quantcli.quantize.exact_layers import exact_layers
 from quantcli.quantize.integer_io import plan_io_tensors
 from quantcli.quantize.layout import REASON as NHWC_FLATTEN_REASON
 from quantcli.quantize.layout import nhwc_flattens, permute_gemm_weight
@@ -73,6 +75,7 @@ def plan_static(
         reasons[name] = NHWC_FLATTEN_REASON  # the rewriter applies it (quantize/layout.py)
         permuted[gemm.name] = (c, h, w)
 
+    on_exact_kernel = _exact_kernel_layers(model, index, precision, config)
     nodes: list[NodePlan] = []
     tensors: dict[str, TensorParams] = {}
     for node in model.graph.node:
@@ -86,7 +89,21 @@ def plan_static(
             continue
         if plan.precision != INT8 or rule is None:
             continue
-        _plan_tensors(node, rule, plan, index, ranges, precision, tensors, config, permuted.get(node.name))
+        exact = on_exact_kernel.get(node.name)
+        if exact is not None:
+            plan.reason = EXACT_REASON.format(kernel=rule.kernel, where=exact[0], share=exact[1])
+        _plan_tensors(
+            node,
+            rule,
+            plan,
+            index,
+            ranges,
+            precision,
+            tensors,
+            config,
+            permuted.get(node.name),
+            exact is not None,
+        )
     if config.integer_io:
         plan_io_tensors(model.graph, ranges, config, tensors)
     return QuantPlan("static", config, nodes, tensors, ranges.samples)
@@ -144,6 +161,26 @@ def _decide_all(
         if decision == INT8:
             produced_int8.update(o for o in node.output if o)
     return precision, reasons
+
+
+def _exact_kernel_layers(
+    model: onnx.ModelProto, index: GraphIndex, precision: dict[str, str], config: QuantConfig
+) -> dict[str, tuple[str, float]]:
+    """The first/last integer layers that keep full-range weights on the exact U8U8 kernel
+    (quantize/exact_layers.py): only where the target has CPUs whose U8S8 kernels saturate."""
+    if not (config.saturation_safe and config.activation_type.bits == 8):
+        return {}
+    candidates = []
+    for node in model.graph.node:
+        rule = rule_for(node)
+        if precision.get(node.name) != INT8 or rule is None or rule.weight_input is None:
+            continue
+        weight = node.input[rule.weight_input] if rule.weight_input < len(node.input) else ""
+        if weight not in index.initializers or len(index.consumers[weight]) != 1:
+            continue
+        if rule.pair_layout(node, index) is not None:
+            candidates.append(node)
+    return exact_layers(model, index, candidates)
 
 
 def _dequantized_right_away(
@@ -277,9 +314,11 @@ def _plan_tensors(
     tensors: dict[str, TensorParams],
     config: QuantConfig,
     nhwc: tuple[int, int, int] | None = None,
+    exact: bool = False,
 ) -> None:  # noqa: ANN001
     """Parameters of the node's quantized tensors; `nhwc`: C, H, W when the node is a Gemm whose
-    weight the rewriter stores in H, W, C order (quantize/layout.py)."""
+    weight the rewriter stores in H, W, C order (quantize/layout.py); `exact`: its weight is stored
+    UINT8 for the exact U8U8 kernel (quantize/exact_layers.py) instead of within the pair limit."""
     act = config.activation_type
     sym = config.symmetric_activations
 
@@ -341,7 +380,9 @@ def _plan_tensors(
             axis = rule.weight_axis(node, index) if config.per_channel else None
             tensors[weight_name] = TensorParams.for_weight(w, axis, config)
             layout = rule.pair_layout(node, index)
-            if config.saturation_safe and act.bits == 8 and layout is not None:
+            if exact:
+                tensors[weight_name].to_uint8()
+            elif config.saturation_safe and act.bits == 8 and layout is not None:
                 energy = ranges.channel_energy.get(node.input[0])
                 if nhwc is not None:
                     trans_b = bool(attr(node, "transB", 0))
