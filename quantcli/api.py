@@ -247,6 +247,11 @@ def convert(
             raise UsageError(
                 f"--mode {options.mode} contradicts the plan {options.plan}, made for --mode {plan.mode}"
             )
+        if options.target_cpu != DEFAULT_TARGET and options.target_cpu != plan.config.target_cpu:
+            raise UsageError(
+                f"--target-cpu {options.target_cpu} contradicts the plan {options.plan}, made for "
+                f"--target-cpu {plan.config.target_cpu}"
+            )
         if options.integer_io and not plan.config.integer_io:
             raise UsageError(f"--integer-io contradicts the plan {options.plan}, made without it")
     elif options.mode in ("static", "mixed", None):

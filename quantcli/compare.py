@@ -142,8 +142,8 @@ def compare(
         ModelFacts(Path(p), file_size(p), parameter_bytes(m))
         for p, m in ((options.reference, reference_model), (options.candidate, candidate_model))
     ]
-    risks = [_saturation(m) for m in (reference_model, candidate_model)]
-    kernels = kernel_check(max(risks, key=lambda r: r.pairs_over))
+    layers = [_u8s8_layers(m) for m in (reference_model, candidate_model)]
+    kernels = kernel_check(max((Saturation.of("", ls) for ls in layers), key=lambda r: r.pairs_over))
     if not options.per_layer:
         del reference_model, candidate_model
     reference = make_session(Path(options.reference))
@@ -205,13 +205,16 @@ def compare(
         seconds["per_layer"] = time.perf_counter() - t
         if not kernels.same_as_exact:
             first = agreement.outputs[0]
+            risky = sorted((r for ls in layers for r in ls if r.pairs_over), key=lambda r: -r.pairs_over)
+            named = ", ".join(f"{r.node} ({r.pairs_over} pairs)" for r in risky[:3])
+            more = f" and {len(risky) - 3} more" if len(risky) > 3 else ""
             warnings.append(
                 Notice(
                     "per-layer-unfused",
                     "per-layer figures run each op unfused (float arithmetic on dequantized values), so "
                     f"they do not show the int16 saturation of this CPU's fused kernels: end to end, output "
                     f"{first.name} has {first.sqnr_db:.1f} dB SQNR here vs {kernels.exact.outputs[0].sqnr_db:.1f} dB "
-                    "on exact kernels",
+                    f"on exact kernels; the layers whose INT8 weight pairs can saturate here: {named}{more}",
                 )
             )
 
@@ -252,10 +255,11 @@ def compare(
     return result
 
 
-def _saturation(model: onnx.ModelProto) -> Saturation:
+def _u8s8_layers(model: onnx.ModelProto) -> list:
+    """The model's INT8 layers on U8S8 kernels, with their pairs over the int16 limit."""
     from quantcli.inspect.saturation import u8s8_layers
 
-    return Saturation.of("", u8s8_layers(model.graph))
+    return u8s8_layers(model.graph)
 
 
 def _exact_session(path: Path):  # noqa: ANN202 - onnxruntime session

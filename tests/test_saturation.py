@@ -379,3 +379,16 @@ def test_dynamic_mode_weights_are_safe_too(converted_modes) -> None:
     layers = u8s8_layers(onnx.load(converted_modes("digits_vit", "dynamic").output).graph)
     assert layers and all(layer.op_type == "MatMulInteger" for layer in layers)
     assert sum(layer.pairs_over for layer in layers) == 0
+
+
+def test_a_plan_replays_its_own_target(converted, tmp_path: Path) -> None:
+    from quantcli.api import ConvertOptions, convert
+    from quantcli.errors import UsageError
+
+    c = converted["digits_cnn"]
+    with pytest.raises(UsageError, match="--target-cpu vnni contradicts the plan"):
+        convert(ConvertOptions(model=c.source, output=tmp_path / "o.onnx", plan=c.plan, target_cpu="vnni"))
+    replay = convert(ConvertOptions(model=c.source, output=tmp_path / "r.onnx", plan=c.plan))
+    assert (
+        replay.saturation.target_cpu == "any" and (tmp_path / "r.onnx").read_bytes() == c.output.read_bytes()
+    )

@@ -94,8 +94,8 @@ def _dims(index: GraphIndex, name: str) -> list[int] | None:
 
 
 def _macs(node: onnx.NodeProto, index: GraphIndex) -> int | None:
-    """Multiply-accumulates of one inference at batch 1 (a symbolic leading dimension counts 1);
-    None when a shape it needs is unknown."""
+    """Multiply-accumulates of one inference at batch 1; None when a shape it needs is unknown (a
+    Conv's output size)."""
     w = index.initializers.get(node.input[1])
     if w is None:
         return None
@@ -106,9 +106,11 @@ def _macs(node: onnx.NodeProto, index: GraphIndex) -> int | None:
             return None
         return int(math.prod(wd) * math.prod(out[2:]))
     x = _dims(index, node.input[0])
-    if x is None or len(x) < 2 or any(d is None for d in x[1:-1]):
+    if x is None or len(x) < 2:
         return None
-    rows = math.prod(x[1:-1]) if len(x) > 2 else 1  # the leading (batch) dimension counts 1
+    # The leading (batch) dimension counts 1, and so does a symbolic one (a sequence length): the
+    # MatMuls of a transformer share it, so their shares of the total stay right.
+    rows = math.prod(d or 1 for d in x[1:-1]) if len(x) > 2 else 1
     if node.op_type == "Gemm" and attr(node, "transA", 0):
         return None
     return int(rows * math.prod(wd))
