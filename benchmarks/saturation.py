@@ -17,6 +17,7 @@ batch 1, medians of interleaved rounds in a shuffled order).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,17 @@ def quantcli(case, out: Path, *extra: str) -> float:  # noqa: ANN001
 
 
 def onnxruntime_static(case, out: Path, reduce_range: bool) -> float:  # noqa: ANN001
+    """onnxruntime's quantize_static, run from the output's directory: quant_pre_process and the
+    calibrator write temporary files (sym_shape_infer_temp.onnx, external data) into the cwd."""
+    cwd = os.getcwd()
+    os.chdir(out.parent)
+    try:
+        return _onnxruntime_static(case, out, reduce_range)
+    finally:
+        os.chdir(cwd)
+
+
+def _onnxruntime_static(case, out: Path, reduce_range: bool) -> float:  # noqa: ANN001
     t = time.perf_counter()
     if reduce_range:
         import onnxruntime.quantization as q
