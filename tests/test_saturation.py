@@ -392,3 +392,17 @@ def test_a_plan_replays_its_own_target(converted, tmp_path: Path) -> None:
     assert (
         replay.saturation.target_cpu == "any" and (tmp_path / "r.onnx").read_bytes() == c.output.read_bytes()
     )
+
+
+def test_the_output_does_not_depend_on_the_converting_host(tmp_path: Path, monkeypatch) -> None:
+    """The same bytes whatever CPU converts: the host's features decide only what is measured."""
+    outputs = []
+    for features in ("avx2", "avx2 avx512f avx512_vnni", "arm"):
+        monkeypatch.setenv("QUANTCLI_CPU_FEATURES", features)
+        c = convert_sample("digits_mlp", tmp_path, features.split()[-1])
+        outputs.append((c.output.read_bytes(), c.plan.read_bytes()))
+        assert (
+            c.result.kernels.host["kind"]
+            == {"avx2": "avx2", "avx512_vnni": "vnni", "arm": "arm"}[features.split()[-1]]
+        )
+    assert outputs[0] == outputs[1] == outputs[2]
