@@ -19,18 +19,20 @@ from quantcli.verify import Agreement
 @dataclass
 class Saturation:
     """The output's INT8 weights on onnxruntime's U8S8 kernels (inspect/saturation.py), for the
-    declared target: `pairs_over` pairs in `layers_over` of `layers` layers exceed the int16 limit
-    of x86 CPUs without VNNI (0 for the default target)."""
+    declared target: `pairs_over` pairs in `layers_over` of the `layers` U8S8 layers exceed the int16
+    limit of x86 CPUs without VNNI (0 for the default target); `exact_layers` keep full-range
+    weights stored UINT8, on the exact U8U8 kernel (quantize/exact_layers.py)."""
 
     target_cpu: str
     layers: int
     layers_over: int
     pairs_over: int
+    exact_layers: int = 0
 
     @classmethod
-    def of(cls, target_cpu: str, layers: list) -> Saturation:  # noqa: ANN001 - list[LayerRisk]
+    def of(cls, target_cpu: str, layers: list, exact_layers: int = 0) -> Saturation:  # noqa: ANN001 - list[LayerRisk]
         over = [r for r in layers if r.pairs_over]
-        return cls(target_cpu, len(layers), len(over), sum(r.pairs_over for r in over))
+        return cls(target_cpu, len(layers), len(over), sum(r.pairs_over for r in over), exact_layers)
 
 
 @dataclass
@@ -52,7 +54,7 @@ def kernel_check(saturation: Saturation | None) -> KernelCheck:
 
     host = host_features()
     if saturation is None or not saturation.layers:
-        same, why = True, "no INT8 weights on U8S8 integer kernels"
+        same, why = True, "no INT8 weights on U8S8 integer kernels"  # U8U8 ones are exact everywhere
     elif host.u8s8_saturates is False:
         same, why = True, "INT8 products accumulate in int32, as exact kernels do"
     elif not saturation.pairs_over:

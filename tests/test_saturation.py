@@ -406,3 +406,16 @@ def test_the_output_does_not_depend_on_the_converting_host(tmp_path: Path, monke
             == {"avx2": "avx2", "avx512_vnni": "vnni", "arm": "arm"}[features.split()[-1]]
         )
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_json_counts_the_u8s8_and_exact_layers(converted) -> None:
+    from quantcli.report.convert import convert_to_dict
+
+    d = convert_to_dict(converted["digits_cnn"].result)
+    assert d["saturation"] == {
+        "u8s8_layers": 3,
+        "exact_u8u8_layers": 2,
+        "layers_over_limit": 0,
+        "pairs_over_limit": 0,
+    }
+    assert d["target_cpu"] == "any" and d["warning_codes"] == []

@@ -80,7 +80,8 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         "saturation": None
         if r.saturation is None
         else {
-            "integer_layers": r.saturation.layers,
+            "u8s8_layers": r.saturation.layers,
+            "exact_u8u8_layers": r.saturation.exact_layers,
             "layers_over_limit": r.saturation.layers_over,
             "pairs_over_limit": r.saturation.pairs_over,
         },
@@ -210,9 +211,16 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
 def _kernel_rows(r: ConvertResult) -> list[tuple[str, str]]:
     """Which kernels the figures above came from; the exact-kernel figures when they differ."""
     k, sat = r.kernels, r.saturation
-    if k is None or sat is None or not sat.layers:
+    if k is None or sat is None or not (sat.layers or sat.exact_layers):
         return []
     rows = [("target CPU", f"{sat.target_cpu}: {TARGETS[sat.target_cpu]}")]
+    if sat.exact_layers:
+        rows.append(
+            (
+                "exact layers",
+                f"{sat.exact_layers} first/last layers keep full-range weights on the U8U8 kernel",
+            )
+        )
     rows.append(("measured on", f"this CPU's kernels ({k.host['kind']}): {k.reason}"))
     if k.exact is not None:
         for o in k.exact.outputs:
