@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from quantcli.graph import GraphIndex, attr
-from quantcli.quantize.saturation import CONV, KN, NK, kernel_pairs, kernel_rows, pair_limit
+from quantcli.quantize.saturation import CONV, KN, NK, kernel_rows, pair_limit, same_sign_sums
 
 LIMIT_8BIT = pair_limit(255)  # 8-bit activations reach code 255 (INT8 ones after the +128 shift)
 _8BIT = (TensorProto.UINT8, TensorProto.INT8)
@@ -56,8 +56,7 @@ def u8s8_layers(
         risk = LayerRisk(node.name, node.op_type, weight, layout)
         q = decode(index.initializers[weight])
         if q is not None:
-            p = kernel_pairs(kernel_rows(np.asarray(q), layout)).astype(np.int32)
-            pos, neg = np.maximum(p, 0).sum(axis=2), -np.minimum(p, 0).sum(axis=2)
+            pos, neg = same_sign_sums(kernel_rows(np.asarray(q), layout))
             risk.pairs = int(pos.size)
             risk.pairs_over = int(np.count_nonzero((pos > LIMIT_8BIT) | (neg > LIMIT_8BIT)))
             risk.worst_pair = int(max(pos.max(initial=0), neg.max(initial=0)))

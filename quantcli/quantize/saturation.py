@@ -122,10 +122,21 @@ def k_importance(
 
 def pair_excess(q_rows: np.ndarray, limit: int) -> np.ndarray:
     """[R, K//2]: how far each pair's same-sign sum exceeds the limit (0 where it does not)."""
-    p = kernel_pairs(q_rows).astype(np.int32)
-    pos = np.maximum(p, 0).sum(axis=2)
-    neg = np.minimum(p, 0).sum(axis=2)
-    return np.maximum(np.maximum(pos - limit, -neg - limit), 0)
+    pos, neg = same_sign_sums(q_rows)
+    return np.maximum(np.maximum(pos - limit, neg - limit), 0)
+
+
+def same_sign_sums(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[R, K//2] sums of each pair's positive parts and of its negative parts' magnitudes (two
+    strided slices: a reduction over an axis of 2 is several times slower)."""
+    k = rows.shape[1] // 2 * 2
+    a, b = rows[:, 0:k:2], rows[:, 1:k:2]
+    if a.dtype.kind in "iu":
+        a, b = a.astype(np.int32), b.astype(np.int32)
+    zero = a.dtype.type(0)
+    pos = np.maximum(a, zero) + np.maximum(b, zero)
+    neg = -(np.minimum(a, zero) + np.minimum(b, zero))
+    return pos, neg
 
 
 def _fit(a: np.ndarray, b: np.ndarray, wa: np.ndarray, wb: np.ndarray, limit: int, qmax: int) -> np.ndarray:
@@ -205,9 +216,9 @@ def fit_scales(
         groups = np.arange(rows.shape[0])
         per_group = scale.reshape(-1)
     x = np.clip(rows / per_group[groups][:, None], -qmax, qmax)  # code units at the plain scale
-    pairs = kernel_pairs(x)
-    worst_row = np.maximum(np.maximum(pairs, 0).sum(axis=2).max(axis=1, initial=0),
-                           (-np.minimum(pairs, 0)).sum(axis=2).max(axis=1, initial=0))  # fmt: skip
+    k_even = x.shape[1] // 2 * 2
+    pos, neg = same_sign_sums(x)
+    worst_row = np.maximum(pos.max(axis=1, initial=0), neg.max(axis=1, initial=0))
     over_row = pair_excess(np.round(x), limit).max(axis=1, initial=0) > 0
     n_groups = per_group.size
     worst = np.zeros(n_groups)
@@ -219,7 +230,6 @@ def fit_scales(
     f_max = np.maximum(1.0, (worst + 0.5) / (limit - 0.5))  # round(worst / f) <= limit
     keep = at_risk[groups]
     x, g = x[keep], groups[keep]
-    k_even = pairs.shape[1] * 2
     x, imp = x[:, :k_even], importance[:k_even]  # an odd K's last column: plain rounding at any f
     if x.size > _EXACT_ELEMENTS:  # a strided sample of the pairs: the same columns for every f
         step = x.size // _EXACT_ELEMENTS + 1
