@@ -87,8 +87,16 @@ def _start_convert(tmp_path: Path) -> tuple[subprocess.Popen, Path, Path]:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # A test run started as a background job of a non-interactive shell (`pytest ... &`, some CI
+        # runners) ignores SIGINT, and a child inherits that: quantcli then rightly ignores it too.
+        # The child gets the default disposition, as a process started from a terminal has.
+        preexec_fn=_default_sigint,
     )
     return proc, model, out_dir
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_cpu(pid: int, seconds: float, timeout: float = 60.0) -> None:
