@@ -312,8 +312,8 @@ def convert(
     if plan.mode in ("static", "mixed", "dynamic"):
         from quantcli.inspect.saturation import u8s8_layers
 
-        exact = sum(t.role == "weight" and t.dtype is QType.UINT8 for t in plan.tensors.values())
-        saturation = Saturation.of(plan.config.target_cpu, u8s8_layers(quantized.graph), exact)
+        exact_layers = sum(p.role == "weight" and p.dtype is QType.UINT8 for p in plan.tensors.values())
+        saturation = Saturation.of(plan.config.target_cpu, u8s8_layers(quantized.graph), exact_layers)
         _set_metadata(quantized, TARGET_CPU_KEY, plan.config.target_cpu)
     warnings = _warnings(plan, quantized) + saturation_warning(saturation)
     kernels = kernel_check(saturation)
