@@ -7,6 +7,7 @@ integer inputs/outputs are compared in float32.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -258,48 +259,27 @@ def requantized_by_onnxruntime(model: onnx.ModelProto, float_nodes: set[str]) ->
     return found
 
 
-_WEIGHT_READERS = {"Conv": 1, "MatMul": 1, "Gemm": 1, "MatMulInteger": 1}
-
-
 def exact_kernel_model(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """A copy of the model that onnxruntime runs on exact integer kernels on any CPU, or None when
     nothing in it runs on U8S8 kernels (nothing to change).
 
-    Each INT8 weight that an integer Conv/MatMul/Gemm reads (through a DequantizeLinear, or as
+    Each INT8 weight of a U8S8 integer layer (inspect/saturation.py: through a DequantizeLinear, or
     MatMulInteger's B) is stored as UINT8, value + 128 with zero point + 128: the same numbers, which
     onnxruntime multiplies on its U8U8 kernels (int32 sums) instead of U8S8's saturating int16
     pairs (FIELD_NOTES.md). On a CPU with VNNI or on ARM the two models compute the same outputs.
     """
     from onnx import numpy_helper
 
-    inits = {t.name: t for t in model.graph.initializer}
-    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for node in model.graph.node:
-        for i, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, i))
+    from quantcli.inspect.saturation import u8s8_layers
 
-    def reads_as_weight(tensor: str) -> bool:
-        uses = readers.get(tensor, [])
-        return bool(uses) and all(_WEIGHT_READERS.get(n.op_type) == i and not n.domain for n, i in uses)
-
-    targets: list[tuple[str, str]] = []  # (int8 tensor, its zero point)
-    for node in model.graph.node:
-        if (
-            node.op_type == "DequantizeLinear"
-            and node.domain in ("", "ai.onnx")
-            and reads_as_weight(node.output[0])
-        ):
-            x, zp = node.input[0], node.input[2] if len(node.input) > 2 else ""
-        elif node.op_type == "MatMulInteger" and len(node.input) > 1:
-            x, zp = node.input[1], node.input[3] if len(node.input) > 3 else ""
-        else:
-            continue
-        t = inits.get(x)
-        if t is None or t.data_type != onnx.TensorProto.INT8 or not zp or zp not in inits:
-            continue
-        if len(readers.get(x, [])) != 1 or len(readers.get(zp, [])) != 1:
-            continue  # shared with another reader: leave it alone
-        targets.append((x, zp))
+    inits = {t.name for t in model.graph.initializer}
+    reads = Counter(name for node in model.graph.node for name in node.input)
+    targets = [
+        (layer.weight, layer.zero_point)
+        for layer in u8s8_layers(model.graph, decode=lambda t: None)  # which layers, not their values
+        # both read once (a shared weight or zero point is left alone), the zero point stored
+        if layer.zero_point in inits and reads[layer.weight] == reads[layer.zero_point] == 1
+    ]
     if not targets:
         return None
     out = onnx.ModelProto()

@@ -13,8 +13,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from quantcli.graph import GraphIndex, attr
-from quantcli.quantize.saturation import CONV, KN, NK, kernel_rows, pair_limit, same_sign_sums
+from quantcli.graph import GraphIndex
+from quantcli.quantize.rules import rule_for
+from quantcli.quantize.saturation import KN, kernel_rows, pair_limit, same_sign_sums
 
 LIMIT_8BIT = pair_limit(255)  # 8-bit activations reach code 255 (INT8 ones after the +128 shift)
 _8BIT = (TensorProto.UINT8, TensorProto.INT8)
@@ -28,6 +29,7 @@ class LayerRisk:
     node: str
     op_type: str
     weight: str
+    zero_point: str  # the weight's zero point initializer ("" when it has none)
     layout: str
     pairs: int | None = None
     pairs_over: int | None = None
@@ -52,11 +54,10 @@ def u8s8_layers(
         hit = _u8s8_weight(node, index)
         if hit is None:
             continue
-        weight, layout = hit
-        risk = LayerRisk(node.name, node.op_type, weight, layout)
-        q = decode(index.initializers[weight])
+        risk = LayerRisk(node.name, node.op_type, *hit)
+        q = decode(index.initializers[risk.weight])
         if q is not None:
-            pos, neg = same_sign_sums(kernel_rows(np.asarray(q), layout))
+            pos, neg = same_sign_sums(kernel_rows(np.asarray(q), risk.layout))
             risk.pairs = int(pos.size)
             risk.pairs_over = int(np.count_nonzero((pos > LIMIT_8BIT) | (neg > LIMIT_8BIT)))
             risk.worst_pair = int(max(pos.max(initial=0), neg.max(initial=0)))
@@ -69,14 +70,16 @@ def _dq_source(name: str, index: GraphIndex) -> onnx.NodeProto | None:
     return p if p is not None and p.op_type == "DequantizeLinear" and p.domain in ("", "ai.onnx") else None
 
 
-def _u8s8_weight(node: onnx.NodeProto, index: GraphIndex) -> tuple[str, str] | None:
-    """(INT8 weight initializer, pair layout) when onnxruntime runs the node on a U8S8 kernel."""
+def _u8s8_weight(node: onnx.NodeProto, index: GraphIndex) -> tuple[str, str, str] | None:
+    """(INT8 weight initializer, its zero point, pair layout) when onnxruntime runs the node on a
+    U8S8 kernel."""
     if node.op_type == "MatMulInteger" and len(node.input) > 1:
         w = node.input[1]
         if index.elem_type(node.input[0]) in (TensorProto.UINT8, None) and _int8_init(w, index):
-            return w, KN
+            return w, node.input[3] if len(node.input) > 3 else "", KN
         return None
-    if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2:
+    rule = rule_for(node)
+    if rule is None or rule.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2:
         return None
     x_dq, w_dq = _dq_source(node.input[0], index), _dq_source(node.input[1], index)
     if x_dq is None or w_dq is None or not _eight_bit(x_dq, index):
@@ -84,16 +87,12 @@ def _u8s8_weight(node: onnx.NodeProto, index: GraphIndex) -> tuple[str, str] | N
     weight = w_dq.input[0]
     if not _int8_init(weight, index):
         return None
-    if node.op_type == "Conv":
-        if not _quantized_output(node, index):
-            return None  # onnxruntime fuses DQ -> Conv [-> Relu/Clip] -> Q only: else a float Conv runs
-        dims = list(index.initializers[weight].dims)
-        if len(dims) > 2 and dims[1] == 1 and dims[0] == attr(node, "group", 1):
-            return None  # depthwise: widened to 16 bits before multiplying, never saturates
-        return weight, CONV
-    if node.op_type == "Gemm":
-        return weight, NK if attr(node, "transB", 0) else KN
-    return weight, KN
+    if node.op_type == "Conv" and not _quantized_output(node, index):
+        return None  # onnxruntime fuses DQ -> Conv [-> Relu/Clip] -> Q only: else a float Conv runs
+    layout = rule.pair_layout(node, index.initializers[weight].dims)
+    if layout is None:
+        return None  # a depthwise Conv: widened to 16 bits before multiplying, never saturates
+    return weight, w_dq.input[2] if len(w_dq.input) > 2 else "", layout
 
 
 def _quantized_output(node: onnx.NodeProto, index: GraphIndex) -> bool:

@@ -100,8 +100,8 @@ def plan_dynamic(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
             )
             tensors[weight] = TensorParams.for_weight(index.array(weight), axis, config)
             if config.saturation_safe and node.op_type != "Conv":  # ConvInteger never saturates
-                layout = rule_for(node).pair_layout(node, index)
-                limit_pairs(tensors[weight], index.array(weight), layout, RUNTIME_ACTIVATION)
+                w = index.array(weight)
+                limit_pairs(tensors[weight], w, rule_for(node).pair_layout(node, w.shape), RUNTIME_ACTIVATION)
         nodes[node.name] = NodePlan(node.name, node.op_type, INT8, KERNEL, quantized_inputs=[weight])
         add = _bias_add_of(node, index) if node.op_type == "MatMul" else None
         if add is not None:

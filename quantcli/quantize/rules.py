@@ -10,7 +10,7 @@ ABSORBED activations (Relu, Clip) vanish into the preceding op's output Quantize
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -61,12 +61,12 @@ class OpRule:
             return 1 if index.rank(node.input[1]) == 2 else None
         return None
 
-    def pair_layout(self, node: onnx.NodeProto, index: GraphIndex) -> str | None:
-        """How onnxruntime's x86 U8S8 kernel pairs this node's weight along K (quantize/saturation.py),
-        or None when its integer kernel cannot saturate (depthwise QLinearConv) or it has none."""
+    def pair_layout(self, node: onnx.NodeProto, weight_dims: Sequence[int]) -> str | None:
+        """How onnxruntime's x86 U8S8 kernel pairs this node's weight (of shape `weight_dims`) along
+        K (quantize/saturation.py), or None when its integer kernel cannot saturate (depthwise
+        QLinearConv) or it has none. The planner asks it of the float graph, inspect of the QDQ one."""
         if self.op_type == "Conv":
-            weight = index.initializers.get(node.input[1])
-            dims = list(weight.dims) if weight is not None else []
+            dims = list(weight_dims)
             depthwise = len(dims) > 2 and dims[1] == 1 and dims[0] == attr(node, "group", 1)
             return None if depthwise else "conv"
         if self.op_type == "Gemm":

@@ -178,7 +178,7 @@ def _exact_kernel_layers(
         weight = node.input[rule.weight_input] if rule.weight_input < len(node.input) else ""
         if weight not in index.initializers or len(index.consumers[weight]) != 1:
             continue
-        if rule.pair_layout(node, index) is not None:
+        if rule.pair_layout(node, index.initializers[weight].dims) is not None:
             candidates.append(node)
     return exact_layers(model, index, candidates)
 
@@ -379,7 +379,7 @@ def _plan_tensors(
             w = index.array(weight_name)
             axis = rule.weight_axis(node, index) if config.per_channel else None
             tensors[weight_name] = TensorParams.for_weight(w, axis, config)
-            layout = rule.pair_layout(node, index)
+            layout = rule.pair_layout(node, w.shape)
             if exact:
                 tensors[weight_name].to_uint8()
             elif config.saturation_safe and act.bits == 8 and layout is not None:
