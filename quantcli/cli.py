@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from quantcli import __version__
+from quantcli.cpu import DEFAULT_TARGET, TARGETS
 from quantcli.errors import ExitCode, QuantcliError
 from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
 
@@ -150,8 +151,8 @@ def main() -> None:
 )
 @click.option(
     "--target-cpu",
-    type=click.Choice(["any", "avx2", "vnni", "arm"]),
-    default="any",
+    type=click.Choice(list(TARGETS)),
+    default=DEFAULT_TARGET,
     show_default=True,
     help="CPU kind the model is made for: any/avx2 keep every INT8 weight pair within what x86 CPUs without VNNI add exactly; vnni/arm keep full-range weights.",
 )

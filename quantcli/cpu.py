@@ -111,9 +111,3 @@ def _detected() -> CpuFeatures:
     if flags is None:
         return CpuFeatures("other", source="platform")
     return parse_features(flags, "/proc/cpuinfo")
-
-
-def has_vnni() -> bool | None:
-    """True/False on x86 (VNNI or not), None elsewhere or where it cannot be told."""
-    f = host_features()
-    return f.vnni if f.arch == "x86_64" else None

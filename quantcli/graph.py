@@ -50,6 +50,19 @@ class GraphIndex:
             return None
         return vi.type.tensor_type.elem_type or None
 
+    def dims(self, name: str) -> list[int | None] | None:
+        """Declared shape of an initializer or a typed value (None for a dimension without a
+        positive size: symbolic or unknown); None when no shape is declared."""
+        if name in self.initializers:
+            return list(self.initializers[name].dims)
+        vi = self.value_info.get(name)
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            return None
+        return [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in vi.type.tensor_type.shape.dim
+        ]
+
     def rank(self, name: str) -> int | None:
         if name in self.initializers:
             return len(self.initializers[name].dims)

@@ -85,14 +85,6 @@ def _has_compute(model: onnx.ModelProto, index: GraphIndex, *, forward: bool) ->
     return found
 
 
-def _dims(index: GraphIndex, name: str) -> list[int] | None:
-    vi = index.value_info.get(name)
-    if vi is None or not vi.type.tensor_type.HasField("shape"):
-        return None
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-    return dims or None
-
-
 def _macs(node: onnx.NodeProto, index: GraphIndex) -> int | None:
     """Multiply-accumulates of one inference at batch 1; None when a shape it needs is unknown (a
     Conv's output size)."""
@@ -101,11 +93,11 @@ def _macs(node: onnx.NodeProto, index: GraphIndex) -> int | None:
         return None
     wd = list(w.dims)
     if node.op_type == "Conv":
-        out = _dims(index, node.output[0])
+        out = index.dims(node.output[0])
         if out is None or len(out) < 3 or any(d is None for d in out[2:]):
             return None
         return int(math.prod(wd) * math.prod(out[2:]))
-    x = _dims(index, node.input[0])
+    x = index.dims(node.input[0])
     if x is None or len(x) < 2:
         return None
     # The leading (batch) dimension counts 1, and so does a symbolic one (a sequence length): the

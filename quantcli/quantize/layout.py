@@ -64,13 +64,10 @@ def nhwc_flattens(model: onnx.ModelProto, index: GraphIndex, precision: dict[str
 
 
 def _static_chw(index: GraphIndex, name: str) -> tuple[int, int, int] | None:
-    vi = index.value_info.get(name)
-    if vi is None or not vi.type.tensor_type.HasField("shape"):
+    dims = index.dims(name)
+    if dims is None or len(dims) != 4 or any(d is None for d in dims[1:]):
         return None
-    dims = vi.type.tensor_type.shape.dim
-    if len(dims) != 4 or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[1:]):
-        return None
-    return dims[1].dim_value, dims[2].dim_value, dims[3].dim_value
+    return dims[1], dims[2], dims[3]
 
 
 def _channels_last(name: str, index: GraphIndex, precision: dict[str, str], memo: dict[str, bool]) -> bool:

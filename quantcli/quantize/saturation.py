@@ -44,7 +44,6 @@ INT16_MAX = 32767
 CONV = "conv"  # [O, I/g, *kernel]: K = kernel positions x input channels, channel fastest
 KN = "kn"  # [..., K, N] (MatMul, Gemm transB=0)
 NK = "nk"  # [N, K] (Gemm transB=1)
-LAYOUTS = (CONV, KN, NK)
 _GRID = 17  # scale factors tried per channel between 1 and f_max
 _EXACT_ELEMENTS = 1 << 22  # above this, the rounding error of the pairs never over the limit is sampled
 
