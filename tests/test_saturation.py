@@ -201,6 +201,42 @@ def _real_host_without_vnni() -> bool:
     return _detected().u8s8_saturates is True
 
 
+def _on_max_codes(
+    op: str, w: np.ndarray, x_shape: list[int], out_shape: list[int], **attrs: int
+) -> np.ndarray:
+    """Run `op` on INT8 weights `w` (per output channel, scale 1) through onnxruntime's fused
+    integer kernel, every input code 255 (scale 1, zero point 0), the output quantized at scale 256;
+    the output flattened."""
+    n = w.shape[1 if op == "MatMul" else 0]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s1", "z0"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s1", "z0"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=1 if op == "MatMul" else 0),
+        helper.make_node(op, ["xd", "wd"], ["y"], **attrs),
+        helper.make_node("QuantizeLinear", ["y", "s256", "z0"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "s256", "z0"], ["out"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array(1.0, np.float32), "s1"),
+        numpy_helper.from_array(np.array(256.0, np.float32), "s256"),
+        numpy_helper.from_array(np.array(0, np.uint8), "z0"),
+        numpy_helper.from_array(w, "wq"),
+        numpy_helper.from_array(np.ones(n, np.float32), "ws"),
+        numpy_helper.from_array(np.zeros(n, np.int8), "wz"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": np.full(x_shape, 255.0, np.float32)})[0].reshape(-1)
+
+
 @pytest.mark.skipif(not _real_host_without_vnni(), reason="needs an x86 CPU without VNNI")
 @pytest.mark.parametrize("op", ["MatMul", "Conv"])
 def test_onnxruntime_pairs_what_the_emulation_pairs(op: str) -> None:
@@ -221,41 +257,8 @@ def test_onnxruntime_pairs_what_the_emulation_pairs(op: str) -> None:
             w[o].reshape(-1)[[p, q]] = 100
         x_shape, rows = [1, ci, kh, kw], kernel_rows(w, CONV)
     n = rows.shape[0]
-    axis = 1 if op == "MatMul" else 0
-    nodes = [
-        helper.make_node("QuantizeLinear", ["x", "s1", "z0"], ["xq"]),
-        helper.make_node("DequantizeLinear", ["xq", "s1", "z0"], ["xd"]),
-        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=axis),
-        helper.make_node(op, ["xd", "wd"], ["y"]),
-        helper.make_node("QuantizeLinear", ["y", "s256", "z0"], ["yq"]),
-        helper.make_node("DequantizeLinear", ["yq", "s256", "z0"], ["out"]),
-    ]
-    inits = [
-        numpy_helper.from_array(np.array(1.0, np.float32), "s1"),
-        numpy_helper.from_array(np.array(256.0, np.float32), "s256"),
-        numpy_helper.from_array(np.array(0, np.uint8), "z0"),
-        numpy_helper.from_array(w, "wq"),
-        numpy_helper.from_array(np.ones(n, np.float32), "ws"),
-        numpy_helper.from_array(np.zeros(n, np.int8), "wz"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-        [
-            helper.make_tensor_value_info(
-                "out", TensorProto.FLOAT, [x_shape[0], n] if op == "MatMul" else [1, n, 1, 1]
-            )
-        ],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model, full_check=True)
-    x = np.full(x_shape, 255.0, np.float32)
-    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {"x": x}
-    )[0]
-    got = got.reshape(x_shape[0], n)[0] if op == "MatMul" else got.reshape(n)
+    out_shape = [x_shape[0], n] if op == "MatMul" else [1, n, 1, 1]
+    got = _on_max_codes(op, w, x_shape, out_shape)[:n]  # MatMul: the first of its identical rows
     emulated = vpmaddubsw_gemm(np.full((1, rows.shape[1]), 255), rows)[0]
     np.testing.assert_allclose(got, np.minimum(np.round(emulated / 256), 255) * 256)
 
@@ -421,57 +424,20 @@ def test_json_counts_the_u8s8_and_exact_layers(converted) -> None:
     assert d["target_cpu"] == "any" and d["warning_codes"] == []
 
 
-def _qdq_conv(w: np.ndarray, group: int, x_shape: list[int]) -> onnx.ModelProto:
-    """Codes in (scale 1, zero point 0) -> Conv with INT8 weights `w` -> out at scale 256."""
-    o = w.shape[0]
-    nodes = [
-        helper.make_node("QuantizeLinear", ["x", "s1", "z0"], ["xq"]),
-        helper.make_node("DequantizeLinear", ["xq", "s1", "z0"], ["xd"]),
-        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
-        helper.make_node("Conv", ["xd", "wd"], ["y"], group=group),
-        helper.make_node("QuantizeLinear", ["y", "s256", "z0"], ["yq"]),
-        helper.make_node("DequantizeLinear", ["yq", "s256", "z0"], ["out"]),
-    ]
-    inits = [
-        numpy_helper.from_array(np.array(1.0, np.float32), "s1"),
-        numpy_helper.from_array(np.array(256.0, np.float32), "s256"),
-        numpy_helper.from_array(np.array(0, np.uint8), "z0"),
-        numpy_helper.from_array(w, "wq"),
-        numpy_helper.from_array(np.ones(o, np.float32), "ws"),
-        numpy_helper.from_array(np.zeros(o, np.int8), "wz"),
-    ]
-    out_shape = [x_shape[0], o, x_shape[2] - w.shape[2] + 1, x_shape[3] - w.shape[3] + 1]
-    graph = helper.make_graph(
-        nodes,
-        "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
 @pytest.mark.skipif(not _real_host_without_vnni(), reason="needs an x86 CPU without VNNI")
 def test_depthwise_never_saturates_and_groups_pair_within_a_group() -> None:
     """What rules.pair_layout assumes: a depthwise QLinearConv is exact with full-range weights; a
     grouped one pairs K (kernel position, channel) within each group, as kernel_rows says."""
-    x = np.full([1, 8, 3, 3], 255.0, np.float32)
-
-    def run(model: onnx.ModelProto) -> np.ndarray:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        return session.run(None, {"x": x})[0].reshape(-1)
-
     depthwise = np.zeros((8, 1, 3, 3), np.int8)
     depthwise[:, 0, 0, :2] = 127  # adjacent in K: 255 * 254 would saturate an int16 pair
-    np.testing.assert_allclose(run(_qdq_conv(depthwise, 8, [1, 8, 3, 3])), np.round(255 * 254 / 256) * 256)
+    got = _on_max_codes("Conv", depthwise, [1, 8, 3, 3], [1, 8, 1, 1], group=8)
+    np.testing.assert_allclose(got, np.round(255 * 254 / 256) * 256)
     grouped = np.zeros((4, 4, 3, 3), np.int8)  # 2 groups of 4 input and 2 output channels
     grouped[0, 0, 0, 0] = grouped[0, 1, 0, 0] = 100  # channels 0 and 1 at one position: paired
     grouped[1, 1, 0, 0] = grouped[1, 2, 0, 0] = 100  # channels 1 and 2: not paired
     grouped[2, 2, 1, 1] = grouped[2, 3, 1, 1] = 100  # paired, in the second group
     grouped[3, 0, 0, 0] = grouped[3, 0, 0, 1] = 100  # one channel, two positions: not paired
-    got = run(_qdq_conv(grouped, 2, [1, 8, 3, 3]))
+    got = _on_max_codes("Conv", grouped, [1, 8, 3, 3], [1, 4, 1, 1], group=2)
     emulated = vpmaddubsw_gemm(np.full((1, 36), 255), kernel_rows(grouped, CONV))[0]
     np.testing.assert_allclose(got, np.minimum(np.round(emulated / 256), 255) * 256)
     assert list(emulated == 2 * 255 * 100) == [False, True, False, True]
