@@ -16,7 +16,7 @@ from quantcli.calibration.images import ImagePreprocess
 from quantcli.compare import Latency
 from quantcli.cpu import DEFAULT_TARGET, TARGETS
 from quantcli.errors import UnsupportedModelError, UsageError
-from quantcli.graph import COMPUTE_OPS
+from quantcli.graph import COMPUTE_OPS, set_metadata
 from quantcli.io_match import IOQuantization
 from quantcli.io_match import io_quantization as read_io_quantization
 from quantcli.kernel_check import KernelCheck, Saturation, kernel_check, mismatch_warning, saturation_warning
@@ -314,7 +314,7 @@ def convert(
 
         exact_layers = sum(p.role == "weight" and p.dtype is QType.UINT8 for p in plan.tensors.values())
         saturation = Saturation.of(plan.config.target_cpu, u8s8_layers(quantized.graph), exact_layers)
-        _set_metadata(quantized, TARGET_CPU_KEY, plan.config.target_cpu)
+        set_metadata(quantized, TARGET_CPU_KEY, plan.config.target_cpu)
     warnings = _warnings(plan, quantized) + saturation_warning(saturation)
     kernels = kernel_check(saturation)
     # Written under a temporary name beside the output, verified from there, renamed at the end:
@@ -524,13 +524,6 @@ def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
 
 
 TARGET_CPU_KEY = "quantcli.target_cpu"  # metadata_props: the CPU kind the model was made for
-
-
-def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
-    kept = [p for p in model.metadata_props if p.key != key]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    model.metadata_props.add(key=key, value=value)
 
 
 def _drop_inferred_value_info(model: onnx.ModelProto, keep: set[str]) -> None:

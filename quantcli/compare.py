@@ -264,7 +264,8 @@ def _u8s8_layers(model: onnx.ModelProto) -> list:
 
 def _exact_session(path: Path):  # noqa: ANN202 - onnxruntime session
     """A session over the model as exact integer kernels compute it (the model itself when nothing
-    in it runs on U8S8 kernels)."""
+    in it runs on U8S8 kernels). Read again from the file: compare drops its loaded copies before
+    running the sessions, so that a big model is not held twice over for this rare case."""
     exact = exact_kernel_model(load_model(path))
     return make_session(Path(path)) if exact is None else make_session(exact)
 

@@ -120,3 +120,11 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     """The graphs held in a node's attributes (If branches, Loop/Scan bodies)."""
     return [g for a in node.attribute for g in (*a.graphs, *([a.g] if a.HasField("g") else []))]
+
+
+def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    """Set one `metadata_props` entry, replacing an earlier value of the same key."""
+    kept = [p for p in model.metadata_props if p.key != key]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=key, value=value)

@@ -15,6 +15,7 @@ from onnx import TensorProto
 
 from quantcli.calibration.collect import Ranges
 from quantcli.errors import UnsupportedModelError
+from quantcli.graph import set_metadata
 from quantcli.io_match import IO_QUANTIZATION_KEY, IOQuantization, encode_io_quantization
 from quantcli.quantize.params import calculate_qparams
 from quantcli.quantize.plan import QuantConfig, TensorParams
@@ -65,7 +66,4 @@ def record_io_quantization(model: onnx.ModelProto, params: dict[str, TensorParam
         name: IOQuantization(float(p.scale[0]), int(p.zero_point[0]), p.dtype.value)
         for name, p in params.items()
     }
-    kept = [p for p in model.metadata_props if p.key != IO_QUANTIZATION_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    model.metadata_props.add(key=IO_QUANTIZATION_KEY, value=encode_io_quantization(entries))
+    set_metadata(model, IO_QUANTIZATION_KEY, encode_io_quantization(entries))
