@@ -7,7 +7,7 @@ For each model, one process, the same calibration (200) and evaluation files:
 Each is scored against FP32 on this CPU's kernels and on exact integer kernels (the model with its
 INT8 weights stored UINT8, verify.exact_kernel_model: what VNNI and ARM CPUs compute): logits SQNR,
 mean cosine, top-1 agreement. Also: pairs over the limit (inspect/saturation.py, 0 = no input can
-saturate), what the default changed against full range (layers on exact U8U8 kernels, channels
+saturate), the file size relative to FP32, what the default changed against full range (layers on exact U8U8 kernels, channels
 with a wider scale, weights whose integer differs), and the latency relative to FP32 (one thread,
 batch 1, medians of interleaved rounds in a shuffled order).
 
@@ -130,7 +130,7 @@ def main() -> int:
         "",
         "SQNR (dB) / cosine / top-1 agreement of the scored output vs FP32, on exact integer kernels "
         "(= VNNI, ARM) and on this CPU's kernels; pairs: INT8 weight pairs over the int16 limit "
-        "(0: nothing can saturate); latency / FP32.",
+        "(0: nothing can saturate); size and latency / FP32.",
         "",
     ]
     for note in notes:
@@ -175,21 +175,24 @@ def main() -> int:
                     exact_m = host_m
                 pairs = sum(layer.pairs_over or 0 for layer in u8s8_layers(onnx.load(path).graph))
                 sessions[label] = make_session(path)
-                rows.append((label, exact_m, host_m, pairs, seconds.get(label)))
+                size = path.stat().st_size / case.model.stat().st_size
+                rows.append((label, exact_m, host_m, pairs, size, seconds.get(label)))
             medians = median_latencies(sessions, feeds[0], args.rounds)
             lines += ["", f"## {case.name}", ""]
             lines += [
-                "| conversion | exact kernels: SQNR / cosine / top-1 | this CPU: SQNR / cosine / top-1 | pairs over | latency / FP32 | convert s |",
-                "|---|---|---|---|---|---|",
+                "| conversion | exact kernels: SQNR / cosine / top-1 | this CPU: SQNR / cosine / top-1 | pairs over | size / FP32 | latency / FP32 | convert s |",
+                "|---|---|---|---|---|---|---|",
             ]
-            for label, e, h, pairs, secs in rows:
+            for label, e, h, pairs, size, secs in rows:
 
                 def cell(m: dict) -> str:
                     top1 = "-" if m["top1"] is None else f"{100 * m['top1']:.1f}%"
                     return f"{m['sqnr']:.2f} / {m['cosine']:.5f} / {top1}"
 
                 ratio = medians[label] / medians["fp32"]
-                lines.append(f"| {label} | {cell(e)} | {cell(h)} | {pairs} | {ratio:.3f} | {secs:.1f} |")
+                lines.append(
+                    f"| {label} | {cell(e)} | {cell(h)} | {pairs} | {size:.3f} | {ratio:.3f} | {secs:.1f} |"
+                )
             if (d / "full.onnx").exists() and (d / "any.onnx").exists():
                 c = changed(d / "full.onnx", d / "any.onnx")
                 lines.append("")
