@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import Enum
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import onnx
 
 from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_ranges, make_session
-from quantcli.calibration.data import InputSpec, SampleSplit, iter_samples, split_samples
+from quantcli.calibration.data import LAYOUTS, InputSpec, SampleSplit, iter_samples, split_samples
 from quantcli.calibration.images import ImagePreprocess
+from quantcli.calibration.ranges import CalibMethod
 from quantcli.compare import Latency
 from quantcli.cpu import DEFAULT_TARGET, TARGETS
 from quantcli.errors import UnsupportedModelError, UsageError
@@ -30,10 +35,11 @@ from quantcli.model_io import (
 )
 from quantcli.preprocess import preprocess
 from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
+from quantcli.quantize.dynamic import OP_TYPES as DYNAMIC_OP_TYPES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
 from quantcli.quantize.int4 import matmul_weight_bytes, plan_weights_int4, rewrite_int4
 from quantcli.quantize.params import QType
-from quantcli.quantize.plan import FLOAT, FP16, NodePlan, QuantConfig, QuantPlan
+from quantcli.quantize.plan import FLOAT, FP16, INT4, INT8, NodePlan, QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
 from quantcli.quantize.weights import plan_weights_int8
@@ -80,9 +86,8 @@ class ConvertOptions:
     integer_io: bool = False
 
     def __post_init__(self) -> None:
+        self._coerce()
         check_model_path(self.model)  # a missing model is the first thing to say, before option errors
-        if self.mode is not None and self.mode not in MODES:
-            raise UsageError(f"--mode {self.mode}: not one of {', '.join(MODES)}")
         if self.block_size not in BLOCK_SIZES:
             raise UsageError(f"--block-size {self.block_size}: not one of {', '.join(map(str, BLOCK_SIZES))}")
         if self.integer_io and self.mode not in ("static", None):
@@ -97,42 +102,221 @@ class ConvertOptions:
             raise UsageError(
                 f"--mode {self.mode or 'static'} needs calibration data: pass --calib DIR (or --plan FILE)"
             )
-        if self.target_cpu not in TARGETS:
-            raise UsageError(f"--target-cpu {self.target_cpu}: not one of {', '.join(TARGETS)}")
         if self.fp16_count < 0:
             raise UsageError(f"--fp16-count {self.fp16_count}: must be 0 or more")
         self._check_mode_options()
 
+    def _coerce(self) -> None:
+        """The Python API takes what the CLI takes: paths as str or os.PathLike, enums by their
+        names, lists as comma-separated text; a wrong value is a UsageError naming the option."""
+        put = partial(object.__setattr__, self)
+        for name in ("model", "output", "save_plan", "plan"):
+            value = getattr(self, name)
+            if value is not None:
+                put(name, _path(value, name))
+        for name in ("calib", "eval"):  # a directory, or samples in memory (calibration/data.py)
+            value = getattr(self, name)
+            if isinstance(value, (str, os.PathLike)):
+                put(name, Path(value))
+        put("mode", None if self.mode is None else _choice(self.mode, "mode", MODES))
+        put("activation_type", QType(_choice(self.activation_type, "activation_type", _ACTIVATION_TYPES)))
+        put("target_cpu", _choice(self.target_cpu, "target_cpu", TARGETS))
+        put("weight_calibration", _choice(self.weight_calibration, "weight_calibration", ("minmax", "mse")))
+        put("calib_layout", _choice(self.calib_layout, "calib_layout", LAYOUTS))
+        put("int4_compute", _choice(self.int4_compute, "int4_compute", ("float", "int8")))
+        put("dynamic_op_types", _names(self.dynamic_op_types, "dynamic_op_types", DYNAMIC_OP_TYPES))
+        put("fp16_nodes", _names(self.fp16_nodes, "fp16_nodes"))
+        if isinstance(self.calib_preprocess, str):
+            put("calib_preprocess", ImagePreprocess.parse(self.calib_preprocess))
+        try:
+            put("block_size", int(self.block_size))
+        except (TypeError, ValueError):
+            raise UsageError(f"--block-size {self.block_size}: not a number") from None
+        method = self.calibration.method
+        if not isinstance(method, CalibMethod):
+            method = CalibMethod(_choice(method, "calib_method", tuple(m.value for m in CalibMethod)))
+            put("calibration", replace(self.calibration, method=method))
+
     def _check_mode_options(self) -> None:
         """A mode-specific option given with another mode would silently change nothing: refuse it.
-        Without --mode a plan's mode decides (nothing is refused), or the mode is static."""
+        Without --mode a plan's mode decides (checked once the plan is read), or the mode is static."""
         mode = self.mode or ("static" if self.plan is None else None)
-        if mode is None:
-            return
-        for option, value, modes in _MODE_OPTIONS:
-            if getattr(self, option) != value and mode not in modes:
-                flag = _FLAGS.get(option, "--" + option.replace("_", "-"))
+        if mode is not None:
+            for option, modes in _MODE_OPTIONS.items():
+                if _given(self, option) and mode not in modes:
+                    needs = " or ".join(f"--mode {m}" for m in modes)
+                    raise UsageError(f"{_flag(option)} applies to {needs} only, not --mode {mode}")
+        method = self.calibration.method
+        if _given(self, "percentile") and method is not CalibMethod.PERCENTILE:
+            raise UsageError(f"--percentile applies to --calib-method percentile only, not {method.value}")
+        if _given(self, "calib_bins") and method is CalibMethod.MINMAX:
+            raise UsageError(
+                "--calib-bins applies to the histogram methods (entropy, percentile, mse), not minmax"
+            )
+
+    def check_plan_options(self, plan: QuantPlan) -> None:
+        """A replayed plan fixes every decision: an option that contradicts it, or that only
+        shapes a new plan (calibration, sensitivity), would be silently ignored: refuse it."""
+        if self.mode is not None and self.mode != plan.mode:
+            raise UsageError(
+                f"--mode {self.mode} contradicts the plan {self.plan}, made for --mode {plan.mode}"
+            )
+        for option, modes in _MODE_OPTIONS.items():
+            if _given(self, option) and plan.mode not in modes:
                 needs = " or ".join(f"--mode {m}" for m in modes)
-                raise UsageError(f"{flag} applies to {needs} only, not --mode {mode}")
+                raise UsageError(
+                    f"{_flag(option)} applies to {needs} only; the plan {self.plan} is --mode {plan.mode}"
+                )
+        for option in _PLAN_FIXED:
+            value, planned = _value(self, option), getattr(plan.config, option)
+            if _given(self, option) and value != planned:
+                raise UsageError(
+                    f"{_as_given(option, value)} contradicts the plan {self.plan}, {_made_with(option, planned)}"
+                )
+        writes = _PRECISIONS_WRITTEN[plan.mode]
+        for node in plan.nodes:
+            if node.precision not in writes:
+                hint = '; set "mode": "mixed" to run nodes in FP16' if node.precision == FP16 else ""
+                raise UsageError(
+                    f"{self.plan}: node {node.name} has precision {node.precision}, which --mode {plan.mode} "
+                    f"does not write (it writes {', '.join(writes)}){hint}"
+                )
+        for option in _NEW_PLAN_ONLY:
+            if _given(self, option):
+                raise UsageError(
+                    f"{_flag(option)} shapes a new plan; the plan {self.plan} is replayed as it is: drop the option or make a new plan"
+                )
 
 
-# (field, its default, the modes that read it) for options only some modes read.
-_MODE_OPTIONS: tuple[tuple[str, object, tuple[str, ...]], ...] = (
-    ("activation_type", QType.UINT8, ("static", "mixed")),
-    ("fp16_nodes", (), ("mixed",)),
-    ("fp16_count", FP16_COUNT, ("mixed",)),
-    ("block_size", DEFAULT_BLOCK_SIZE, ("weights-int4",)),
-    ("weight_symmetric", False, ("weights-int4",)),
-    ("int4_compute", "float", ("weights-int4",)),
-    ("bias_correction", True, ("static", "mixed")),
-    ("dynamic_op_types", ("MatMul", "Gemm"), ("dynamic",)),
-    ("keep_io_types", True, ("fp16",)),
-    ("target_cpu", DEFAULT_TARGET, ("static", "mixed", "dynamic")),
+def _path(value: object, option: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise UsageError(f"{_flag(option)}: expected a path (str or os.PathLike), not {type(value).__name__}")
+    return Path(value)
+
+
+def _choice(value: object, option: str, choices: tuple[str, ...]) -> str:
+    """An enum member or its name, checked against the option's choices."""
+    text = value.value if isinstance(value, Enum) else value
+    if text not in choices:
+        raise UsageError(f"{_flag(option)} {text}: not one of {', '.join(choices)}")
+    return text
+
+
+def _names(value: object, option: str, choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """A tuple of names from a comma-separated string or any iterable of strings."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = tuple(str(n).strip() for n in items if str(n).strip())
+    unknown = [n for n in names if choices is not None and n not in choices]
+    if unknown or (choices is not None and not names):
+        raise UsageError(f"{_flag(option)} {','.join(names)}: choose from {', '.join(choices)}")
+    return names
+
+
+_ACTIVATION_TYPES = ("uint8", "int8", "int16")
+
+
+def _value(options: ConvertOptions, option: str) -> object:
+    """A field of the options, or of their CalibrationConfig for the calibration options."""
+    if option in _CALIBRATION_FIELDS:
+        return getattr(options.calibration, _CALIBRATION_FIELDS[option])
+    if option == "per_channel":
+        return options.per_channel
+    return getattr(options, option)
+
+
+def _default(option: str) -> object:
+    if option in _CALIBRATION_FIELDS:
+        return CalibrationConfig.__dataclass_fields__[_CALIBRATION_FIELDS[option]].default
+    f = ConvertOptions.__dataclass_fields__[option]
+    return f.default
+
+
+def _given(options: ConvertOptions, option: str) -> bool:
+    """Whether an option differs from its default (passing the default changes nothing either way)."""
+    return _value(options, option) != _default(option)
+
+
+def _flag(option: str) -> str:
+    return _FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+def _as_given(option: str, value: object) -> str:
+    """An option's value as the flag that gives it: `--activation-type int8`, `--per-tensor`."""
+    if isinstance(value, bool):
+        return _flag(option)
+    if isinstance(value, tuple):
+        value = ",".join(value)
+    return f"{_flag(option)} {value.value if isinstance(value, Enum) else value}"
+
+
+def _made_with(option: str, value: object) -> str:
+    """How a plan's config value reads: `made with --activation-type uint8`, `made without --per-tensor`."""
+    if isinstance(value, bool):
+        return f"made {'without' if value == _default(option) else 'with'} {_flag(option)}"
+    return f"made with {_as_given(option, value)}"
+
+
+# Options only some modes read, and those modes: given with another mode they would change nothing.
+_MODE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "activation_type": ("static", "mixed"),
+    "fp16_nodes": ("mixed",),
+    "fp16_count": ("mixed",),
+    "block_size": ("weights-int4",),
+    "weight_symmetric": ("weights-int4",),
+    "int4_compute": ("weights-int4",),
+    "bias_correction": ("static", "mixed"),
+    "dynamic_op_types": ("dynamic",),
+    "keep_io_types": ("fp16",),
+    "target_cpu": ("static", "mixed", "dynamic"),
+    "per_channel": ("static", "mixed", "dynamic", "weights-int8"),
+    "reduce_range": ("static", "mixed", "dynamic", "weights-int8"),
+    "weight_calibration": ("static", "mixed", "dynamic", "weights-int8"),
+    "calib_method": ("static", "mixed"),  # fp16 observes plain min/max (overflow is about the extremes)
+    "percentile": ("static", "mixed"),
+    "calib_bins": ("static", "mixed"),
+    "calib_memory": ("static", "mixed", "fp16"),
+}
+# The node precisions each mode's rewriter writes: a hand-edited plan asking for another is refused.
+_PRECISIONS_WRITTEN: dict[str, tuple[str, ...]] = {
+    "static": (INT8, FLOAT),
+    "mixed": (INT8, FP16, FLOAT),
+    "dynamic": (INT8, FLOAT),
+    "weights-int8": (INT8, FLOAT),
+    "weights-int4": (INT4, INT8, FLOAT),
+    "fp16": (FP16, FLOAT),
+    "bf16": (FLOAT,),
+}
+# Options a replayed plan records (QuantConfig): allowed when they agree with it.
+_PLAN_FIXED = (
+    "per_channel",
+    "activation_type",
+    "calib_method",
+    "weight_calibration",
+    "reduce_range",
+    "dynamic_op_types",
+    "keep_io_types",
+    "block_size",
+    "weight_symmetric",
+    "int4_compute",
+    "bias_correction",
+    "target_cpu",
+    "integer_io",
 )
+# Options that only shape a new plan: a replay reads none of them.
+_NEW_PLAN_ONLY = ("fp16_nodes", "fp16_count", "percentile", "calib_bins", "calib_memory", "calib_samples")
+_CALIBRATION_FIELDS = {
+    "calib_method": "method",
+    "percentile": "percentile",
+    "calib_bins": "bins",
+    "calib_memory": "memory_budget_bytes",
+}
 _FLAGS = {
     "weight_symmetric": "--weight-symmetric",
     "keep_io_types": "--no-keep-io-types",
     "bias_correction": "--no-bias-correction",
+    "per_channel": "--per-tensor",
+    "eval": "--eval",
+    "model": "MODEL",
 }
 
 
@@ -162,6 +346,12 @@ class ConvertResult:
     bias_corrected: int | None = None  # static/mixed: INT32 biases with a bias correction
     saturation: Saturation | None = None  # static/mixed/dynamic: U8S8 weight pairs vs the int16 limit
     kernels: KernelCheck | None = None  # which integer kernels the accuracy figures came from
+
+    def to_dict(self) -> dict[str, Any]:
+        """The object `quantcli convert --json` prints (docs: the convert JSON fields)."""
+        from quantcli.report.convert import convert_to_dict
+
+        return convert_to_dict(self)
 
     @property
     def size_ratio(self) -> float:
@@ -243,17 +433,7 @@ def convert(
     )
     replayed = plan is not None
     if plan is not None:
-        if options.mode is not None and options.mode != plan.mode:
-            raise UsageError(
-                f"--mode {options.mode} contradicts the plan {options.plan}, made for --mode {plan.mode}"
-            )
-        if options.target_cpu != DEFAULT_TARGET and options.target_cpu != plan.config.target_cpu:
-            raise UsageError(
-                f"--target-cpu {options.target_cpu} contradicts the plan {options.plan}, made for "
-                f"--target-cpu {plan.config.target_cpu}"
-            )
-        if options.integer_io and not plan.config.integer_io:
-            raise UsageError(f"--integer-io contradicts the plan {options.plan}, made without it")
+        options.check_plan_options(plan)
     elif options.mode in ("static", "mixed", None):
         t = time.perf_counter()
         calibration = replace(

@@ -37,36 +37,96 @@ def _run(command: str, json_output: bool, debug: bool, body: Callable[[], int]) 
     except QuantcliError as exc:
         if debug:
             traceback.print_exc()
-        report.err(f"quantcli {command}: error: {exc.message}")
-        if json_output:
-            report.render_json(
-                {
-                    "schema_version": report.SCHEMA_VERSION,
-                    "command": command,
-                    "error": {"message": exc.message, "exit_code": int(exc.exit_code)},
-                }
-            )
-        sys.exit(int(exc.exit_code))
+        _fail(command, json_output, exc.exit_code, exc.code, f"error: {exc.message}", exc.message)
     except KeyboardInterrupt:
-        report.err(f"quantcli {command}: interrupted")
-        sys.exit(int(ExitCode.INTERRUPTED))
+        _fail(
+            command, json_output, ExitCode.INTERRUPTED, "interrupted", "interrupted", "interrupted by SIGINT"
+        )
     except _Terminated:
-        report.err(f"quantcli {command}: interrupted by SIGTERM")
-        sys.exit(int(ExitCode.TERMINATED))
+        _fail(
+            command,
+            json_output,
+            ExitCode.TERMINATED,
+            "terminated",
+            "interrupted by SIGTERM",
+            "interrupted by SIGTERM",
+        )
     except (SystemExit, click.exceptions.Exit):
         raise
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: short line, traceback on --debug
         if debug:
             traceback.print_exc()
-        report.err(
-            f"quantcli {command}: internal error: {type(exc).__name__}: {exc} "
-            "(rerun with --debug for the traceback and please report it)"
+        message = f"{type(exc).__name__}: {exc}"
+        _fail(
+            command,
+            json_output,
+            ExitCode.INTERNAL,
+            "internal",
+            f"internal error: {message} (rerun with --debug for the traceback and please report it)",
+            message,
         )
-        sys.exit(int(ExitCode.INTERNAL))
+    del report
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _fail(command: str, json_output: bool, exit_code: ExitCode, code: str, line: str, message: str) -> None:
+    """Report a failure: one line on stderr, and with --json one object on stdout; then exit."""
+    from quantcli import report
+
+    prefix = "quantcli" if command == "quantcli" else f"quantcli {command}"
+    report.err(f"{prefix}: {_one_line(line)}")
+    if json_output:
+        report.render_json(
+            {
+                "schema_version": report.SCHEMA_VERSION,
+                "command": command,
+                "exit_code": int(exit_code),
+                "error": {"code": code, "message": message, "exit_code": int(exit_code)},
+            }
+        )
+    sys.exit(int(exit_code))
+
+
+def _one_line(text: str) -> str:
+    """Error text on one line whatever it quotes (a path with a newline, a multi-line library message)."""
+    return " ".join(text.splitlines())
+
+
+class _Main(click.Group):
+    """The command group, with click's own usage errors (unknown option, bad choice, missing
+    argument) reported like every other error: one line on stderr, exit 2, and with --json one
+    JSON object on stdout."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # noqa: ANN401
+        argv = list(sys.argv[1:] if args is None else args)
+        standalone = extra.pop("standalone_mode", True)
+        if not standalone:
+            return super().main(argv, prog_name, standalone_mode=False, **extra)
+        try:
+            code = super().main(argv, prog_name, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # `quantcli` or `quantcli convert` alone: the help text is the answer
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            command = ctx.info_name if ctx is not None and ctx.parent is not None else None
+            name = f"quantcli {command}" if command else "quantcli"
+            message = exc.format_message()
+            line = f"error: {message} (see {name} --help)"
+            _fail(command or "quantcli", "--json" in argv, ExitCode.BAD_INPUT, "usage", line, message)
+        except click.exceptions.Abort:
+            _fail(
+                "quantcli",
+                "--json" in argv,
+                ExitCode.INTERRUPTED,
+                "interrupted",
+                "interrupted",
+                "interrupted by SIGINT",
+            )
+        sys.exit(code or 0)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="quantcli")
 def main() -> None:
     """Post-training quantization of ONNX models (static INT8 with QDQ)."""

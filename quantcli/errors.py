@@ -21,6 +21,7 @@ class QuantcliError(Exception):
     """Base of every failure the CLI reports as one line instead of a traceback."""
 
     exit_code: ExitCode = ExitCode.BAD_INPUT
+    code: str = "bad-input"  # stable name of the failure kind (`--json`: error.code)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -34,30 +35,35 @@ class BadModelError(QuantcliError):
     """The model file is missing, unreadable or not a valid ONNX model."""
 
     exit_code = ExitCode.BAD_INPUT
+    code = "bad-model"
 
 
 class BadDataError(QuantcliError):
     """Calibration or evaluation samples are missing or do not match the model's inputs."""
 
     exit_code = ExitCode.BAD_INPUT
+    code = "bad-data"
 
 
 class UsageError(QuantcliError):
     """Options that are invalid or contradict each other, or an unusable output path."""
 
     exit_code = ExitCode.BAD_INPUT
+    code = "usage"
 
 
 class BadPlanError(QuantcliError):
     """A QuantPlan file that cannot be read or does not fit the model."""
 
     exit_code = ExitCode.BAD_INPUT
+    code = "bad-plan"
 
 
 class UnsupportedModelError(QuantcliError):
     """Valid ONNX that cannot be done as asked (onnxruntime cannot load it, unsupported opset...)."""
 
     exit_code = ExitCode.CANNOT_DO
+    code = "cannot-do"
 
 
 class Notice(str):

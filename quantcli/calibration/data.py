@@ -5,6 +5,8 @@
 - batched (`layout="batched"`, or a directory holding only `batch.npz`): every `.npz` file's arrays
   carry a leading sample axis; sample i is row i (kept as a batch axis of 1);
 - images (`.png`/`.jpg`/...): decoded and preprocessed as declared (calibration/images.py).
+The Python API also takes samples in memory (`memory_samples`): an iterable of feed dicts
+({input name: array}), a callable returning one, or an onnxruntime-style reader with `get_next()`.
 `labels.npy` beside the samples holds the true labels, in sample order (sorted file names, then
 rows). Every problem is a BadDataError naming the file (and row).
 """
@@ -12,7 +14,7 @@ rows). Every problem is a BadDataError naming the file (and row).
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +155,52 @@ class SampleRef:
         return f"{self.path}[{self.row}]" if self.row is not None else str(self.path)
 
 
+@dataclass(frozen=True)
+class MemorySample:
+    """One sample given in memory through the Python API: its feeds, and where it came from."""
+
+    feeds: dict[str, np.ndarray]
+    source: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.source} sample {self.index}"
+
+
+# What the Python API accepts as samples besides a directory.
+SampleData = Iterable[dict[str, np.ndarray]] | Callable[[], Iterable[dict[str, np.ndarray]]]
+
+
+def memory_samples(data: object, source: str) -> list[MemorySample]:
+    """Samples given in memory: an iterable of {input name: array} dicts, a callable returning one
+    (called once), or an object with `get_next()` returning a dict until None (onnxruntime's
+    CalibrationDataReader). Read once, so a generator is fine; each is validated when it is used."""
+    if callable(data) and not hasattr(data, "get_next"):
+        data = data()
+    if hasattr(data, "get_next"):
+        reader = data
+        data = iter(reader.get_next, None)
+    if isinstance(data, (dict, str, bytes)) or not isinstance(data, Iterable):
+        raise BadDataError(
+            f"{source}: expected a directory, an iterable of {{input name: array}} dicts, a callable "
+            f"returning one or a reader with get_next(); got {type(data).__name__}"
+        )
+    samples = []
+    for i, feeds in enumerate(data):
+        if not isinstance(feeds, dict) or not all(isinstance(k, str) for k in feeds):
+            raise BadDataError(
+                f"{source} sample {i}: expected a dict of input name -> array, got {type(feeds).__name__}"
+            )
+        try:
+            arrays = {k: np.asarray(v) for k, v in feeds.items()}
+        except (TypeError, ValueError) as exc:
+            raise BadDataError(f"{source} sample {i}: not arrays: {exc}") from exc
+        samples.append(MemorySample(arrays, source, i))
+    if not samples:
+        raise BadDataError(f"{source}: no samples")
+    return samples
+
+
 def find_samples(
     directory: str | Path, *, layout: str = "auto", preprocess: ImagePreprocess | None = None
 ) -> list[SampleRef]:
@@ -204,11 +252,17 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def iter_samples(
-    items: list[Path] | list[SampleRef], specs: list[InputSpec], preprocess: ImagePreprocess | None = None
+    items: list[Path] | list[SampleRef] | list[MemorySample],
+    specs: list[InputSpec],
+    preprocess: ImagePreprocess | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield one validated sample at a time; a batched file is read once for all its rows."""
     cached: tuple[Path, dict[str, np.ndarray]] | None = None
     for item in items:
+        if isinstance(item, MemorySample):
+            validate_sample(str(item), item.feeds, specs)
+            yield item.feeds
+            continue
         ref = item if isinstance(item, SampleRef) else SampleRef(Path(item))
         if ref.row is not None:
             if cached is None or cached[0] != ref.path:
@@ -257,9 +311,9 @@ class SampleSplit:
 
 
 def split_samples(
-    calib_dir: Path | None,
+    calib_dir: Path | SampleData | None,
     calib_samples: int,
-    eval_dir: Path | None,
+    eval_dir: Path | SampleData | None,
     eval_samples: int | None,
     *,
     layout: str = "auto",
@@ -269,14 +323,18 @@ def split_samples(
 
     Without `eval_dir`, the last 20% of `calib_dir` (at least 1 sample, at most 100) is held out
     for evaluation and never used for calibration; calibration takes the first `calib_samples`
-    of the rest, in order.
+    of the rest, in order. Either may be samples in memory (`memory_samples`; no labels).
     """
+    if calib_dir is not None and not isinstance(calib_dir, Path):
+        calib_dir = _InMemory(memory_samples(calib_dir, "calibration data"))
+    if eval_dir is not None and not isinstance(eval_dir, Path):
+        eval_dir = _InMemory(memory_samples(eval_dir, "evaluation data"))
     calib: list[SampleRef] = []
     evals: list[SampleRef] = []
     all_eval: list[SampleRef] = []
     source = "none"
     if calib_dir is not None:
-        refs = find_samples(calib_dir, layout=layout, preprocess=preprocess)
+        refs = _refs(calib_dir, layout, preprocess)
         if eval_dir is None and len(refs) > 1:
             held = min(100, max(1, len(refs) // 5))
             all_eval, evals, refs = refs, refs[-held:], refs[:-held]
@@ -284,9 +342,29 @@ def split_samples(
             eval_dir = calib_dir
         calib = refs[:calib_samples]
     if eval_dir is not None and not evals:
-        all_eval = evals = find_samples(eval_dir, layout=layout, preprocess=preprocess)
+        all_eval = evals = _refs(eval_dir, layout, preprocess)
         source = str(eval_dir)
     if eval_samples is not None:
         evals = evals[:eval_samples]
-    labels = read_labels(eval_dir, evals, all_eval) if eval_dir is not None and evals else None
-    return SampleSplit(calib, evals, eval_dir, source, labels)
+    labels = None
+    if isinstance(eval_dir, Path) and evals:
+        labels = read_labels(eval_dir, evals, all_eval)
+    return SampleSplit(calib, evals, eval_dir if isinstance(eval_dir, Path) else None, source, labels)
+
+
+@dataclass(frozen=True)
+class _InMemory:
+    """Samples given in memory, in split_samples' place of a directory."""
+
+    samples: list[MemorySample]
+
+    def __str__(self) -> str:
+        return self.samples[0].source
+
+
+def _refs(
+    where: Path | _InMemory, layout: str, preprocess: ImagePreprocess | None
+) -> list[SampleRef] | list[MemorySample]:
+    if isinstance(where, _InMemory):
+        return where.samples
+    return find_samples(where, layout=layout, preprocess=preprocess)

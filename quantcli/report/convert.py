@@ -31,6 +31,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "command": "convert",
+        "exit_code": 0,
         "quantcli_version": __version__,
         "model": str(r.model),
         "output": str(r.output),

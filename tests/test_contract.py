@@ -1,0 +1,258 @@
+"""The CI contract and the Python API: usage errors as one line (and JSON with --json), options
+that would change nothing refused, ConvertOptions taking what the CLI takes, samples in memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import DATA, SAMPLES, quantcli, sha256
+from test_cli import assert_one_line_error
+
+from quantcli.api import ConvertOptions, convert
+from quantcli.calibration.collect import CalibrationConfig
+from quantcli.calibration.ranges import CalibMethod
+from quantcli.errors import BadDataError, UsageError
+from quantcli.quantize.params import QType
+
+CNN = SAMPLES / "digits_cnn.onnx"
+CALIB = DATA / "digits_cnn" / "calib"
+N = 20  # samples: 16 calibrate, the last 4 are held out for the report
+
+
+def _samples() -> list[dict[str, np.ndarray]]:
+    return [dict(np.load(p)) for p in sorted(CALIB.glob("*.npz"))[:N]]
+
+
+def _calib_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "calib"
+    d.mkdir()
+    for p in sorted(CALIB.glob("*.npz"))[:N]:
+        (d / p.name).write_bytes(p.read_bytes())
+    return d
+
+
+# --- usage errors: one line, exit 2, and one JSON object with --json --------------------------
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["convert", "m.onnx", "--json"], "Missing option '-o'"),
+        (["convert", str(CNN), "-o", "q.onnx", "--mode", "foo", "--json"], "--mode"),
+        (["compare", str(CNN), "--bogus", "--json"], "--bogus"),
+        (["inspect", "--json"], "Missing argument"),
+        (["frobnicate", "--json"], "No such command"),
+    ],
+)
+def test_usage_errors_are_one_line_and_json(tmp_path: Path, args: list[str], needle: str) -> None:
+    proc = quantcli(*args, cwd=tmp_path)
+    assert_one_line_error(proc, 2, needle, "--help")
+    assert "Usage:" not in proc.stderr and "Try " not in proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["schema_version"] == 1 and data["exit_code"] == 2
+    assert data["error"]["code"] == "usage" and needle in data["error"]["message"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_usage_error_without_json_prints_nothing_on_stdout(tmp_path: Path) -> None:
+    proc = quantcli("convert", CNN, "-o", tmp_path / "q.onnx", "--calib-method", "kl", cwd=tmp_path)
+    assert_one_line_error(proc, 2, "quantcli convert: error:", "--calib-method")
+    assert proc.stdout == ""
+
+
+def test_json_errors_name_their_kind(tmp_path: Path) -> None:
+    proc = quantcli("convert", tmp_path / "none.onnx", "-o", tmp_path / "q.onnx", "--json", cwd=tmp_path)
+    assert_one_line_error(proc, 2, "none.onnx")
+    data = json.loads(proc.stdout)
+    assert data["exit_code"] == 2 and data["error"]["code"] == "bad-model"
+    proc = quantcli(
+        "convert", CNN, "-o", tmp_path / "q.onnx", "--calib", tmp_path / "nodir", "--json", cwd=tmp_path
+    )
+    assert json.loads(proc.stdout)["error"]["code"] == "bad-data"
+
+
+# --- options that would change nothing are refused ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--per-tensor"], "--per-tensor"),
+        (["--reduce-range"], "--reduce-range"),
+        (["--calib-method", "entropy"], "--calib-method"),
+        (["--weight-calibration", "mse"], "--weight-calibration"),
+        (["--block-size", "64"], "--block-size"),
+    ],
+)
+def test_fp16_refuses_options_it_does_not_read(tmp_path: Path, extra: list[str], needle: str) -> None:
+    proc = quantcli("convert", CNN, "--mode", "fp16", "-o", tmp_path / "q.onnx", *extra, cwd=tmp_path)
+    assert_one_line_error(proc, 2, needle, "--mode fp16")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_percentile_needs_the_percentile_method(tmp_path: Path) -> None:
+    proc = quantcli(
+        "convert", CNN, "--calib", CALIB, "-o", tmp_path / "q.onnx", "--percentile", "99.9", cwd=tmp_path
+    )
+    assert_one_line_error(proc, 2, "--percentile", "mse")
+
+
+@pytest.fixture(scope="module")
+def saved_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("plan")
+    out, plan = d / "q.onnx", d / "plan.json"
+    convert(ConvertOptions(model=CNN, output=out, calib=CALIB, calib_samples=16, save_plan=plan))
+    return out, plan
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--activation-type", "int8"], "--activation-type int8 contradicts the plan"),
+        (["--per-tensor"], "--per-tensor contradicts the plan"),
+        (["--calib-method", "minmax"], "--calib-method mse"),
+        (["--weight-calibration", "mse"], "--weight-calibration minmax"),
+        (["--calib-memory", "64"], "shapes a new plan"),
+        (["--calib-samples", "8"], "shapes a new plan"),
+        (["--block-size", "64"], "the plan"),
+    ],
+)
+def test_replay_refuses_options_the_plan_fixes(
+    tmp_path: Path, saved_plan: tuple[Path, Path], extra: list[str], needle: str
+) -> None:
+    _, plan = saved_plan
+    out = tmp_path / "r.onnx"
+    proc = quantcli("convert", CNN, "--plan", plan, "--calib", CALIB, "-o", out, *extra, cwd=tmp_path)
+    assert_one_line_error(proc, 2, needle)
+    assert not out.exists()
+
+
+def test_replay_accepts_options_that_agree_with_the_plan(
+    tmp_path: Path, saved_plan: tuple[Path, Path]
+) -> None:
+    first, plan = saved_plan
+    out = tmp_path / "r.onnx"
+    proc = quantcli(
+        "convert",
+        CNN,
+        "--plan",
+        plan,
+        "-o",
+        out,
+        "--activation-type",
+        "uint8",
+        "--calib-method",
+        "mse",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sha256(out) == sha256(first)
+
+
+def test_a_static_plan_cannot_ask_for_fp16_nodes(tmp_path: Path, saved_plan: tuple[Path, Path]) -> None:
+    _, plan = saved_plan
+    data = json.loads(plan.read_text())
+    conv = next(n for n in data["nodes"] if n["op_type"] == "Conv")
+    conv["precision"] = "fp16"
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    out = tmp_path / "r.onnx"
+    proc = quantcli("convert", CNN, "--plan", edited, "-o", out, cwd=tmp_path)
+    assert_one_line_error(proc, 2, conv["name"], "fp16", '"mode": "mixed"')
+    assert not out.exists()
+    data["mode"] = "mixed"  # the same node in FP16 is what mixed mode writes: honoured
+    edited.write_text(json.dumps(data))
+    proc = quantcli("convert", CNN, "--plan", edited, "-o", out, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["mode"] == "mixed"
+    written = onnx.load(out)
+    assert any(
+        t.data_type == onnx.TensorProto.FLOAT16 for t in written.graph.initializer
+    )  # the Conv's weight
+
+
+# --- the Python API takes what the CLI takes ----------------------------------------------------
+
+
+def test_options_accept_strings_and_enum_names(tmp_path: Path) -> None:
+    options = ConvertOptions(
+        model=str(CNN),
+        output=str(tmp_path / "q.onnx"),
+        calib=str(CALIB),
+        activation_type="int8",
+        calibration=CalibrationConfig(method="minmax"),
+        mode="static",
+    )
+    assert options.model == CNN and options.calib == CALIB
+    dynamic = ConvertOptions(
+        model=CNN, output=tmp_path / "q.onnx", mode="dynamic", dynamic_op_types="MatMul, Conv"
+    )
+    assert dynamic.dynamic_op_types == ("MatMul", "Conv")
+    assert options.activation_type is QType.INT8 and options.calibration.method is CalibMethod.MINMAX
+
+
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("activation_type", "int4", "--activation-type int4"),
+        ("mode", "fp32", "--mode fp32"),
+        ("target_cpu", "sparc", "--target-cpu sparc"),
+        ("weight_calibration", "kl", "--weight-calibration kl"),
+        ("output", 3, "--output"),
+        ("calibration", CalibrationConfig(method="kl"), "--calib-method kl"),
+    ],
+)
+def test_options_name_the_option_of_a_wrong_value(
+    tmp_path: Path, field: str, value: object, needle: str
+) -> None:
+    kwargs = {"model": CNN, "output": tmp_path / "q.onnx", "calib": CALIB, field: value}
+    with pytest.raises(UsageError, match=needle):
+        ConvertOptions(**kwargs)
+
+
+def test_samples_in_memory_give_the_directory_s_result(tmp_path: Path) -> None:
+    """A list, a callable returning a generator and an onnxruntime-style reader are read like the
+    same samples in a directory: same split, same plan, same bytes."""
+    from_dir = convert(ConvertOptions(model=CNN, output=tmp_path / "d.onnx", calib=_calib_dir(tmp_path)))
+    samples = _samples()
+
+    class Reader:  # onnxruntime.quantization.CalibrationDataReader's protocol
+        def __init__(self) -> None:
+            self.rows = iter(samples)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.rows, None)
+
+    for name, data in (("list", samples), ("callable", lambda: (s for s in samples)), ("reader", Reader())):
+        result = convert(ConvertOptions(model=CNN, output=tmp_path / f"{name}.onnx", calib=data))
+        assert sha256(tmp_path / f"{name}.onnx") == sha256(tmp_path / "d.onnx"), name
+        assert result.calibration_samples == from_dir.calibration_samples == 16
+        assert result.agreement.samples == from_dir.agreement.samples == 4
+        assert result.to_dict()["accuracy"]["outputs"] == from_dir.to_dict()["accuracy"]["outputs"]
+
+
+def test_samples_in_memory_are_checked_against_the_model(tmp_path: Path) -> None:
+    with pytest.raises(BadDataError, match="calibration data sample 0: arrays do not match"):
+        convert(ConvertOptions(model=CNN, output=tmp_path / "q.onnx", calib=[{"x": np.zeros(3, np.float32)}]))
+    with pytest.raises(BadDataError, match="expected a dict"):
+        convert(ConvertOptions(model=CNN, output=tmp_path / "q.onnx", calib=[np.zeros(3)]))
+    with pytest.raises(BadDataError, match="no samples"):
+        convert(ConvertOptions(model=CNN, output=tmp_path / "q.onnx", calib=[]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_result_to_dict_is_what_json_prints(tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    proc = quantcli("convert", CNN, "--calib", _calib_dir(tmp_path), "-o", out, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    result = convert(ConvertOptions(model=CNN, output=tmp_path / "api.onnx", calib=tmp_path / "calib"))
+    mine = json.loads(json.dumps(result.to_dict()))
+    assert printed["exit_code"] == mine["exit_code"] == 0
+    assert set(printed) == set(mine)
+    for key in ("mode", "compute_nodes", "accuracy", "calibration_samples", "float_reasons"):
+        assert printed[key] == mine[key], key
