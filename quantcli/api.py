@@ -20,7 +20,7 @@ from quantcli.calibration.images import ImagePreprocess
 from quantcli.calibration.ranges import CalibMethod
 from quantcli.compare import Latency
 from quantcli.cpu import DEFAULT_TARGET, TARGETS
-from quantcli.errors import UnsupportedModelError, UsageError
+from quantcli.errors import ExitCode, UnsupportedModelError, UsageError
 from quantcli.graph import COMPUTE_OPS, set_metadata
 from quantcli.io_match import IOQuantization
 from quantcli.io_match import io_quantization as read_io_quantization
@@ -43,6 +43,7 @@ from quantcli.quantize.plan import FLOAT, FP16, INT4, INT8, NodePlan, QuantConfi
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
 from quantcli.quantize.weights import plan_weights_int8
+from quantcli.thresholds import Check, Thresholds, evaluate
 from quantcli.verify import (
     Agreement,
     checker_error,
@@ -84,6 +85,8 @@ class ConvertOptions:
     int4_compute: str = "float"  # weights-int4: float, or int8 (MatMulNBits accuracy_level 4)
     bias_correction: bool = True  # static/mixed: INT32 biases cancel the INT8 weights' mean shift
     integer_io: bool = False
+    # Bounds on the evaluation's figures (compare's flags): missed ones make the exit code 1.
+    thresholds: Thresholds = field(default_factory=Thresholds)
 
     def __post_init__(self) -> None:
         self._coerce()
@@ -346,6 +349,12 @@ class ConvertResult:
     bias_corrected: int | None = None  # static/mixed: INT32 biases with a bias correction
     saturation: Saturation | None = None  # static/mixed/dynamic: U8S8 weight pairs vs the int16 limit
     kernels: KernelCheck | None = None  # which integer kernels the accuracy figures came from
+    checks: list[Check] = field(default_factory=list)  # the thresholds, checked on `agreement`
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 1 when a threshold was missed (the model is written either way)."""
+        return int(ExitCode.THRESHOLD_NOT_MET if any(not c.passed for c in self.checks) else ExitCode.OK)
 
     def to_dict(self) -> dict[str, Any]:
         """The object `quantcli convert --json` prints (docs: the convert JSON fields)."""
@@ -415,6 +424,14 @@ def convert(
         preprocess=options.calib_preprocess,
     )
     seconds["preprocess"] = time.perf_counter() - t0
+    gated = any(bounds for _, bounds in options.thresholds.items())
+    if gated:
+        options.thresholds.check_outputs(o.name for o in model.graph.output)
+        if not split.eval:
+            raise UsageError(
+                "thresholds are checked on evaluation samples: give --eval DIR, or --calib with 2 or "
+                "more samples (the last 20% are held out)"
+            )
 
     config = QuantConfig(
         per_channel=options.per_channel,
@@ -531,9 +548,17 @@ def convert(
         seconds["verify"] = time.perf_counter() - t
         warnings += _agreement_warnings(plan, agreement) + mismatch_warning(agreement, kernels)
         latency = None
-        if options.check_latency:
+        if options.check_latency or options.thresholds.needs_latency:
             latency = _latency(options, staged.path, candidate, split, specs)
         del candidate
+        checks = []
+        if gated:  # before the rename: a bound that cannot be checked leaves nothing behind
+            checks = evaluate(
+                options.thresholds,
+                agreement,
+                size_ratio=staged.size / input_bytes if input_bytes else None,
+                latency_ratio=latency.ratio if latency is not None else None,
+            )
         if options.save_plan is not None:
             plan.save(options.save_plan)
         output_bytes = staged.size
@@ -560,6 +585,7 @@ def convert(
         io_quantization=io_quantization,
         saturation=saturation,
         kernels=kernels,
+        checks=checks,
         bias_corrected=sum(t.correction is not None for t in plan.tensors.values())
         if plan.mode in ("static", "mixed")
         else None,

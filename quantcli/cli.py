@@ -132,6 +132,122 @@ def main() -> None:
     """Post-training quantization of ONNX models (static INT8 with QDQ)."""
 
 
+class _Bound(click.ParamType):
+    """A threshold: X for every output, or OUTPUT=X for one output."""
+
+    name = "[OUTPUT=]X"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, float]:
+        from quantcli.errors import UsageError
+        from quantcli.thresholds import parse_bound
+
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_bound(param.name.replace("_", "-") if param and param.name else "bound", value)
+        except UsageError as exc:
+            self.fail(exc.message, param, ctx)
+
+
+_BOUND = _Bound()
+# The thresholds `compare` and `convert` both take (thresholds.py): a missed one is exit 1.
+_THRESHOLD_OPTIONS = [
+    click.option(
+        "--min-cosine",
+        type=_BOUND,
+        multiple=True,
+        help="Exit 1 when an output's mean cosine similarity is below X (OUTPUT=X: one output; repeatable).",
+    ),
+    click.option(
+        "--max-abs-error",
+        type=_BOUND,
+        multiple=True,
+        help="... when an output's max absolute error is above X.",
+    ),
+    click.option("--min-sqnr", type=_BOUND, multiple=True, help="... when an output's SQNR is below X dB."),
+    click.option(
+        "--min-top1-agreement",
+        type=_BOUND,
+        multiple=True,
+        help="... when a classifier output's top-1 agreement (a fraction) is below X.",
+    ),
+    click.option(
+        "--max-accuracy-drop",
+        type=float,
+        help="... when the accuracy against labels.npy drops by more than X (a fraction: 0.01 is one point).",
+    ),
+    click.option("--max-size-ratio", type=float, help="... when candidate size / reference size is above X."),
+    click.option(
+        "--max-latency-ratio",
+        type=float,
+        help="... when candidate / reference median latency is above X (times both).",
+    ),
+]
+# Where a gate's result goes besides stdout: a markdown summary and JUnit XML.
+_CI_REPORT_OPTIONS = [
+    click.option(
+        "--markdown",
+        metavar="FILE",
+        help="Also write a markdown summary; '-' appends it to $GITHUB_STEP_SUMMARY.",
+    ),
+    click.option(
+        "--junit", type=_PATH, metavar="FILE", help="Also write JUnit XML, one test case per check."
+    ),
+]
+
+
+def _threshold_options(f: Callable) -> Callable:
+    for option in reversed(_THRESHOLD_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _ci_report_options(f: Callable) -> Callable:
+    for option in reversed(_CI_REPORT_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _thresholds(
+    min_cosine: tuple[tuple[str, float], ...],
+    max_abs_error: tuple[tuple[str, float], ...],
+    min_sqnr: tuple[tuple[str, float], ...],
+    min_top1_agreement: tuple[tuple[str, float], ...],
+    max_accuracy_drop: float | None,
+    max_size_ratio: float | None,
+    max_latency_ratio: float | None,
+):  # noqa: ANN202 - a thresholds.Thresholds, imported late like every API type here
+    from quantcli.thresholds import Thresholds, per_output
+
+    return Thresholds(
+        min_cosine=per_output("min-cosine", min_cosine),
+        max_abs_error=per_output("max-abs-error", max_abs_error),
+        min_sqnr=per_output("min-sqnr", min_sqnr),
+        min_top1_agreement=per_output("min-top1-agreement", min_top1_agreement),
+        max_accuracy_drop=max_accuracy_drop,
+        max_size_ratio=max_size_ratio,
+        max_latency_ratio=max_latency_ratio,
+    )
+
+
+def _summary_target(markdown: str | None, inputs: list[Path]) -> tuple[Path | None, bool]:
+    """--markdown FILE, or '-' for $GITHUB_STEP_SUMMARY (appended): the path and whether to append."""
+    import os
+
+    from quantcli.errors import UsageError
+    from quantcli.model_io import check_output_path
+
+    if markdown == "-":
+        if not os.environ.get("GITHUB_STEP_SUMMARY"):
+            raise UsageError("--markdown -: GITHUB_STEP_SUMMARY is not set; give a file name instead")
+        return Path(os.environ["GITHUB_STEP_SUMMARY"]), True
+    if markdown:
+        return check_output_path(Path(markdown), inputs), False
+    return None, False
+
+
 @main.command()
 @click.argument("model", type=_PATH)
 @click.option("-o", "--output", type=_PATH, required=True, help="Where to write the quantized model.")
@@ -297,6 +413,8 @@ def main() -> None:
     show_default=True,
     help="mixed: also run in FP16 the N INT8 nodes whose INT8 error, measured on the calibration samples, is largest.",
 )
+@_threshold_options
+@_ci_report_options
 @click.option("--save-plan", type=_PATH, help="Write the QuantPlan (every decision) as JSON.")
 @click.option(
     "--plan", "plan_path", type=_PATH, help="Replay a saved or edited QuantPlan instead of calibrating."
@@ -334,6 +452,15 @@ def convert(
     threads: int,
     fp16_nodes: str,
     fp16_count: int,
+    min_cosine: tuple[tuple[str, float], ...],
+    max_abs_error: tuple[tuple[str, float], ...],
+    min_sqnr: tuple[tuple[str, float], ...],
+    min_top1_agreement: tuple[tuple[str, float], ...],
+    max_accuracy_drop: float | None,
+    max_size_ratio: float | None,
+    max_latency_ratio: float | None,
+    markdown: str | None,
+    junit: Path | None,
     save_plan: Path | None,
     plan_path: Path | None,
     json_output: bool,
@@ -341,6 +468,9 @@ def convert(
     debug: bool,
 ) -> None:
     """Quantize MODEL and write the result to --output, with a size and accuracy report.
+
+    Thresholds (--min-cosine, ...; measured on the evaluation samples) make it a CI gate: the
+    model is written, and the exit code is 1 when one is missed.
 
     \b
     Example:
@@ -354,8 +484,19 @@ def convert(
         from quantcli.calibration.collect import CalibrationConfig
         from quantcli.calibration.images import ImagePreprocess
         from quantcli.calibration.ranges import CalibMethod
+        from quantcli.model_io import check_output_path
         from quantcli.quantize.params import QType
-        from quantcli.report.convert import convert_to_dict, render_convert
+        from quantcli.report.compare import write_report_file
+        from quantcli.report.convert import (
+            convert_to_dict,
+            convert_to_junit,
+            convert_to_markdown,
+            render_convert,
+        )
+
+        summary, append = _summary_target(markdown, [model])
+        if junit is not None:
+            check_output_path(junit, [model])
 
         options = ConvertOptions(
             model=model,
@@ -391,6 +532,15 @@ def convert(
             plan=plan_path,
             fp16_nodes=tuple(p.strip() for p in fp16_nodes.split(",") if p.strip()),
             fp16_count=fp16_count,
+            thresholds=_thresholds(
+                min_cosine,
+                max_abs_error,
+                min_sqnr,
+                min_top1_agreement,
+                max_accuracy_drop,
+                max_size_ratio,
+                max_latency_ratio,
+            ),
         )
         with _progress(enabled=not quiet and not json_output) as progress:
             result = run_convert(options, progress=progress)
@@ -398,7 +548,14 @@ def convert(
             report.render_json(convert_to_dict(result))
         else:
             render_convert(result, rich_output=sys.stdout.isatty())
-        return int(ExitCode.OK)
+        if summary is not None:
+            write_report_file(summary, convert_to_markdown(result), append=append)
+        if junit is not None:
+            write_report_file(junit, convert_to_junit(result))
+        for check in result.checks:
+            if not check.passed:
+                report.err(f"quantcli convert: check failed: {check.message}")
+        return int(result.exit_code)
 
     _run("convert", json_output, debug, body)
 
@@ -450,28 +607,6 @@ def inspect(model: Path, nodes: bool, tensors: bool, no_ort: bool, json_output: 
     _run("inspect", json_output, debug, body)
 
 
-class _Bound(click.ParamType):
-    """A threshold: X for every output, or OUTPUT=X for one output."""
-
-    name = "[OUTPUT=]X"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[str, float]:
-        from quantcli.errors import UsageError
-        from quantcli.thresholds import parse_bound
-
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_bound(param.name.replace("_", "-") if param and param.name else "bound", value)
-        except UsageError as exc:
-            self.fail(exc.message, param, ctx)
-
-
-_BOUND = _Bound()
-
-
 @main.command()
 @click.argument("reference", type=_PATH)
 @click.argument("candidate", type=_PATH)
@@ -486,33 +621,7 @@ _BOUND = _Bound()
     type=click.IntRange(min=1),
     help="Use the first N samples [default: all of --data, or 32 random].",
 )
-@click.option(
-    "--min-cosine",
-    type=_BOUND,
-    multiple=True,
-    help="Exit 1 when an output's mean cosine similarity is below X (OUTPUT=X: one output; repeatable).",
-)
-@click.option(
-    "--max-abs-error", type=_BOUND, multiple=True, help="... when an output's max absolute error is above X."
-)
-@click.option("--min-sqnr", type=_BOUND, multiple=True, help="... when an output's SQNR is below X dB.")
-@click.option(
-    "--min-top1-agreement",
-    type=_BOUND,
-    multiple=True,
-    help="... when a classifier output's top-1 agreement (a fraction) is below X.",
-)
-@click.option(
-    "--max-accuracy-drop",
-    type=float,
-    help="... when the accuracy against labels.npy drops by more than X (a fraction: 0.01 is one point).",
-)
-@click.option("--max-size-ratio", type=float, help="... when candidate size / reference size is above X.")
-@click.option(
-    "--max-latency-ratio",
-    type=float,
-    help="... when candidate / reference median latency is above X (times both).",
-)
+@_threshold_options
 @click.option(
     "--per-layer", is_flag=True, help="Rank the layers by the error each adds (tensors matched by name)."
 )
@@ -524,12 +633,7 @@ _BOUND = _Bound()
     "--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Intra-op threads for timing."
 )
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON object on stdout.")
-@click.option(
-    "--markdown",
-    metavar="FILE",
-    help="Also write a markdown summary; '-' appends it to $GITHUB_STEP_SUMMARY.",
-)
-@click.option("--junit", type=_PATH, metavar="FILE", help="Also write JUnit XML, one test case per check.")
+@_ci_report_options
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compare(
@@ -566,12 +670,9 @@ def compare(
     """
 
     def body() -> int:
-        import os
-
         from quantcli import report
         from quantcli.compare import CompareOptions
         from quantcli.compare import compare as run_compare
-        from quantcli.errors import UsageError
         from quantcli.model_io import check_output_path
         from quantcli.report.compare import (
             compare_to_dict,
@@ -580,24 +681,17 @@ def compare(
             render_compare,
             write_report_file,
         )
-        from quantcli.thresholds import Thresholds, per_output
 
-        thresholds = Thresholds(
-            min_cosine=per_output("min-cosine", min_cosine),
-            max_abs_error=per_output("max-abs-error", max_abs_error),
-            min_sqnr=per_output("min-sqnr", min_sqnr),
-            min_top1_agreement=per_output("min-top1-agreement", min_top1_agreement),
-            max_accuracy_drop=max_accuracy_drop,
-            max_size_ratio=max_size_ratio,
-            max_latency_ratio=max_latency_ratio,
+        thresholds = _thresholds(
+            min_cosine,
+            max_abs_error,
+            min_sqnr,
+            min_top1_agreement,
+            max_accuracy_drop,
+            max_size_ratio,
+            max_latency_ratio,
         )
-        summary, append = None, False
-        if markdown == "-":
-            if not os.environ.get("GITHUB_STEP_SUMMARY"):
-                raise UsageError("--markdown -: GITHUB_STEP_SUMMARY is not set; give a file name instead")
-            summary, append = Path(os.environ["GITHUB_STEP_SUMMARY"]), True
-        elif markdown:
-            summary = check_output_path(Path(markdown), [reference, candidate])
+        summary, append = _summary_target(markdown, [reference, candidate])
         if junit is not None:
             check_output_path(junit, [reference, candidate])
         options = CompareOptions(

@@ -256,3 +256,43 @@ def test_result_to_dict_is_what_json_prints(tmp_path: Path) -> None:
     assert set(printed) == set(mine)
     for key in ("mode", "compute_nodes", "accuracy", "calibration_samples", "float_reasons"):
         assert printed[key] == mine[key], key
+
+
+# --- convert is a CI gate: compare's thresholds, exit 1 after writing the model -----------------
+
+
+def test_convert_gate_passes_and_fails_after_writing(tmp_path: Path) -> None:
+    calib = _calib_dir(tmp_path)
+    out, junit, summary = tmp_path / "q.onnx", tmp_path / "j.xml", tmp_path / "s.md"
+    args = ["convert", CNN, "--calib", calib, "-o", out, "--json", "--junit", junit, "--markdown", summary]
+    proc = quantcli(*args, "--min-cosine", "0.99", "--max-size-ratio", "0.5", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["exit_code"] == 0 and [c["passed"] for c in data["checks"]] == [True, True]
+    assert 'failures="0"' in junit.read_text() and "all checks passed" in summary.read_text()
+
+    out.unlink()
+    proc = quantcli(*args, "--min-sqnr", "logits=200", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert out.exists()  # the model is written; the gate says it misses the bound
+    data = json.loads(proc.stdout)
+    assert (
+        data["exit_code"] == 1
+        and data["checks"][0]["option"] == "--min-sqnr"
+        and not data["checks"][0]["passed"]
+    )
+    assert proc.stderr.strip().splitlines() == [
+        f"quantcli convert: check failed: {data['checks'][0]['message']}"
+    ]
+    assert 'failures="1"' in junit.read_text() and "1 of 1 checks failed" in summary.read_text()
+
+
+def test_convert_gate_refuses_what_it_cannot_check(tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    proc = quantcli("convert", CNN, "--calib", CALIB, "-o", out, "--min-cosine", "nope=0.9", cwd=tmp_path)
+    assert_one_line_error(proc, 2, "no output 'nope'")
+    proc = quantcli("convert", CNN, "--mode", "dynamic", "-o", out, "--min-cosine", "0.9", cwd=tmp_path)
+    assert_one_line_error(proc, 2, "evaluation samples")
+    proc = quantcli("convert", CNN, "--calib", CALIB, "-o", out, "--max-accuracy-drop", "0.01", cwd=tmp_path)
+    assert_one_line_error(proc, 2, "--max-accuracy-drop", "labels")
+    assert not out.exists()

@@ -3,9 +3,7 @@ JUnit XML; computes nothing. The `--json` object and its schema are in report/co
 
 from __future__ import annotations
 
-import io
 import math
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from quantcli.compare import CompareResult
@@ -13,6 +11,15 @@ from quantcli.errors import UsageError
 from quantcli.model_io import write_bytes_atomic
 from quantcli.per_layer import LayerError
 from quantcli.report import out
+from quantcli.report.checks import (
+    check_lines,
+    check_md_table,
+    checks_to_junit,
+    md,
+    md_table,
+    print_checks,
+    verdict,
+)
 from quantcli.report.compare_json import COMPARE_JSON_SCHEMA, compare_to_dict
 
 __all__ = [
@@ -180,15 +187,6 @@ def _table_text(head: tuple[str, ...], rows: list[tuple[str, ...]], left: frozen
     return [line(head), *(line(row) for row in rows)]
 
 
-def _check_lines(r: CompareResult) -> list[str]:
-    if not r.checks:
-        return ["checks: none set (thresholds: --min-cosine, --max-abs-error, --min-sqnr, ...)"]
-    failed = sum(not c.passed for c in r.checks)
-    lines = [f"checks: {len(r.checks) - failed} passed, {failed} failed"]
-    lines += [f"  {'pass' if c.passed else 'FAIL'}  {c.message}" for c in r.checks]
-    return lines
-
-
 def render_compare(r: CompareResult, *, rich_output: bool) -> None:
     """The report on stdout: rich tables on a terminal, plain text otherwise."""
     if rich_output:
@@ -202,7 +200,7 @@ def render_compare(r: CompareResult, *, rich_output: bool) -> None:
         lines += ["", _per_layer_heading(r, TEXT_LAYERS)]
         lines += _table_text(_LAYER_HEAD, _layer_rows(r.per_layer.layers)[:TEXT_LAYERS], _LAYER_NAMES)
         lines += [_per_layer_legend(r), *_unmatched_lines(r), f"note: {r.per_layer.note}"]
-    lines += ["", *_check_lines(r)]
+    lines += ["", *check_lines(r.checks)]
     out("\n".join(lines))
 
 
@@ -242,83 +240,35 @@ def _render_rich(r: CompareResult) -> None:
                 style = "yellow"
             layers.add_row(*row, style=style)
         console.print(layers)
-    if not r.checks:
-        console.print(_check_lines(r)[0], highlight=False)
-        return
-    checks = Table(title=_check_lines(r)[0])
-    checks.add_column("result")
-    checks.add_column("check")
-    for c in r.checks:
-        checks.add_row("[green]pass[/]" if c.passed else "[bold red]FAIL[/]", c.message)
-    console.print(checks)
+    print_checks(console, r.checks)
 
 
 # -- markdown and JUnit -----------------------------------------------------------------------
 
 
-def _md(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def _md_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
-    return lines
-
-
 def compare_to_markdown(r: CompareResult) -> str:
     """A summary for a CI job page (GitHub's step summary): verdict, figures, checks, worst layers."""
-    failed = [c for c in r.checks if not c.passed]
-    verdict = (
-        "no thresholds set"
-        if not r.checks
-        else ("all checks passed" if not failed else f"{len(failed)} of {len(r.checks)} checks failed")
-    )
     lines = [
-        f"### quantcli compare: `{_md(r.candidate.path.name)}` vs `{_md(r.reference.path.name)}`: {verdict}",
+        f"### quantcli compare: `{md(r.candidate.path.name)}` vs `{md(r.reference.path.name)}`: {verdict(r.checks)}",
         "",
     ]
-    lines += _md_table(("", "value"), [(k, v) for k, v in _summary_rows(r)])
-    lines += ["", *_md_table(_OUTPUT_HEAD, _output_rows(r))]
+    lines += md_table(("", "value"), [(k, v) for k, v in _summary_rows(r)])
+    lines += ["", *md_table(_OUTPUT_HEAD, _output_rows(r))]
     if r.checks:
-        lines += [
-            "",
-            *_md_table(
-                ("result", "check"), [("pass" if c.passed else "**FAIL**", c.message) for c in r.checks]
-            ),
-        ]
+        lines += ["", *check_md_table(r.checks)]
     if r.per_layer is not None:
-        lines += ["", f"<details><summary>{_md(_per_layer_heading(r, MARKDOWN_LAYERS))}</summary>", ""]
-        lines += _md_table(_LAYER_HEAD, _layer_rows(r.per_layer.layers)[:MARKDOWN_LAYERS])
+        lines += ["", f"<details><summary>{md(_per_layer_heading(r, MARKDOWN_LAYERS))}</summary>", ""]
+        lines += md_table(_LAYER_HEAD, _layer_rows(r.per_layer.layers)[:MARKDOWN_LAYERS])
         lines += ["", f"{_per_layer_legend(r)}; {r.per_layer.note}.", "", "</details>"]
     if r.warnings:
-        lines += ["", *(f"> warning: {_md(w)}" for w in r.warnings)]
+        lines += ["", *(f"> warning: {md(w)}" for w in r.warnings)]
     return "\n".join(lines) + "\n"
 
 
 def compare_to_junit(r: CompareResult) -> str:
     """JUnit XML: one test case per check, a failure element for each check not met."""
-    failures = sum(not c.passed for c in r.checks)
-    total = f"{r.seconds.get('total', 0.0):.3f}"
-    suites = ET.Element("testsuites", name="quantcli compare", tests=str(len(r.checks)), failures=str(failures), errors="0", time=total)  # fmt: skip
-    suite = ET.SubElement(
-        suites,
-        "testsuite",
-        name=f"quantcli compare {r.reference.path.name} {r.candidate.path.name}",
-        tests=str(len(r.checks)),
-        failures=str(failures),
-        errors="0",
-        skipped="0",
-        time=total,
-    )
-    for c in r.checks:
-        name = f"--{c.option}" + (f" {c.output}" if c.output is not None else "")
-        case = ET.SubElement(suite, "testcase", classname="quantcli.compare", name=name, time="0")
-        if not c.passed:
-            ET.SubElement(case, "failure", message=c.message, type="ThresholdNotMet").text = c.message
-    buffer = io.BytesIO()
-    ET.ElementTree(suites).write(buffer, encoding="utf-8", xml_declaration=True)
-    return buffer.getvalue().decode("utf-8") + "\n"
+    suite = f"quantcli compare {r.reference.path.name} {r.candidate.path.name}"
+    return checks_to_junit(r.checks, command="compare", suite=suite, seconds=r.seconds.get("total", 0.0))
 
 
 def write_report_file(path: Path, text: str, *, append: bool = False) -> None:

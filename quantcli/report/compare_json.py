@@ -8,6 +8,7 @@ from quantcli import __version__
 from quantcli.compare import CompareResult, ModelFacts
 from quantcli.errors import notice_code
 from quantcli.report import SCHEMA_VERSION, number
+from quantcli.report.checks import check_dicts
 
 
 def compare_to_dict(r: CompareResult) -> dict[str, Any]:
@@ -76,19 +77,7 @@ def compare_to_dict(r: CompareResult) -> dict[str, Any]:
             "candidate_min_ms": r.latency.candidate_min_ms,
             "ratio": number(r.latency.ratio),
         },
-        "checks": [
-            {
-                "option": f"--{c.option}",
-                "output": c.output,
-                "figure": c.figure,
-                "value": number(c.value),
-                "comparison": c.comparison,
-                "bound": c.bound,
-                "passed": c.passed,
-                "message": c.message,
-            }
-            for c in r.checks
-        ],
+        "checks": check_dicts(r.checks),
         "kernels": _kernels(r),
         "warnings": r.warnings,
         "warning_codes": [notice_code(w) for w in r.warnings],

@@ -12,6 +12,16 @@ from quantcli.errors import notice_code
 from quantcli.graph import COMPUTE_OPS
 from quantcli.kernel_check import KernelCheck
 from quantcli.report import SCHEMA_VERSION, number, out
+from quantcli.report.checks import (
+    check_dicts,
+    check_lines,
+    check_md_table,
+    checks_to_junit,
+    md,
+    md_table,
+    print_checks,
+    verdict,
+)
 from quantcli.verify import Agreement
 
 PRECISION_LABEL = {
@@ -31,7 +41,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "command": "convert",
-        "exit_code": 0,
+        "exit_code": r.exit_code,
         "quantcli_version": __version__,
         "model": str(r.model),
         "output": str(r.output),
@@ -87,6 +97,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
             "pairs_over_limit": r.saturation.pairs_over,
         },
         "kernels": None if r.kernels is None else _kernels_dict(r.kernels),
+        "checks": check_dicts(r.checks),
         "warnings": r.warnings,
         "warning_codes": [notice_code(w) for w in r.warnings],
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
@@ -246,6 +257,8 @@ def render_convert(r: ConvertResult, *, rich_output: bool) -> None:
         for k, v in rows:
             table.add_row(k, v)
         console.print(table)
+        if r.checks:
+            print_checks(console, r.checks)
         if reasons:
             kept = Table(title="kept in float", show_header=True)
             kept.add_column("op")
@@ -260,6 +273,25 @@ def render_convert(r: ConvertResult, *, rich_output: bool) -> None:
     if reasons:
         out("kept in float:")
         out("\n".join(f"  {op} x{len(names)} ({_names(names)}): {reason}" for op, reason, names in reasons))
+    if r.checks:
+        out("\n".join(check_lines(r.checks)))
+
+
+def convert_to_markdown(r: ConvertResult) -> str:
+    """A summary for a CI job page (GitHub's step summary): verdict, figures, checks."""
+    title = f"### quantcli convert: `{md(r.model.name)}` -> `{md(r.output.name)}`: {verdict(r.checks)}"
+    lines = [title, "", *md_table(("", "value"), _convert_rows(r))]
+    if r.checks:
+        lines += ["", *check_md_table(r.checks)]
+    if r.warnings:
+        lines += ["", *(f"- warning: {md(w)}" for w in r.warnings)]
+    return "\n".join(lines) + "\n"
+
+
+def convert_to_junit(r: ConvertResult) -> str:
+    """JUnit XML: one test case per threshold, a failure element for each one missed."""
+    suite = f"quantcli convert {r.model.name} {r.output.name}"
+    return checks_to_junit(r.checks, command="convert", suite=suite, seconds=r.seconds.get("total", 0.0))
 
 
 def _names(names: list[str], shown: int = 3) -> str:
