@@ -534,6 +534,7 @@ def convert(
                 candidate,
                 iter_samples(split.eval, specs, options.calib_preprocess),
                 split.eval_labels,
+                progress=(lambda k: progress("evaluating", k, len(split.eval))) if progress else None,
             )
             if not kernels.same_as_exact:  # what VNNI/ARM CPUs compute, beside this CPU's figure
                 exact = exact_kernel_model(onnx.load(str(staged.path)))
@@ -614,8 +615,7 @@ def _plan_mixed(
     sensitivity: dict[str, tuple[float, float]] = {}
     if options.fp16_count:
         refs = split.calib[:SENSITIVITY_SAMPLES]
-        if progress:
-            progress("measuring per-node INT8 error", 0, len(refs))
+        label = f"measuring per-node INT8 error on {_count(len(refs), 'sample')}"
         sensitivity = node_sensitivity(
             model,
             ranges,
@@ -623,8 +623,14 @@ def _plan_mixed(
             lambda: iter_samples(refs, specs, options.calib_preprocess),
             candidates=candidate_count(options.fp16_count),
             memory_budget_bytes=options.calibration.memory_budget_bytes,
+            progress=(lambda done, total: progress(label, done, total)) if progress else None,
         )
     return plan_mixed(model, ranges, config, named=named, sensitivity=sensitivity, count=options.fp16_count)
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 sample', '2 samples'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _calibrate(

@@ -132,6 +132,85 @@ def main() -> None:
     """Post-training quantization of ONNX models (static INT8 with QDQ)."""
 
 
+class _Sectioned(click.Command):
+    """A command whose --help lists its options in named sections (`sections`: title -> parameter
+    names, in order); an option in no section is listed last, under "Other options"."""
+
+    def __init__(self, *args: Any, sections: dict[str, list[str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sections = sections
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {
+            p.name: p.get_help_record(ctx) for p in self.get_params(ctx) if isinstance(p, click.Option)
+        }
+        help_option = self.get_help_option(ctx)
+        if help_option is not None:  # click's own name for it varies between versions
+            records["help"] = records.pop(help_option.name, help_option.get_help_record(ctx))
+        placed = {name for names in self.sections.values() for name in names}
+        unknown = placed - set(records)
+        if unknown:
+            raise RuntimeError(f"help sections name unknown options: {sorted(unknown)}")
+        sections = [*self.sections.items(), ("Other options", [n for n in records if n not in placed])]
+        for title, names in sections:
+            rows = [records[n] for n in names if records.get(n) is not None]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+THRESHOLD_PARAMS = [
+    "min_cosine",
+    "max_abs_error",
+    "min_sqnr",
+    "min_top1_agreement",
+    "max_accuracy_drop",
+    "max_size_ratio",
+    "max_latency_ratio",
+]
+CONVERT_SECTIONS: dict[str, list[str]] = {
+    "Input and output": ["output", "mode", "target_cpu", "save_plan", "plan_path"],
+    "Calibration (static, mixed; fp16 to keep overflowing activations in float32)": [
+        "calib",
+        "calib_samples",
+        "calib_layout",
+        "calib_preprocess",
+        "calib_method",
+        "percentile",
+        "calib_bins",
+        "calib_memory",
+    ],
+    "Weights and activations (static, mixed, dynamic, weights-int8)": [
+        "per_tensor",
+        "activation_type",
+        "weight_calibration",
+        "reduce_range",
+        "bias_correction",
+        "integer_io",
+    ],
+    "dynamic": ["dynamic_op_types"],
+    "mixed": ["fp16_nodes", "fp16_count"],
+    "weights-int4": ["block_size", "weight_symmetric", "int4_compute"],
+    "fp16": ["keep_io_types"],
+    "Evaluation and CI gate (exit 1 when a threshold is missed; the model is written)": [
+        "eval_dir",
+        "eval_samples",
+        *THRESHOLD_PARAMS,
+        "check_latency",
+        "threads",
+        "markdown",
+        "junit",
+    ],
+    "Output": ["json_output", "quiet", "debug", "help"],
+}
+COMPARE_SECTIONS: dict[str, list[str]] = {
+    "Data": ["data", "samples"],
+    "Thresholds (exit 1 when one is missed)": THRESHOLD_PARAMS,
+    "Analysis": ["per_layer", "latency", "rounds", "threads"],
+    "Output": ["json_output", "markdown", "junit", "quiet", "debug", "help"],
+}
+
+
 class _Bound(click.ParamType):
     """A threshold: X for every output, or OUTPUT=X for one output."""
 
@@ -248,12 +327,13 @@ def _summary_target(markdown: str | None, inputs: list[Path]) -> tuple[Path | No
     return None, False
 
 
-@main.command()
+@main.command(cls=_Sectioned, sections=CONVERT_SECTIONS)
 @click.argument("model", type=_PATH)
 @click.option("-o", "--output", type=_PATH, required=True, help="Where to write the quantized model.")
 @click.option(
     "--mode",
     type=click.Choice(list(MODES)),
+    show_default="static, or the plan's with --plan",
     help="static (default): INT8 weights and activations, calibrated on --calib; dynamic: INT8 MatMul/Gemm "
     "weights, activations quantized at run time; weights-int8: INT8 weights, float compute; weights-int4: "
     "INT4 MatMul/Gemm weights in blocks (onnxruntime MatMulNBits), float compute; fp16: float16 weights and "
@@ -542,7 +622,7 @@ def convert(
                 max_latency_ratio,
             ),
         )
-        with _progress(enabled=not quiet and not json_output) as progress:
+        with _progress(enabled=not quiet) as progress:
             result = run_convert(options, progress=progress)
         if json_output:
             report.render_json(convert_to_dict(result))
@@ -607,7 +687,7 @@ def inspect(model: Path, nodes: bool, tensors: bool, no_ort: bool, json_output: 
     _run("inspect", json_output, debug, body)
 
 
-@main.command()
+@main.command(cls=_Sectioned, sections=COMPARE_SECTIONS)
 @click.argument("reference", type=_PATH)
 @click.argument("candidate", type=_PATH)
 @click.option(
@@ -705,7 +785,7 @@ def compare(
             rounds=rounds,
             threads=threads,
         )
-        with _progress(enabled=not quiet and not json_output) as progress:
+        with _progress(enabled=not quiet) as progress:
             result = run_compare(options, progress=progress)
         for warning in result.warnings:
             report.err(f"quantcli compare: warning: {warning}")
@@ -726,7 +806,8 @@ def compare(
 
 
 class _progress:
-    """A rich progress bar on stderr when it is a terminal; otherwise nothing."""
+    """A rich progress bar on stderr when it is a terminal (whatever stdout is: `--json > file`
+    still shows it); otherwise nothing."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
@@ -746,7 +827,7 @@ class _progress:
     def update(self, label: str, done: int, total: int) -> None:
         if label not in self.tasks:
             self.tasks[label] = self.bar.add_task(label, total=total)
-        self.bar.update(self.tasks[label], completed=done)
+        self.bar.update(self.tasks[label], completed=done, total=total)
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:

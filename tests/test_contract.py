@@ -296,3 +296,77 @@ def test_convert_gate_refuses_what_it_cannot_check(tmp_path: Path) -> None:
     proc = quantcli("convert", CNN, "--calib", CALIB, "-o", out, "--max-accuracy-drop", "0.01", cwd=tmp_path)
     assert_one_line_error(proc, 2, "--max-accuracy-drop", "labels")
     assert not out.exists()
+
+
+# --- help and progress --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["convert", "compare"])
+def test_help_lists_every_option_in_a_named_section(tmp_path: Path, command: str) -> None:
+    proc = quantcli(command, "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Other options" not in proc.stdout  # every option was placed in a section
+    assert "Output:" in proc.stdout and "--min-cosine" in proc.stdout
+    if command == "convert":
+        assert "Calibration" in proc.stdout and "[default: (static" in proc.stdout
+
+
+def test_progress_advances_to_the_end(tmp_path: Path) -> None:
+    """Each stage's progress reaches its total: calibration, mixed's sensitivity passes, evaluation."""
+    seen: dict[str, tuple[int, int]] = {}
+
+    def progress(label: str, done: int, total: int) -> None:
+        assert 0 <= done <= total
+        seen[label.split(" on ")[0]] = (done, total)
+
+    convert(
+        ConvertOptions(model=CNN, output=tmp_path / "q.onnx", calib=_calib_dir(tmp_path), mode="mixed"),
+        progress=progress,
+    )
+    assert set(seen) == {"calibrating", "measuring per-node INT8 error", "evaluating"}, seen
+    assert all(done == total > 0 for done, total in seen.values()), seen
+    assert seen["evaluating"] == (4, 4)
+
+
+def test_progress_shows_on_a_terminal_stderr_with_json_on_stdout(tmp_path: Path) -> None:
+    """`--json > file` in a terminal: stdout is the file, stderr still shows the progress bar."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    master, slave = pty.openpty()
+    out = tmp_path / "q.onnx"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quantcli.cli",
+            "convert",
+            str(CNN),
+            "--calib",
+            str(CALIB),
+            "-o",
+            str(out),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    os.close(slave)
+    shown = b""
+    try:
+        while chunk := os.read(master, 65536):
+            shown += chunk
+    except OSError:  # the pty's other end is closed: everything was read
+        pass
+    os.close(master)
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["exit_code"] == 0
+    assert b"calibrating" in shown

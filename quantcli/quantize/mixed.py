@@ -73,6 +73,7 @@ def node_sensitivity(
     *,
     candidates: int,
     memory_budget_bytes: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """INT8 node -> (end-to-end SQNR gain in dB with it in FP16, SQNR its own layer loses in INT8),
     for the nodes whose FP16 form helps, best first.
@@ -82,6 +83,7 @@ def node_sensitivity(
     errors do not add up along a network. So the `candidates` worst nodes are then each tried
     alone in FP16, and ranked by how much the model's outputs gain: EfficientNet-Lite0's stem
     Conv loses 21.6 dB in its own layer, yet with it in FP16 the logits lost 0.7 dB.
+    `progress(done, total)` counts the passes over the samples: per-layer, baseline, each candidate.
     """
     from quantcli.calibration.collect import make_session
     from quantcli.io_match import match_io
@@ -91,6 +93,9 @@ def node_sensitivity(
     candidate = rewrite_qdq(model, static)
     reference = make_session(model, lean=True)
     io = match_io(reference, make_session(candidate, lean=True), strict=False)
+    total = candidates + 2
+    if progress:
+        progress(0, total)
     result = per_layer_errors(model, candidate, samples, io, memory_budget_bytes=memory_budget_bytes)
     index = GraphIndex(model.graph)
     precision = {n.name: n.precision for n in static.nodes}
@@ -100,15 +105,22 @@ def node_sensitivity(
         if node is not None and layer.added_db > 0:
             loss[node] = max(loss.get(node, 0.0), layer.added_db)
     ranked = sorted(loss, key=lambda n: -loss[n])[:candidates]
+    total = len(ranked) + 2
+    if progress:
+        progress(1, total)
     baseline = _output_sqnr(reference, candidate, samples)
     gains: dict[str, tuple[float, float]] = {}
-    for name in ranked:
+    for done, name in enumerate(ranked, start=2):
+        if progress:
+            progress(done, total)
         plan = plan_mixed(model, ranges, config, named=[name], sensitivity={}, count=0)
         if not any(n.precision == FP16 for n in plan.nodes):
             continue  # it cannot be FP16 (overflow, attributes): plan_mixed says why when named
         gain = _output_sqnr(reference, rewrite_mixed(copy_model(model), plan), samples) - baseline
         if gain > 0:
             gains[name] = (gain, loss[name])
+    if progress:
+        progress(total, total)
     return dict(sorted(gains.items(), key=lambda kv: -kv[1][0]))
 
 
