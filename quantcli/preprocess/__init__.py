@@ -11,6 +11,7 @@ from quantcli.preprocess.base import Pass, PassResult
 from quantcli.preprocess.fold_constants import FoldConstants
 from quantcli.preprocess.fuse_bn import FuseConvBatchNorm
 from quantcli.preprocess.fuse_pad import FusePadConv
+from quantcli.preprocess.initializer_inputs import DropInitializerInputs
 from quantcli.preprocess.names import NameNodes
 from quantcli.preprocess.opset import UpgradeOpset
 from quantcli.preprocess.shapes import InferShapes
@@ -26,6 +27,7 @@ class PreprocessResult:
 
 DEFAULT_PASSES: tuple[type[Pass], ...] = (
     UpgradeOpset,
+    DropInitializerInputs,
     NameNodes,
     FoldConstants,
     FuseConvBatchNorm,

@@ -133,7 +133,10 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
             )
             continue
         q_name = names.new(f"{t}_quantized")
-        if t in integer_outputs:
+        # A graph input that is also a graph output passes through unchanged: the output keeps
+        # the input's exact value and name, and only its readers inside the graph are rewired.
+        passes_through = t in index.graph_inputs
+        if t in integer_outputs and not passes_through:
             # The QuantizeLinear writes the graph output itself; consumers inside the graph (if
             # any) read it dequantized.
             source, q_name, dq_out = names.new(f"{t}_prequant"), t, None
@@ -141,7 +144,7 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
                 dq_out = names.new(f"{t}_dequantized")
                 rewire[t] = (q_name, dq_out)
             index.producer[t].output[list(index.producer[t].output).index(t)] = source
-        elif t in index.graph_outputs:
+        elif t in index.graph_outputs and not passes_through:
             source, dq_out = names.new(f"{t}_prequant"), t
             producer = index.producer.get(t)
             if producer is not None:
