@@ -283,9 +283,13 @@ def _has_free_batch_axis(model: onnx.ModelProto) -> bool:
 
 
 def _batches(samples: Iterable[dict[str, np.ndarray]], size: int):  # noqa: ANN202
-    """Concatenate up to `size` consecutive samples along axis 0; yields (feeds, sample count)."""
+    """Concatenate up to `size` consecutive samples along axis 0; yields (feeds, sample count).
+    Samples of other shapes than the pending ones (free height/width) start a new batch."""
     pending: list[dict[str, np.ndarray]] = []
     for feeds in samples:
+        if pending and any(np.shape(v) != np.shape(pending[0].get(k)) for k, v in feeds.items()):
+            yield _concat(pending), len(pending)
+            pending = []
         pending.append(feeds)
         if len(pending) == size:
             yield _concat(pending), len(pending)
