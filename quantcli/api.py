@@ -29,6 +29,7 @@ from quantcli.model_io import (
     staged_model,
 )
 from quantcli.preprocess import preprocess
+from quantcli.preprocess.float32 import LIFTED, ComputeInFloat32
 from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
 from quantcli.quantize.int4 import matmul_weight_bytes, plan_weights_int4, rewrite_int4
@@ -212,7 +213,9 @@ def convert(
     input_bytes = file_size(options.model)
 
     source_value_info = {v.name for v in source.graph.value_info}
-    pre = preprocess(source, in_place=True)  # loaded from the file here: ours to change
+    mode = options.mode or (plan.mode if plan is not None else "static")
+    # loaded from the file here: ours to change
+    pre = preprocess(source, in_place=True, float32_from=FLOAT32_FROM.get(mode, LIFTED))
     del source
     model = pre.model
     specs = InputSpec.from_model(model)
@@ -293,6 +296,10 @@ def convert(
             "fp16", replace(config, calib_method="minmax"), nodes, {}, ranges.samples if ranges else 0
         )
 
+    reference_model, reference_warnings = Path(options.model), []
+    if ComputeInFloat32.name in pre.applied and split.eval:
+        reference_model, reference_warnings = _float_reference(Path(options.model), model)
+
     t = time.perf_counter()
     before = matmul_weight_bytes(model) if plan.mode == "weights-int4" else None
     quantized = _rewrite(model, plan)
@@ -315,7 +322,7 @@ def convert(
         exact_layers = sum(p.role == "weight" and p.dtype is QType.UINT8 for p in plan.tensors.values())
         saturation = Saturation.of(plan.config.target_cpu, u8s8_layers(quantized.graph), exact_layers)
         set_metadata(quantized, TARGET_CPU_KEY, plan.config.target_cpu)
-    warnings = _warnings(plan, quantized) + saturation_warning(saturation)
+    warnings = _warnings(plan, quantized) + saturation_warning(saturation) + reference_warnings
     kernels = kernel_check(saturation)
     # Written under a temporary name beside the output, verified from there, renamed at the end:
     # a failed check or an interruption leaves nothing behind.
@@ -330,7 +337,7 @@ def convert(
         agreement = None
         if split.eval:
             reference = make_session(
-                Path(options.model), lean=True
+                reference_model, lean=True
             )  # float reference: same numerics, less memory
             agreement = compare_sessions(
                 reference,
@@ -384,6 +391,23 @@ def convert(
         if plan.mode in ("static", "mixed")
         else None,
     )
+
+
+def _float_reference(path: Path, lifted: onnx.ModelProto) -> tuple[Path | bytes, list[str]]:
+    """The float model to measure a float16/float64 model's conversion against: the model itself,
+    or, where onnxruntime cannot run it (no float64 Conv kernel), its float32 computation."""
+    from quantcli.errors import QuantcliError
+
+    try:
+        make_session(path, lean=True)
+        return path, []
+    except QuantcliError as exc:
+        from quantcli.model_io import serialize_model
+
+        return serialize_model(lifted), [
+            f"{path}: the accuracy figures compare with the model computed in float32 "
+            f"(as it is, {str(exc)[0].lower()}{str(exc)[1:]})"
+        ]
 
 
 def _plan_mixed(
@@ -522,6 +546,11 @@ def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         return rewrite_fp16(model, plan.nodes, keep_io_types=plan.config.keep_io_types)
     return rewrite_qdq(model, plan, in_place=True)
 
+
+# Element types computed in float32 before planning (preprocess/float32.py): the integer modes
+# need float32 around their Q/DQ and integer kernels; fp16 and bf16 convert float32 values, so a
+# float64 model goes through float32, and a float16 one has nothing for them to convert.
+FLOAT32_FROM = {"fp16": (onnx.TensorProto.DOUBLE,), "bf16": (onnx.TensorProto.DOUBLE,)}
 
 TARGET_CPU_KEY = "quantcli.target_cpu"  # metadata_props: the CPU kind the model was made for
 

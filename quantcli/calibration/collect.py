@@ -125,6 +125,8 @@ def collect_ranges(
     """
     config = config or CalibrationConfig()
     names = float_tensors(model)
+    if not names:  # nothing to observe (a float16 model in fp16 mode); run([]) would return every output
+        return Ranges({}, 0, config.method.value)
     sizes = estimated_bytes(model)
     probe = None
     if sum(sizes.get(n, 0) for n in names) <= config.memory_budget_bytes:
