@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_ranges, make_session
@@ -213,12 +214,14 @@ def convert(
     input_bytes = file_size(options.model)
 
     source_value_info = {v.name for v in source.graph.value_info}
+    specs = InputSpec.from_model(source)  # the samples' types: the model's own inputs
     mode = options.mode or (plan.mode if plan is not None else "static")
-    # loaded from the file here: ours to change
-    pre = preprocess(source, in_place=True, float32_from=FLOAT32_FROM.get(mode, LIFTED))
+    integer_io = options.integer_io or (plan is not None and plan.config.integer_io)
+    pre = preprocess(  # loaded from the file here: ours to change
+        source, in_place=True, float32_from=FLOAT32_FROM.get(mode, LIFTED), float32_interface=integer_io
+    )
     del source
     model = pre.model
-    specs = InputSpec.from_model(model)
     split = split_samples(
         options.calib,
         options.calib_samples,
@@ -438,7 +441,7 @@ def _plan_mixed(
             model,
             ranges,
             config,
-            lambda: iter_samples(refs, specs, options.calib_preprocess),
+            lambda: _as_inputs_of(model, iter_samples(refs, specs, options.calib_preprocess)),
             candidates=candidate_count(options.fp16_count),
             memory_budget_bytes=options.calibration.memory_budget_bytes,
         )
@@ -462,10 +465,23 @@ def _calibrate(
 
     return collect_ranges(
         model,
-        lambda: iter_samples(split.calib, specs, options.calib_preprocess),
+        lambda: _as_inputs_of(model, iter_samples(split.calib, specs, options.calib_preprocess)),
         calibration,
         progress=report_progress if progress else None,
     )
+
+
+def _as_inputs_of(
+    model: onnx.ModelProto, samples: Iterator[dict[str, np.ndarray]]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Samples in the float types of the preprocessed model's inputs: under --integer-io a
+    float16/float64 model's inputs are float32 from preprocessing on (preprocess/float32.py)."""
+    types = {s.name: s.dtype for s in InputSpec.from_model(model)}
+    for feeds in samples:
+        yield {
+            k: v.astype(types[k]) if v.dtype.kind == "f" and types.get(k, v.dtype) != v.dtype else v
+            for k, v in feeds.items()
+        }
 
 
 def _latency(options: ConvertOptions, candidate_path: Path, candidate, split, specs) -> Latency:  # noqa: ANN001

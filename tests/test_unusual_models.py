@@ -411,3 +411,18 @@ def test_static_converts_models_listing_initializers_as_inputs(tmp_path, ir) -> 
     feeds = [{"x": RNG.standard_normal((1, 1, 8, 8)).astype(np.float32)} for _ in range(2)]
     for f in feeds:
         assert _cosine(_run(path, f)[0], _run(tmp_path / "q.onnx", f)[0]) > 0.99
+
+
+def test_integer_io_on_a_float16_model_gives_integer_inputs_and_outputs(tmp_path) -> None:
+    source = conv_model(F16)
+    path = tmp_path / "m.onnx"
+    onnx.save(source, path)
+    calib = _samples(tmp_path / "calib", [(1, 3, 8, 8)] * 8, np.float16)
+    result = convert(ConvertOptions(model=path, output=tmp_path / "q.onnx", calib=calib, integer_io=True))
+    assert set(result.io_quantization) == {"x", "y"}
+    assert result.agreement.outputs[0].cosine_min > 0.99
+    out = onnx.load(str(tmp_path / "q.onnx"))
+    onnx.checker.check_model(out, full_check=True)
+    assert [v.type.tensor_type.elem_type for v in (*out.graph.input, *out.graph.output)] == [
+        TensorProto.UINT8
+    ] * 2

@@ -39,16 +39,21 @@ DEFAULT_PASSES: tuple[type[Pass], ...] = (
 
 
 def preprocess(
-    model: onnx.ModelProto, *, in_place: bool = False, float32_from: tuple[int, ...] = ()
+    model: onnx.ModelProto,
+    *,
+    in_place: bool = False,
+    float32_from: tuple[int, ...] = (),
+    float32_interface: bool = False,
 ) -> PreprocessResult:
     """Run the default passes on a copy (the caller's model object is left untouched), or on the
     model itself with `in_place` (one copy of the weights fewer, for a model the caller owns).
-    `float32_from`: element types (float16, float64) to compute in float32 (preprocess/float32.py)."""
+    `float32_from`: element types (float16, float64) to compute in float32 (preprocess/float32.py),
+    the graph inputs/outputs too with `float32_interface`."""
     work = model if in_place else copy_model(model)
     result = PreprocessResult(work)
     passes: list[Pass] = [pass_cls() for pass_cls in DEFAULT_PASSES]
     if float32_from:  # after the opset upgrade, before folding and shape inference
-        passes.insert(1, ComputeInFloat32(float32_from))
+        passes.insert(1, ComputeInFloat32(float32_from, interface=float32_interface))
     for one in passes:
         step: PassResult = one.call(result.model)
         result.model = step.model

@@ -14,7 +14,8 @@ quantize lift every float16/float64 value to float32 before planning:
   `value`) are converted; Cast `to` and the `dtype` of the generator ops retarget to float32;
 - a float16/float64 graph input is read through one Cast(to=float32) by every node; a graph output
   is written by a Cast from its float32 value and keeps its name; a graph input that is also a
-  graph output passes through untouched;
+  graph output passes through untouched; with `interface` (--integer-io, whose inputs and outputs
+  become integer tensors anyway) they are retyped to float32 instead, with no Cast;
 - value_info types (main graph and subgraphs) follow, subgraph inputs/outputs included.
 
 float64 -> float32 rounds to float32's 24-bit mantissa (values beyond 3.4e38 become inf); float16
@@ -45,14 +46,21 @@ class ComputeInFloat32(Pass):
     name = "compute_in_float32"
     in_place = True
 
-    def __init__(self, types: tuple[int, ...] = LIFTED) -> None:
+    def __init__(self, types: tuple[int, ...] = LIFTED, *, interface: bool = False) -> None:
         self.types = frozenset(types)
+        self.interface = interface  # retype the graph inputs/outputs too, with no Cast (--integer-io)
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph
         found = lifted_types(graph, self.types)
         if not found:
             return PassResult(model, False)
+        if self.interface:
+            _lift_graph(graph, self.types, interface=True)
+            kinds = " and ".join(_TYPE_NAMES[t] for t in sorted(found))
+            return PassResult(
+                model, True, [f"{kinds} tensors, inputs and outputs included, computed in float32"]
+            )
         names = NameAllocator(graph)
         rename: dict[str, str] = {}
         head: list[onnx.NodeProto] = []
