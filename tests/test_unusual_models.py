@@ -347,6 +347,30 @@ def test_graph_input_that_is_also_an_output_stays_exact(tmp_path, mode) -> None:
     np.testing.assert_array_equal(_run(tmp_path / "q.onnx", {"x": x})[1], x)  # exactly the input
 
 
+@pytest.mark.parametrize("mode", ["static", "weights-int8", "mixed"])
+def test_weight_that_is_also_an_output_stays_exact(tmp_path, mode) -> None:  # noqa: ANN001
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+        helper.make_node("Relu", ["m"], ["y"], name="relu"),
+    ]
+    source = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F32, [2, 8])],
+        [helper.make_tensor_value_info("y", F32, [2, 4]), helper.make_tensor_value_info("w", F32, [8, 4])],
+        [_init("w", (8, 4))],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(source, path)
+    calib = _samples(tmp_path / "calib", [(2, 8)] * 8)
+    result = convert(ConvertOptions(model=path, output=tmp_path / "q.onnx", calib=calib, mode=mode))
+    assert result.compute_counts()["quantized"] == 1
+    x = RNG.standard_normal((2, 8)).astype(np.float32)
+    _check_output(tmp_path / "q.onnx", source, [{"x": x}])
+    np.testing.assert_array_equal(
+        _run(tmp_path / "q.onnx", {"x": x})[1], numpy_helper.to_array(source.graph.initializer[0])
+    )
+
+
 # -- IR 3 models -------------------------------------------------------------------------------------
 
 
