@@ -31,6 +31,7 @@ from quantcli.model_io import (
 )
 from quantcli.preprocess import preprocess
 from quantcli.preprocess.float32 import LIFTED, ComputeInFloat32
+from quantcli.preprocess.initializer_inputs import overridable_initializers
 from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
 from quantcli.quantize.int4 import matmul_weight_bytes, plan_weights_int4, rewrite_int4
@@ -215,6 +216,7 @@ def convert(
 
     source_value_info = {v.name for v in source.graph.value_info}
     specs = InputSpec.from_model(source)  # the samples' types: the model's own inputs
+    overridable = overridable_initializers(source)
     mode = options.mode or (plan.mode if plan is not None else "static")
     integer_io = options.integer_io or (plan is not None and plan.config.integer_io)
     pre = preprocess(  # loaded from the file here: ours to change
@@ -326,6 +328,14 @@ def convert(
         saturation = Saturation.of(plan.config.target_cpu, u8s8_layers(quantized.graph), exact_layers)
         set_metadata(quantized, TARGET_CPU_KEY, plan.config.target_cpu)
     warnings = _warnings(plan, quantized) + saturation_warning(saturation) + reference_warnings
+    if overridable:
+        shown = ", ".join(overridable[:3]) + (
+            f" and {len(overridable) - 3} more" if len(overridable) > 3 else ""
+        )
+        warnings.append(
+            f"{shown}: initializers listed as graph inputs (defaults a caller may override) are constants "
+            "in the converted model, which no longer takes them as inputs"
+        )
     kernels = kernel_check(saturation)
     # Written under a temporary name beside the output, verified from there, renamed at the end:
     # a failed check or an interruption leaves nothing behind.

@@ -427,7 +427,8 @@ def test_static_converts_models_listing_initializers_as_inputs(tmp_path, ir) -> 
         proc = quantcli("convert", path, "--calib", calib, "-o", tmp_path / "q.onnx", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
     else:
-        convert(ConvertOptions(model=path, output=tmp_path / "q.onnx", calib=calib))
+        result = convert(ConvertOptions(model=path, output=tmp_path / "q.onnx", calib=calib))
+        assert any(w.startswith("wc, scale, bias and 5 more: initializers listed") for w in result.warnings)
     out = onnx.load(str(tmp_path / "q.onnx"))
     onnx.checker.check_model(out, full_check=True)
     assert [i.name for i in out.graph.input] == ["x"] and out.ir_version >= 7

@@ -14,6 +14,14 @@ import onnx
 from quantcli.preprocess.base import Pass, PassResult
 
 
+def overridable_initializers(model: onnx.ModelProto) -> list[str]:
+    """The initializers a caller may override: listed as graph inputs of an IR >= 4 model."""
+    if model.ir_version < 4:
+        return []
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name in inits]
+
+
 class DropInitializerInputs(Pass):
     name = "drop_initializer_inputs"
     in_place = True
