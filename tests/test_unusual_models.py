@@ -347,6 +347,24 @@ def test_graph_input_that_is_also_an_output_stays_exact(tmp_path, mode) -> None:
     np.testing.assert_array_equal(_run(tmp_path / "q.onnx", {"x": x})[1], x)  # exactly the input
 
 
+def test_integer_io_passes_a_graph_input_that_is_an_output_through(tmp_path) -> None:
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    source = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F32, [2, 8])],
+        [helper.make_tensor_value_info("y", F32, [2, 4]), helper.make_tensor_value_info("x", F32, [2, 8])],
+        [_init("w", (8, 4))],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(source, path)
+    calib = _samples(tmp_path / "calib", [(2, 8)] * 8)
+    result = convert(ConvertOptions(model=path, output=tmp_path / "q.onnx", calib=calib, integer_io=True))
+    assert set(result.io_quantization) == {"x", "y"}
+    onnx.checker.check_model(str(tmp_path / "q.onnx"), full_check=True)
+    q = RNG.integers(0, 256, (2, 8)).astype(np.uint8)
+    np.testing.assert_array_equal(_run(tmp_path / "q.onnx", {"x": q})[1], q)  # the integer input, as is
+
+
 @pytest.mark.parametrize("mode", ["static", "weights-int8", "mixed"])
 def test_weight_that_is_also_an_output_stays_exact(tmp_path, mode) -> None:  # noqa: ANN001
     nodes = [
