@@ -257,6 +257,30 @@ def test_compute_in_float32_lifts_every_float16_and_float64_value() -> None:
     assert not ComputeInFloat32().call(mlp_model(F32)).modified
 
 
+def test_float16_sequence_values_are_lifted_too(tmp_path) -> None:
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"], name="mm"),
+        helper.make_node("Relu", ["a"], ["b"], name="relu"),
+        helper.make_node("SequenceConstruct", ["a", "b"], ["s"], name="seq"),
+        helper.make_node("ConcatFromSequence", ["s"], ["c"], name="concat", axis=0),
+        helper.make_node("MatMul", ["c", "w"], ["y"], name="mm2"),
+    ]
+    source = onnx.shape_inference.infer_shapes(  # a seq(float16) value_info
+        _model(
+            nodes,
+            [helper.make_tensor_value_info("x", F16, [2, 8])],
+            [helper.make_tensor_value_info("y", F16, [4, 8])],
+            [_init("w", (8, 8), np.float16)],
+        )
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(source, path)
+    calib = _samples(tmp_path / "calib", [(2, 8)] * 8, np.float16)
+    result = convert(ConvertOptions(model=path, output=tmp_path / "q.onnx", calib=calib))
+    assert result.compute_counts()["quantized"] == 2
+    _check_output(tmp_path / "q.onnx", source, [{"x": RNG.standard_normal((2, 8)).astype(np.float16)}])
+
+
 def test_mixed_model_quantizes_its_float16_island_too(tmp_path) -> None:
     source = _mixed_model()
     path = tmp_path / "m.onnx"

@@ -140,6 +140,8 @@ def _lift_graph(graph: onnx.GraphProto, types: frozenset[int], *, interface: boo
     for vi in infos:
         if _elem_type(vi) in types:
             vi.type.tensor_type.elem_type = F32
+        elif _sequence_elem_type(vi) in types:  # a sequence of tensors (SequenceConstruct ...)
+            vi.type.sequence_type.elem_type.tensor_type.elem_type = F32
     for i, t in enumerate(graph.initializer):
         if t.data_type in types:
             graph.initializer[i].CopyFrom(_to_float32(t))
@@ -177,6 +179,13 @@ def _rename_subgraph_reads(node: onnx.NodeProto, rename: dict[str, str]) -> None
 
 def _elem_type(vi: onnx.ValueInfoProto) -> int:
     return vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else 0
+
+
+def _sequence_elem_type(vi: onnx.ValueInfoProto) -> int:
+    if not vi.type.HasField("sequence_type"):
+        return 0
+    inner = vi.type.sequence_type.elem_type
+    return inner.tensor_type.elem_type if inner.HasField("tensor_type") else 0
 
 
 def _cast(source: str, target: str, to: int, names: NameAllocator) -> onnx.NodeProto:
