@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_ranges, make_session
@@ -34,6 +35,8 @@ from quantcli.model_io import (
     staged_model,
 )
 from quantcli.preprocess import preprocess
+from quantcli.preprocess.float32 import LIFTED, ComputeInFloat32
+from quantcli.preprocess.initializer_inputs import overridable_initializers
 from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
 from quantcli.quantize.dynamic import OP_TYPES as DYNAMIC_OP_TYPES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
@@ -411,10 +414,15 @@ def convert(
     input_bytes = file_size(options.model)
 
     source_value_info = {v.name for v in source.graph.value_info}
-    pre = preprocess(source, in_place=True)  # loaded from the file here: ours to change
+    specs = InputSpec.from_model(source)  # the samples' types: the model's own inputs
+    overridable = overridable_initializers(source)
+    mode = options.mode or (plan.mode if plan is not None else "static")
+    integer_io = options.integer_io or (plan is not None and plan.config.integer_io)
+    pre = preprocess(  # loaded from the file here: ours to change
+        source, in_place=True, float32_from=FLOAT32_FROM.get(mode, LIFTED), float32_interface=integer_io
+    )
     del source
     model = pre.model
-    specs = InputSpec.from_model(model)
     split = split_samples(
         options.calib,
         options.calib_samples,
@@ -490,6 +498,10 @@ def convert(
             "fp16", replace(config, calib_method="minmax"), nodes, {}, ranges.samples if ranges else 0
         )
 
+    reference_model, reference_warnings = Path(options.model), []
+    if ComputeInFloat32.name in pre.applied and split.eval:
+        reference_model, reference_warnings = _float_reference(Path(options.model), model)
+
     t = time.perf_counter()
     before = matmul_weight_bytes(model) if plan.mode == "weights-int4" else None
     quantized = _rewrite(model, plan)
@@ -512,7 +524,15 @@ def convert(
         exact_layers = sum(p.role == "weight" and p.dtype is QType.UINT8 for p in plan.tensors.values())
         saturation = Saturation.of(plan.config.target_cpu, u8s8_layers(quantized.graph), exact_layers)
         set_metadata(quantized, TARGET_CPU_KEY, plan.config.target_cpu)
-    warnings = _warnings(plan, quantized) + saturation_warning(saturation)
+    warnings = _warnings(plan, quantized) + saturation_warning(saturation) + reference_warnings
+    if overridable:
+        shown = ", ".join(overridable[:3]) + (
+            f" and {len(overridable) - 3} more" if len(overridable) > 3 else ""
+        )
+        warnings.append(
+            f"{shown}: initializers listed as graph inputs (defaults a caller may override) are constants "
+            "in the converted model, which no longer takes them as inputs"
+        )
     kernels = kernel_check(saturation)
     # Written under a temporary name beside the output, verified from there, renamed at the end:
     # a failed check or an interruption leaves nothing behind.
@@ -527,7 +547,7 @@ def convert(
         agreement = None
         if split.eval:
             reference = make_session(
-                Path(options.model), lean=True
+                reference_model, lean=True
             )  # float reference: same numerics, less memory
             agreement = compare_sessions(
                 reference,
@@ -593,6 +613,23 @@ def convert(
     )
 
 
+def _float_reference(path: Path, lifted: onnx.ModelProto) -> tuple[Path | bytes, list[str]]:
+    """The float model to measure a float16/float64 model's conversion against: the model itself,
+    or, where onnxruntime cannot run it (no float64 Conv kernel), its float32 computation."""
+    from quantcli.errors import QuantcliError
+
+    try:
+        make_session(path, lean=True)
+        return path, []
+    except QuantcliError as exc:
+        from quantcli.model_io import serialize_model
+
+        return serialize_model(lifted), [
+            f"{path}: the accuracy figures compare with the model computed in float32 "
+            f"(as it is, {str(exc)[0].lower()}{str(exc)[1:]})"
+        ]
+
+
 def _plan_mixed(
     model: onnx.ModelProto,
     ranges: Ranges,
@@ -620,7 +657,7 @@ def _plan_mixed(
             model,
             ranges,
             config,
-            lambda: iter_samples(refs, specs, options.calib_preprocess),
+            lambda: _as_inputs_of(model, iter_samples(refs, specs, options.calib_preprocess)),
             candidates=candidate_count(options.fp16_count),
             memory_budget_bytes=options.calibration.memory_budget_bytes,
             progress=(lambda done, total: progress(label, done, total)) if progress else None,
@@ -650,10 +687,23 @@ def _calibrate(
 
     return collect_ranges(
         model,
-        lambda: iter_samples(split.calib, specs, options.calib_preprocess),
+        lambda: _as_inputs_of(model, iter_samples(split.calib, specs, options.calib_preprocess)),
         calibration,
         progress=report_progress if progress else None,
     )
+
+
+def _as_inputs_of(
+    model: onnx.ModelProto, samples: Iterator[dict[str, np.ndarray]]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Samples in the float types of the preprocessed model's inputs: under --integer-io a
+    float16/float64 model's inputs are float32 from preprocessing on (preprocess/float32.py)."""
+    types = {s.name: s.dtype for s in InputSpec.from_model(model)}
+    for feeds in samples:
+        yield {
+            k: v.astype(types[k]) if v.dtype.kind == "f" and types.get(k, v.dtype) != v.dtype else v
+            for k, v in feeds.items()
+        }
 
 
 def _latency(options: ConvertOptions, candidate_path: Path, candidate, split, specs) -> Latency:  # noqa: ANN001
@@ -734,6 +784,11 @@ def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         return rewrite_fp16(model, plan.nodes, keep_io_types=plan.config.keep_io_types)
     return rewrite_qdq(model, plan, in_place=True)
 
+
+# Element types computed in float32 before planning (preprocess/float32.py): the integer modes
+# need float32 around their Q/DQ and integer kernels; fp16 and bf16 convert float32 values, so a
+# float64 model goes through float32, and a float16 one has nothing for them to convert.
+FLOAT32_FROM = {"fp16": (onnx.TensorProto.DOUBLE,), "bf16": (onnx.TensorProto.DOUBLE,)}
 
 TARGET_CPU_KEY = "quantcli.target_cpu"  # metadata_props: the CPU kind the model was made for
 

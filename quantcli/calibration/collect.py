@@ -125,6 +125,8 @@ def collect_ranges(
     """
     config = config or CalibrationConfig()
     names = float_tensors(model)
+    if not names:  # nothing to observe (a float16 model in fp16 mode); run([]) would return every output
+        return Ranges({}, 0, config.method.value)
     sizes = estimated_bytes(model)
     probe = None
     if sum(sizes.get(n, 0) for n in names) <= config.memory_budget_bytes:
@@ -283,9 +285,13 @@ def _has_free_batch_axis(model: onnx.ModelProto) -> bool:
 
 
 def _batches(samples: Iterable[dict[str, np.ndarray]], size: int):  # noqa: ANN202
-    """Concatenate up to `size` consecutive samples along axis 0; yields (feeds, sample count)."""
+    """Concatenate up to `size` consecutive samples along axis 0; yields (feeds, sample count).
+    Samples of other shapes than the pending ones (free height/width) start a new batch."""
     pending: list[dict[str, np.ndarray]] = []
     for feeds in samples:
+        if pending and any(np.shape(v) != np.shape(pending[0].get(k)) for k, v in feeds.items()):
+            yield _concat(pending), len(pending)
+            pending = []
         pending.append(feeds)
         if len(pending) == size:
             yield _concat(pending), len(pending)

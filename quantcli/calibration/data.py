@@ -120,6 +120,8 @@ def validate_sample(path: Path | str, feeds: dict[str, np.ndarray], specs: list[
         )
     for spec in specs:
         arr = feeds[spec.name]
+        if arr.dtype == np.float32 and spec.dtype in (np.float16, np.float64):
+            arr = feeds[spec.name] = _from_float32(path, spec, arr)
         if arr.dtype != spec.dtype:
             raise BadDataError(
                 f"{path}: input '{spec.name}' has dtype {arr.dtype}, the model expects {spec.dtype}"
@@ -138,6 +140,19 @@ def validate_sample(path: Path | str, feeds: dict[str, np.ndarray], specs: list[
                     )
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise BadDataError(f"{path}: input '{spec.name}' contains NaN or Inf values")
+
+
+def _from_float32(path: Path | str, spec: InputSpec, arr: np.ndarray) -> np.ndarray:
+    """A float32 sample for a float16/float64 input, in the input's type: exact for float64;
+    rounded to the nearest float16 (11 significant bits) for float16, refused beyond its range."""
+    if spec.dtype == np.float16:
+        finite = arr[np.isfinite(arr)]
+        if finite.size and float(np.max(np.abs(finite))) > float(np.finfo(np.float16).max):
+            raise BadDataError(
+                f"{path}: input '{spec.name}' is float32 with values beyond float16's range (|x| > 65504); "
+                "the model expects float16"
+            )
+    return arr.astype(spec.dtype)
 
 
 def _shape_text(shape: tuple[int | str | None, ...]) -> str:

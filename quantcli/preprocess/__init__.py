@@ -8,9 +8,11 @@ import onnx
 
 from quantcli.graph import copy_model
 from quantcli.preprocess.base import Pass, PassResult
+from quantcli.preprocess.float32 import ComputeInFloat32
 from quantcli.preprocess.fold_constants import FoldConstants
 from quantcli.preprocess.fuse_bn import FuseConvBatchNorm
 from quantcli.preprocess.fuse_pad import FusePadConv
+from quantcli.preprocess.initializer_inputs import DropInitializerInputs
 from quantcli.preprocess.names import NameNodes
 from quantcli.preprocess.opset import UpgradeOpset
 from quantcli.preprocess.shapes import InferShapes
@@ -26,6 +28,7 @@ class PreprocessResult:
 
 DEFAULT_PASSES: tuple[type[Pass], ...] = (
     UpgradeOpset,
+    DropInitializerInputs,
     NameNodes,
     FoldConstants,
     FuseConvBatchNorm,
@@ -35,17 +38,28 @@ DEFAULT_PASSES: tuple[type[Pass], ...] = (
 )
 
 
-def preprocess(model: onnx.ModelProto, *, in_place: bool = False) -> PreprocessResult:
+def preprocess(
+    model: onnx.ModelProto,
+    *,
+    in_place: bool = False,
+    float32_from: tuple[int, ...] = (),
+    float32_interface: bool = False,
+) -> PreprocessResult:
     """Run the default passes on a copy (the caller's model object is left untouched), or on the
-    model itself with `in_place` (one copy of the weights fewer, for a model the caller owns)."""
+    model itself with `in_place` (one copy of the weights fewer, for a model the caller owns).
+    `float32_from`: element types (float16, float64) to compute in float32 (preprocess/float32.py),
+    the graph inputs/outputs too with `float32_interface`."""
     work = model if in_place else copy_model(model)
     result = PreprocessResult(work)
-    for pass_cls in DEFAULT_PASSES:
-        step: PassResult = pass_cls().call(result.model)
+    passes: list[Pass] = [pass_cls() for pass_cls in DEFAULT_PASSES]
+    if float32_from:  # after the opset upgrade, before folding and shape inference
+        passes.insert(1, ComputeInFloat32(float32_from, interface=float32_interface))
+    for one in passes:
+        step: PassResult = one.call(result.model)
         result.model = step.model
         result.notes.extend(step.notes)
         if step.modified:
-            result.applied.append(pass_cls.name)
+            result.applied.append(one.name)
     _drop_stale_value_info(result.model)
     return result
 

@@ -20,6 +20,9 @@ from quantcli.quantize.plan import FLOAT, NodePlan
 
 SMALL_CONSTANT = 8  # at most this many values: not worth a Cast
 _STORED = "computes in float32 (onnxruntime's CPU provider has no bfloat16 arithmetic); its weights are stored as bfloat16 and Cast to float32 before use"
+_FLOAT16 = (
+    "runs unchanged in float16 (bf16 mode stores float32 weights as bfloat16, and this node reads none)"
+)
 _PLAIN = "computes in float32 (bf16 mode changes how weights are stored, not how they are computed)"
 
 
@@ -40,11 +43,18 @@ def plan_bf16(model: onnx.ModelProto) -> list[NodePlan]:
         and int(np.prod(t.dims)) > SMALL_CONSTANT
         and name not in index.graph_outputs
     }
+    types = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in (*model.graph.input, *model.graph.value_info, *model.graph.output)
+    }
+    types.update((t.name, t.data_type) for t in model.graph.initializer)
     plans = []
     for node in model.graph.node:
         reads = [i for i in node.input if i in stored]
+        values = [types.get(t) for t in (*node.input, *node.output) if t]
+        plain = _FLOAT16 if TensorProto.FLOAT16 in values and TensorProto.FLOAT not in values else _PLAIN
         plans.append(
-            NodePlan(node.name, node.op_type, FLOAT, _STORED if reads else _PLAIN, quantized_inputs=reads)
+            NodePlan(node.name, node.op_type, FLOAT, _STORED if reads else plain, quantized_inputs=reads)
         )
     return plans
 

@@ -43,6 +43,8 @@ def plan_io_tensors(
     for kind, names in (("input", inputs), ("output", outputs)):
         for name in names:
             if kind == "output" and name not in produced:
+                if name in inputs:  # a graph input passed through: the same integer tensor
+                    continue
                 raise UnsupportedModelError(
                     f"--integer-io: graph output '{name}' is not computed by a node (a graph input or "
                     "initializer passed through); convert without --integer-io"

@@ -83,6 +83,7 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     head: list[onnx.NodeProto] = []  # DQ of initializers, Q/DQ of graph inputs
     after: dict[str, list[onnx.NodeProto]] = {}  # producer node name -> Q/DQ that follow it
     rewire: dict[str, tuple[str, str]] = {}  # T -> (T_quantized, T_dequantized)
+    renamed: dict[str, str] = {}  # an initializer that is also a graph output -> its dequantized name
     new_inits: list[onnx.TensorProto] = []
     drop_inits: set[str] = set()
 
@@ -118,7 +119,11 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
                 q = quantize_array(values, scale, zp, params.dtype, params.axis, symmetric=symmetric)
             q_name = names.new(f"{t}_quantized")
             new_inits.append(numpy_helper.from_array(q, q_name))
-            drop_inits.add(t)
+            dq_out = t
+            if t in index.graph_outputs:  # the output keeps the exact values; nodes read them quantized
+                dq_out = renamed[t] = names.new(f"{t}_dequantized")
+            else:
+                drop_inits.add(t)
             tables[t] = (q_name, scale_name)
             if all(c.name in gathers for c in index.consumers[t]):
                 continue  # only row lookups read it: no DequantizeLinear of the whole table
@@ -126,14 +131,17 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
                 helper.make_node(
                     "DequantizeLinear",
                     [q_name, scale_name, zp_name],
-                    [t],
+                    [dq_out],
                     name=names.new(f"{t}_DequantizeLinear"),
                     **attrs,
                 )
             )
             continue
         q_name = names.new(f"{t}_quantized")
-        if t in integer_outputs:
+        # A graph input that is also a graph output passes through unchanged: the output keeps
+        # the input's exact value and name, and only its readers inside the graph are rewired.
+        passes_through = t in index.graph_inputs
+        if t in integer_outputs and not passes_through:
             # The QuantizeLinear writes the graph output itself; consumers inside the graph (if
             # any) read it dequantized.
             source, q_name, dq_out = names.new(f"{t}_prequant"), t, None
@@ -141,7 +149,7 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
                 dq_out = names.new(f"{t}_dequantized")
                 rewire[t] = (q_name, dq_out)
             index.producer[t].output[list(index.producer[t].output).index(t)] = source
-        elif t in index.graph_outputs:
+        elif t in index.graph_outputs and not passes_through:
             source, dq_out = names.new(f"{t}_prequant"), t
             producer = index.producer.get(t)
             if producer is not None:
@@ -181,7 +189,9 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     nodes: list[onnx.NodeProto] = list(head)
     for node in graph.node:
         for i, name in enumerate(node.input):
-            if name in rewire:
+            if name in renamed and node.name not in gathers:
+                node.input[i] = renamed[name]
+            elif name in rewire:
                 node.input[i] = consumer_reads(
                     node, name, *rewire[name], index, by_name, exact=name not in integer_inputs
                 )
