@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_ranges, make_session
-from quantcli.calibration.data import InputSpec, SampleSplit, iter_samples, split_samples
+from quantcli.calibration.data import InputSpec, SampleSplit, iter_samples, measure_samples, split_samples
 from quantcli.calibration.images import ImagePreprocess
 from quantcli.compare import Latency
 from quantcli.cpu import DEFAULT_TARGET, TARGETS
@@ -441,6 +441,7 @@ def _calibrate(
         lambda: iter_samples(split.calib, specs, options.calib_preprocess),
         calibration,
         progress=report_progress if progress else None,
+        sample_shapes=measure_samples(split.calib, specs),  # from the headers, before any is read
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from quantcli.calibration.data import SampleShapes
+from quantcli.calibration.memory import check_fits, tensor_bytes
 from quantcli.calibration.observers import DEFAULT_BINS, ChannelMeanObserver
 from quantcli.calibration.ranges import CalibMethod, compute_range, make_observer
 from quantcli.errors import UnsupportedModelError
@@ -115,26 +118,49 @@ def collect_ranges(
     config: CalibrationConfig | None = None,
     *,
     progress: Callable[[int, int, int], None] | None = None,
+    sample_shapes: SampleShapes | None = None,
 ) -> Ranges:
     """Stream samples through the model with float tensors exposed as outputs; keep statistics only.
 
     `samples()` yields one sample at a time and is called once per pass. Tensors are exposed in
     groups whose estimated size per sample fits the memory budget: one pass when everything fits,
     several passes over the samples otherwise. A model whose inputs have a free batch axis runs
-    `batch_size` samples at a time.
+    `batch_size` samples at a time. The sizes come, before anything runs, from the model's shapes
+    for the inputs of `sample_shapes` (the samples' headers; without it, the first sample's
+    arrays); a sample whose inputs or largest tensor exceed the budget is a BadDataError.
     """
     config = config or CalibrationConfig()
     names = float_tensors(model)
-    sizes = estimated_bytes(model)
+    budget = config.memory_budget_bytes
+    first = None
+    if sample_shapes is None:  # no headers to read (images, a caller's own samples): the first sample
+        first = next(iter(samples()), None)
+        sample_shapes = None if first is None else _shapes_of(first)
+    if sample_shapes is None:
+        sizes = estimated_bytes(model)
+    else:
+        # Sized before anything runs: exposing every tensor of a big sample at once is what
+        # could not be afforded.
+        sizes = tensor_bytes(model, names, sample_shapes.shapes)
+        check_fits(sizes, sample_shapes, budget)
     probe = None
-    if sum(sizes.get(n, 0) for n in names) <= config.memory_budget_bytes:
+    if sum(sizes.get(n, 0) for n in names) <= budget:
         # Shapes are often unknown past dynamic ops (a padded Conv, a reshape by Shape); measure
         # one sample with every tensor exposed instead of trusting the static estimate.
         probe = exposing_session(model, names)
-        first = next(iter(samples()), None)
+        if first is None:
+            first = next(iter(samples()), None)
         if first is not None:
             values = _run(probe, names, first, strict=True)
-            sizes = {n: v.nbytes for n, v in zip(names, values, strict=True) if isinstance(v, np.ndarray)}
+            # a larger sample further on (other shapes) scales the first one's figures
+            scale = max(1.0, sample_shapes.nbytes / max(1, _nbytes(first))) if sample_shapes else 1.0
+            sizes = {
+                n: math.ceil(v.nbytes * scale)
+                for n, v in zip(names, values, strict=True)
+                if isinstance(v, np.ndarray)
+            }
+            del values
+    first = None
     # Samples per run: as many as fit the budget with every tensor exposed (at most batch_size);
     # when even one sample does not fit, one sample per run and the tensors split into passes.
     per_sample = max(1, sum(sizes.get(n, 0) for n in names))
@@ -270,6 +296,17 @@ def exposing_session(model: onnx.ModelProto, names: list[str], *, optimize: bool
         return make_session(model, optimize=optimize, lean=lean)
     finally:
         del model.graph.output[n_outputs:]
+
+
+def _nbytes(sample: dict[str, np.ndarray]) -> int:
+    return sum(v.nbytes for v in sample.values())
+
+
+def _shapes_of(sample: dict[str, np.ndarray]) -> SampleShapes:
+    detail = ", ".join(f"{k} {v.dtype} {list(v.shape)}" for k, v in sample.items())
+    return SampleShapes(
+        "the first calibration sample", _nbytes(sample), {k: v.shape for k, v in sample.items()}, detail
+    )
 
 
 def _has_free_batch_axis(model: onnx.ModelProto) -> bool:

@@ -11,6 +11,7 @@ rows). Every problem is a BadDataError naming the file (and row).
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -226,6 +227,74 @@ def iter_samples(
             yield feeds
         else:
             yield read_sample(ref.path, specs)
+
+
+@dataclass(frozen=True)
+class SampleShapes:
+    """The samples' arrays as their .npy headers declare them, measured before any is read."""
+
+    label: str  # the sample (file, and row) whose arrays take the most bytes
+    nbytes: int  # that sample's bytes, its arrays together
+    shapes: dict[str, tuple[int, ...]]  # per array, each axis's largest size over every sample
+    detail: str = ""  # that sample's arrays: "x float32 [1, 3, 224, 224]"
+
+
+def measure_samples(items: list[Path] | list[SampleRef], specs: list[InputSpec]) -> SampleShapes | None:
+    """What reading each sample will take, from the headers alone (a 2 MB .npz can inflate to
+    gigabytes); None for images, whose size their declared preprocessing fixes."""
+    largest: tuple[int, SampleRef, dict[str, tuple[tuple[int, ...], np.dtype]]] | None = None
+    shapes: dict[str, tuple[int, ...]] = {}
+    headers: dict[Path, dict[str, tuple[tuple[int, ...], np.dtype]] | None] = {}
+    for item in items:
+        ref = item if isinstance(item, SampleRef) else SampleRef(Path(item))
+        if ref.path.suffix.lower() in IMAGE_SUFFIXES:
+            return None
+        if ref.path not in headers:
+            headers = {ref.path: array_headers(ref.path, specs)}  # a batched file's rows share it
+        arrays = headers[ref.path]
+        if arrays is None:  # unreadable: reading it reports the problem, as for any sample
+            continue
+        if ref.row is not None:
+            arrays = {k: ((1, *shape[1:]) if shape else shape, dtype) for k, (shape, dtype) in arrays.items()}
+        nbytes = sum(math.prod(shape) * dtype.itemsize for shape, dtype in arrays.values())
+        if largest is None or nbytes > largest[0]:
+            largest = (nbytes, ref, arrays)
+        for k, (shape, _) in arrays.items():
+            seen = shapes.get(k)
+            if seen is None or len(seen) != len(shape):
+                shapes[k] = shape if seen is None or math.prod(shape) > math.prod(seen) else seen
+            else:
+                shapes[k] = tuple(max(a, b) for a, b in zip(seen, shape, strict=True))
+    if largest is None:
+        return None
+    nbytes, ref, arrays = largest
+    detail = ", ".join(f"{k} {dtype} {list(shape)}" for k, (shape, dtype) in arrays.items())
+    return SampleShapes(str(ref), nbytes, shapes, detail)
+
+
+def array_headers(path: Path, specs: list[InputSpec]) -> dict[str, tuple[tuple[int, ...], np.dtype]] | None:
+    """Shape and dtype of each array of a .npz (or, named as the single input, .npy) file, read
+    from the .npy headers without reading the data; None for a file that cannot be read so."""
+    try:
+        if path.suffix != ".npz":
+            with open(path, "rb") as f:
+                return {specs[0].name if len(specs) == 1 else "": _npy_header(f)}
+        found = {}
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.filename.endswith(".npy"):
+                    with archive.open(info) as f:
+                        found[info.filename[:-4]] = _npy_header(f)
+        return found
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:  # noqa: ANN001 - a binary file object
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    return tuple(int(d) for d in shape), np.dtype(dtype)
 
 
 def read_labels(directory: Path, refs: list[SampleRef], all_refs: list[SampleRef]) -> np.ndarray | None:
