@@ -224,6 +224,11 @@ def convert(
         layout=options.calib_layout,
         preprocess=options.calib_preprocess,
     )
+    if options.check_latency and not (split.eval or split.calib):  # timed on a random sample
+        from quantcli.compare import random_shapes
+
+        # one too large to make is reported before converting
+        random_shapes(specs, model=options.model, hint=_RANDOM_HINT)
     seconds["preprocess"] = time.perf_counter() - t0
 
     config = QuantConfig(
@@ -445,6 +450,9 @@ def _calibrate(
     )
 
 
+_RANDOM_HINT = "pass --eval DIR with real samples to time --check-latency on"
+
+
 def _latency(options: ConvertOptions, candidate_path: Path, candidate, split, specs) -> Latency:  # noqa: ANN001
     """Candidate vs FP32 latency, interleaved in this process (median of 30+ rounds, 1 thread by default)."""
     from quantcli.compare import measure_latency
@@ -458,7 +466,7 @@ def _latency(options: ConvertOptions, candidate_path: Path, candidate, split, sp
     else:
         from quantcli.compare import random_samples
 
-        sample = next(random_samples(specs, 1, seed=0))
+        sample = next(random_samples(specs, 1, seed=0, model=options.model, hint=_RANDOM_HINT))
     return measure_latency(Path(options.model), candidate_path, sample, io, threads=options.latency_threads)
 
 
