@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from quantcli.calibration.images import IMAGE_SUFFIXES, ImagePreprocess
+from quantcli.calibration.npy import BatchRows, array_headers, nbytes
 from quantcli.errors import BadDataError
 
 LABELS_FILE = "labels.npy"
@@ -179,7 +180,10 @@ def find_samples(
     for path in files:
         if path.suffix != ".npz":
             raise BadDataError(f"{path}: batched samples must be .npz files")
-        rows = {k: v.shape[0] if v.ndim else 0 for k, v in _read_npz(path).items()}
+        headers = array_headers(path)  # not the data: a batched file may be large
+        if headers is None:
+            headers = {k: (v.shape, v.dtype) for k, v in _read_npz(path).items()}  # says what is wrong
+        rows = {k: shape[0] if shape else 0 for k, (shape, _) in headers.items()}
         if len(set(rows.values())) != 1 or 0 in rows.values():
             raise BadDataError(
                 f"{path}: batched arrays need the same non-empty leading sample axis, got {rows}"
@@ -207,26 +211,42 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 def iter_samples(
     items: list[Path] | list[SampleRef], specs: list[InputSpec], preprocess: ImagePreprocess | None = None
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield one validated sample at a time; a batched file is read once for all its rows."""
-    cached: tuple[Path, dict[str, np.ndarray]] | None = None
-    for item in items:
-        ref = item if isinstance(item, SampleRef) else SampleRef(Path(item))
-        if ref.row is not None:
-            if cached is None or cached[0] != ref.path:
-                cached = (ref.path, _read_npz(ref.path))
-            feeds = {k: v[ref.row : ref.row + 1] for k, v in cached[1].items()}
-            validate_sample(str(ref), feeds, specs)
-            yield feeds
-        elif ref.path.suffix.lower() in IMAGE_SUFFIXES:
-            if len(specs) != 1 or preprocess is None:
-                raise BadDataError(
-                    f"{ref.path}: image samples need a single-input model and --calib-preprocess"
-                )
-            feeds = {specs[0].name: preprocess.load(ref.path)}
-            validate_sample(str(ref), feeds, specs)
-            yield feeds
-        else:
-            yield read_sample(ref.path, specs)
+    """Yield one validated sample at a time; a batched file's rows are read one at a time, in
+    order (the whole file, once, where its layout does not allow that)."""
+    rows: BatchRows | None = None
+    whole: tuple[Path, dict[str, np.ndarray]] | None = None
+    try:
+        for item in items:
+            ref = item if isinstance(item, SampleRef) else SampleRef(Path(item))
+            if ref.row is not None:
+                if rows is not None and rows.path != ref.path:
+                    rows.close()
+                    rows = None
+                if rows is None and (whole is None or whole[0] != ref.path):
+                    rows = BatchRows.open(ref.path)
+                feeds = rows.row(ref.row) if rows is not None else None
+                if feeds is None:
+                    if rows is not None:
+                        rows.close()
+                        rows = None
+                    if whole is None or whole[0] != ref.path:
+                        whole = (ref.path, _read_npz(ref.path))
+                    feeds = {k: v[ref.row : ref.row + 1] for k, v in whole[1].items()}
+                validate_sample(str(ref), feeds, specs)
+                yield feeds
+            elif ref.path.suffix.lower() in IMAGE_SUFFIXES:
+                if len(specs) != 1 or preprocess is None:
+                    raise BadDataError(
+                        f"{ref.path}: image samples need a single-input model and --calib-preprocess"
+                    )
+                feeds = {specs[0].name: preprocess.load(ref.path)}
+                validate_sample(str(ref), feeds, specs)
+                yield feeds
+            else:
+                yield read_sample(ref.path, specs)
+    finally:
+        if rows is not None:
+            rows.close()
 
 
 @dataclass(frozen=True)
@@ -249,16 +269,16 @@ def measure_samples(items: list[Path] | list[SampleRef], specs: list[InputSpec])
         ref = item if isinstance(item, SampleRef) else SampleRef(Path(item))
         if ref.path.suffix.lower() in IMAGE_SUFFIXES:
             return None
-        if ref.path not in headers:
-            headers = {ref.path: array_headers(ref.path, specs)}  # a batched file's rows share it
+        if ref.path not in headers:  # a batched file's rows share it
+            headers = {ref.path: array_headers(ref.path, specs[0].name if len(specs) == 1 else "")}
         arrays = headers[ref.path]
         if arrays is None:  # unreadable: reading it reports the problem, as for any sample
             continue
         if ref.row is not None:
             arrays = {k: ((1, *shape[1:]) if shape else shape, dtype) for k, (shape, dtype) in arrays.items()}
-        nbytes = sum(math.prod(shape) * dtype.itemsize for shape, dtype in arrays.values())
-        if largest is None or nbytes > largest[0]:
-            largest = (nbytes, ref, arrays)
+        size = nbytes(arrays)
+        if largest is None or size > largest[0]:
+            largest = (size, ref, arrays)
         for k, (shape, _) in arrays.items():
             seen = shapes.get(k)
             if seen is None or len(seen) != len(shape):
@@ -267,34 +287,9 @@ def measure_samples(items: list[Path] | list[SampleRef], specs: list[InputSpec])
                 shapes[k] = tuple(max(a, b) for a, b in zip(seen, shape, strict=True))
     if largest is None:
         return None
-    nbytes, ref, arrays = largest
+    size, ref, arrays = largest
     detail = ", ".join(f"{k} {dtype} {list(shape)}" for k, (shape, dtype) in arrays.items())
-    return SampleShapes(str(ref), nbytes, shapes, detail)
-
-
-def array_headers(path: Path, specs: list[InputSpec]) -> dict[str, tuple[tuple[int, ...], np.dtype]] | None:
-    """Shape and dtype of each array of a .npz (or, named as the single input, .npy) file, read
-    from the .npy headers without reading the data; None for a file that cannot be read so."""
-    try:
-        if path.suffix != ".npz":
-            with open(path, "rb") as f:
-                return {specs[0].name if len(specs) == 1 else "": _npy_header(f)}
-        found = {}
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                if info.filename.endswith(".npy"):
-                    with archive.open(info) as f:
-                        found[info.filename[:-4]] = _npy_header(f)
-        return found
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-        return None
-
-
-def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:  # noqa: ANN001 - a binary file object
-    version = np.lib.format.read_magic(f)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read(f)
-    return tuple(int(d) for d in shape), np.dtype(dtype)
+    return SampleShapes(str(ref), size, shapes, detail)
 
 
 def read_labels(directory: Path, refs: list[SampleRef], all_refs: list[SampleRef]) -> np.ndarray | None:
