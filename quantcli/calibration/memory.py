@@ -4,10 +4,11 @@ actual input shapes, and whether one sample can fit the memory budget at all.
 The model's declared shapes often leave dimensions free (batch, height, width) or unknown (past a
 Conv on a free spatial axis). Shape inference runs again on the weightless skeleton with the inputs
 fixed to the largest shapes the samples declare in their .npy headers; what it still cannot infer
-scales with the inputs: a free dimension is taken as large as the inputs' free dimensions together
-(their elements over their declared fixed dimensions), and a tensor with no shape at all as large
-as the largest input. The estimate errs high where it guesses, so that a run is never sized from a
-figure much smaller than what onnxruntime will allocate.
+scales with the inputs: a tensor's unknown dimensions are taken as large as the inputs' free
+dimensions together (their elements over their declared fixed dimensions), and a tensor is taken
+at least as large as the largest input when any of its dimensions (or its shape) is unknown. The
+estimate errs high where it guesses, so that a run is never sized from a figure much smaller than
+what onnxruntime will allocate.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def tensor_bytes(
             elements = largest
         else:
             known = math.prod(d for d in dims if d is not None)
-            elements = known * free if None in dims else known
+            elements = max(known * free, largest) if None in dims else known
         out[name] = 4 * elements
     return out
 
