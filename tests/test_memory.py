@@ -279,3 +279,34 @@ def test_random_inputs_of_symbolic_dims_still_run(tmp_path: Path) -> None:
     code, out, err, _ = quantcli("compare", model, model, "--json", cwd=tmp_path)
     assert code == 0, err
     assert json.loads(out)["data"]["source"] == "random"
+
+
+def test_guessed_sizes_are_measured_not_refused() -> None:
+    """A Slice whose ends are a graph input has no inferable shape: its size is guessed as large as
+    the input, and with the guesses over the budget it is measured (tiny) instead of refused, so
+    the run is the same one pass with every tensor exposed as before."""
+    from quantcli.calibration.collect import CalibrationConfig, collect_ranges
+    from quantcli.calibration.ranges import CalibMethod
+
+    model = onnx.parser.parse_model(
+        textwrap.dedent("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, 3, H, W] x, int64[4] ends) => (float[A, B, C, D] y) {
+            zero = Constant <value = int64[4] {0, 0, 0, 0}> ()
+            s = Slice(x, zero, ends)
+            y = Relu(s)
+        }
+        """)
+    )
+    model = preprocess(model).model
+    rng = np.random.default_rng(0)
+    sample = {"x": rng.standard_normal((1, 3, 256, 256), dtype=np.float32), "ends": np.array([1, 3, 2, 2])}
+    x_bytes = sample["x"].nbytes
+    estimated = tensor_bytes(model, ["x", "s", "y"], {k: v.shape for k, v in sample.items()})
+    assert estimated == {"x": x_bytes, "s": x_bytes, "y": x_bytes}
+    passes: list[int] = []
+    budget = x_bytes + 4096  # x and the measured slice fit; x and the two guesses would not
+    config = CalibrationConfig(method=CalibMethod.MINMAX, memory_budget_bytes=budget)
+    ranges = collect_ranges(model, lambda: iter([sample]), config, progress=lambda g, n, k: passes.append(n))
+    assert passes == [1]
+    assert ranges.ranges["y"] == (0.0, float(np.maximum(sample["x"][:1, :3, :2, :2], 0).max()))

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from quantcli.calibration.data import SampleShapes
-from quantcli.calibration.memory import check_fits, tensor_bytes
+from quantcli.calibration.memory import check_fits, estimate_bytes
 from quantcli.calibration.observers import DEFAULT_BINS, ChannelMeanObserver
 from quantcli.calibration.ranges import CalibMethod, compute_range, make_observer
 from quantcli.errors import UnsupportedModelError
@@ -131,36 +131,7 @@ def collect_ranges(
     """
     config = config or CalibrationConfig()
     names = float_tensors(model)
-    budget = config.memory_budget_bytes
-    first = None
-    if sample_shapes is None:  # no headers to read (images, a caller's own samples): the first sample
-        first = next(iter(samples()), None)
-        sample_shapes = None if first is None else _shapes_of(first)
-    if sample_shapes is None:
-        sizes = estimated_bytes(model)
-    else:
-        # Sized before anything runs: exposing every tensor of a big sample at once is what
-        # could not be afforded.
-        sizes = tensor_bytes(model, names, sample_shapes.shapes)
-        check_fits(sizes, sample_shapes, budget)
-    probe = None
-    if sum(sizes.get(n, 0) for n in names) <= budget:
-        # Shapes are often unknown past dynamic ops (a padded Conv, a reshape by Shape); measure
-        # one sample with every tensor exposed instead of trusting the static estimate.
-        probe = exposing_session(model, names)
-        if first is None:
-            first = next(iter(samples()), None)
-        if first is not None:
-            values = _run(probe, names, first, strict=True)
-            # a larger sample further on (other shapes) scales the first one's figures
-            scale = max(1.0, sample_shapes.nbytes / max(1, _nbytes(first))) if sample_shapes else 1.0
-            sizes = {
-                n: math.ceil(v.nbytes * scale)
-                for n, v in zip(names, values, strict=True)
-                if isinstance(v, np.ndarray)
-            }
-            del values
-    first = None
+    sizes, probe = _run_sizes(model, names, samples, sample_shapes, config.memory_budget_bytes)
     # Samples per run: as many as fit the budget with every tensor exposed (at most batch_size);
     # when even one sample does not fit, one sample per run and the tensors split into passes.
     per_sample = max(1, sum(sizes.get(n, 0) for n in names))
@@ -210,6 +181,61 @@ def collect_ranges(
     channel_means = {n: m for n, o in means.items() if (m := o.mean()) is not None and o.axis == 1}
     energy = {n: e for n, o in means.items() if (e := o.mean_square()) is not None}
     return Ranges(ranges, count, config.method.value, channel_means=channel_means, channel_energy=energy)
+
+
+def _run_sizes(
+    model: onnx.ModelProto,
+    names: list[str],
+    samples: SampleSource,
+    shapes: SampleShapes | None,
+    budget: int,
+):  # noqa: ANN202 - (sizes, onnxruntime session or None)
+    """Bytes of each tensor for one sample, known before any run exposes more than `budget`; and
+    the session that measured them with every tensor exposed, when they all fit (else None).
+
+    The figures come from the model's shapes for the samples' input shapes (the first sample's
+    arrays when there are no headers to read); a sample that cannot fit is a BadDataError. What
+    shape inference cannot tell is measured first, the guessed tensors alone, when the guesses
+    are what puts the total over the budget.
+    """
+    first = None
+    if shapes is None:  # no headers to read (images, a caller's own samples): the first sample
+        first = next(iter(samples()), None)
+        if first is None:
+            return estimated_bytes(model), None
+        shapes = _shapes_of(first)
+    sizes, guessed = estimate_bytes(model, names, shapes.shapes)
+    check_fits({n: b for n, b in sizes.items() if n not in guessed}, shapes, budget)
+    if guessed and sum(sizes.values()) > budget:
+        first = first if first is not None else next(iter(samples()), None)
+        if first is None:
+            return sizes, None
+        scale = max(1.0, shapes.nbytes / max(1, _nbytes(first)))  # a larger sample further on
+        for group in tensor_groups([n for n in names if n in guessed], sizes, budget):
+            values = _run(exposing_session(model, group), group, first, strict=True)
+            sizes.update(_measured(group, values, scale))
+            del values
+        check_fits(sizes, shapes, budget)
+    if sum(sizes.values()) > budget:
+        return sizes, None
+    # Shapes are often unknown past dynamic ops (a padded Conv, a reshape by Shape); measure one
+    # sample with every tensor exposed instead of trusting the static estimate.
+    probe = exposing_session(model, names)
+    first = first if first is not None else next(iter(samples()), None)
+    if first is None:
+        return sizes, probe
+    scale = max(1.0, shapes.nbytes / max(1, _nbytes(first)))
+    values = _run(probe, names, first, strict=True)
+    return _measured(names, values, scale), probe
+
+
+def _measured(names: list[str], values: list, scale: float) -> dict[str, int]:
+    """Bytes of each run output, scaled up to the largest sample's inputs."""
+    return {
+        n: math.ceil(v.nbytes * scale)
+        for n, v in zip(names, values, strict=True)
+        if isinstance(v, np.ndarray)
+    }
 
 
 def weighted_inputs(model: onnx.ModelProto) -> dict[str, int]:

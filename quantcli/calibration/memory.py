@@ -28,6 +28,14 @@ def tensor_bytes(
     model: onnx.ModelProto, names: list[str], input_shapes: dict[str, tuple[int, ...]]
 ) -> dict[str, int]:
     """Bytes of each of `names` (float32 tensors) for one run on inputs of `input_shapes`."""
+    return estimate_bytes(model, names, input_shapes)[0]
+
+
+def estimate_bytes(
+    model: onnx.ModelProto, names: list[str], input_shapes: dict[str, tuple[int, ...]]
+) -> tuple[dict[str, int], set[str]]:
+    """(bytes of each of `names` for one run on inputs of `input_shapes`, the names whose figure
+    is a guess: a dimension or the whole shape unknown even with the inputs fixed)."""
     inferred = _inferred_dims(model, input_shapes)
     declared = {
         vi.name: [_size(d) for d in _dims(vi)]
@@ -44,15 +52,17 @@ def tensor_bytes(
         fixed = math.prod(d for d in declared.get(name, []) if d is not None)
         free = max(free, elements // max(1, fixed))
     out = {}
+    guessed = set()
     for name in names:
         dims = inferred.get(name)
-        if dims is None:
-            elements = largest
+        if dims is None or None in dims:
+            known = math.prod(d for d in dims or [] if d is not None)
+            elements = max(known * free, largest)
+            guessed.add(name)
         else:
-            known = math.prod(d for d in dims if d is not None)
-            elements = max(known * free, largest) if None in dims else known
+            elements = math.prod(dims)
         out[name] = 4 * elements
-    return out
+    return out, guessed
 
 
 def check_fits(sizes: dict[str, int], sample: SampleShapes, budget: int) -> None:
