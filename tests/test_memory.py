@@ -310,3 +310,20 @@ def test_guessed_sizes_are_measured_not_refused() -> None:
     ranges = collect_ranges(model, lambda: iter([sample]), config, progress=lambda g, n, k: passes.append(n))
     assert passes == [1]
     assert ranges.ranges["y"] == (0.0, float(np.maximum(sample["x"][:1, :3, :2, :2], 0).max()))
+
+
+def test_a_sample_too_large_to_allocate_is_exit_2_outside_calibration(tmp_path: Path) -> None:
+    """compare --data has no budget: a sample whose header claims 40 GiB fails to allocate, and
+    that is bad input (exit 2, its figures), not a quantcli bug (exit 70)."""
+    model = tmp_path / "m.onnx"
+    huge_model(model, ["N", 3, "H", "W"])
+    (tmp_path / "data").mkdir()
+    with zipfile.ZipFile(tmp_path / "data" / "s0.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("x.npy", "w", force_zip64=True) as f:
+            header = {"descr": "<f4", "fortran_order": False, "shape": (1, 3, 60000, 60000)}
+            np.lib.format.write_array_header_1_0(f, header)
+            f.write(bytes(4096))
+    code, _, err, peak = quantcli("compare", model, model, "--data", tmp_path / "data", cwd=tmp_path)
+    assert code == 2, err
+    assert err.count("\n") == 1 and "s0.npz" in err and "40.23 GiB" in err and "[1, 3, 60000, 60000]" in err
+    assert peak < _idle_rss() + 64 * MiB, peak / MiB

@@ -100,8 +100,20 @@ def read_sample(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise BadDataError(f"{path}: cannot read sample: {_load_error(exc)}") from exc
+    except MemoryError as exc:
+        raise BadDataError(_too_large(path)) from exc
     validate_sample(path, feeds, specs)
     return feeds
+
+
+def _too_large(path: Path) -> str:
+    """Why a sample could not be read into memory: its arrays' sizes, from their headers."""
+    arrays = array_headers(path, "array") or {}
+    detail = ", ".join(f"{k} {dtype} {list(shape)}" for k, (shape, dtype) in arrays.items())
+    return (
+        f"{path}: cannot read sample: its arrays take {nbytes(arrays) / 2**30:,.2f} GiB ({detail}), "
+        "more memory than could be allocated"
+    )
 
 
 def validate_sample(path: Path | str, feeds: dict[str, np.ndarray], specs: list[InputSpec]) -> None:
@@ -206,6 +218,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise BadDataError(f"{path}: cannot read sample: {_load_error(exc)}") from exc
+    except MemoryError as exc:
+        raise BadDataError(_too_large(path)) from exc
 
 
 def iter_samples(

@@ -86,7 +86,7 @@ def check_fits(sizes: dict[str, int], sample: SampleShapes, budget: int) -> None
 
 
 def _mib(nbytes: int) -> str:
-    return f"{nbytes / MiB:,.1f} MiB"
+    return f"{nbytes / 2**30:,.2f} GiB" if nbytes >= 2**30 else f"{nbytes / MiB:,.1f} MiB"
 
 
 def _dims(vi: onnx.ValueInfoProto):  # noqa: ANN202
