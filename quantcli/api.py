@@ -16,7 +16,14 @@ import numpy as np
 import onnx
 
 from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_ranges, make_session
-from quantcli.calibration.data import LAYOUTS, InputSpec, SampleSplit, iter_samples, split_samples
+from quantcli.calibration.data import (
+    LAYOUTS,
+    InputSpec,
+    SampleSplit,
+    iter_samples,
+    measure_samples,
+    split_samples,
+)
 from quantcli.calibration.images import ImagePreprocess
 from quantcli.calibration.ranges import CalibMethod
 from quantcli.compare import Latency
@@ -431,6 +438,11 @@ def convert(
         layout=options.calib_layout,
         preprocess=options.calib_preprocess,
     )
+    if options.check_latency and not (split.eval or split.calib):  # timed on a random sample
+        from quantcli.compare import random_shapes
+
+        # one too large to make is reported before converting
+        random_shapes(specs, model=options.model, hint=_RANDOM_HINT)
     seconds["preprocess"] = time.perf_counter() - t0
     gated = any(bounds for _, bounds in options.thresholds.items())
     if gated:
@@ -690,6 +702,7 @@ def _calibrate(
         lambda: _as_inputs_of(model, iter_samples(split.calib, specs, options.calib_preprocess)),
         calibration,
         progress=report_progress if progress else None,
+        sample_shapes=measure_samples(split.calib, specs),  # from the headers, before any is read
     )
 
 
@@ -706,6 +719,9 @@ def _as_inputs_of(
         }
 
 
+_RANDOM_HINT = "pass --eval DIR with real samples to time --check-latency on"
+
+
 def _latency(options: ConvertOptions, candidate_path: Path, candidate, split, specs) -> Latency:  # noqa: ANN001
     """Candidate vs FP32 latency, interleaved in this process (median of 30+ rounds, 1 thread by default)."""
     from quantcli.compare import measure_latency
@@ -719,7 +735,7 @@ def _latency(options: ConvertOptions, candidate_path: Path, candidate, split, sp
     else:
         from quantcli.compare import random_samples
 
-        sample = next(random_samples(specs, 1, seed=0))
+        sample = next(random_samples(specs, 1, seed=0, model=options.model, hint=_RANDOM_HINT))
     return measure_latency(Path(options.model), candidate_path, sample, io, threads=options.latency_threads)
 
 

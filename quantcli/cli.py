@@ -391,7 +391,8 @@ def _summary_target(markdown: str | None, inputs: list[Path]) -> tuple[Path | No
     type=click.IntRange(min=16),
     default=256,
     show_default=True,
-    help="MB of activations one calibration run may hold: fewer samples per run, then more passes over tensor groups.",
+    help="MB of activations one calibration run may hold: fewer samples per run, then more passes over tensor groups; "
+    "a sample whose inputs or largest activation exceed it is exit 2.",
 )
 @click.option(
     "--weight-calibration",

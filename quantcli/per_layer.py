@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 
 from quantcli.calibration.collect import estimated_bytes, exposing_session, tensor_groups
+from quantcli.calibration.memory import tensor_bytes
 from quantcli.graph import GraphIndex, node_label
 from quantcli.io_match import IOMatch, TensorIO
 from quantcli.verify import ErrorAccumulator, OutputMetrics, run_session
@@ -148,6 +149,21 @@ def computing_node(index: GraphIndex, name: str) -> onnx.NodeProto | None:
     return node
 
 
+def _sizes(
+    reference: onnx.ModelProto,
+    names: list[str],
+    samples: Callable[[], Iterable[dict[str, np.ndarray]]],
+    io: IOMatch,
+) -> dict[str, int]:
+    """Bytes of each reference tensor for the first sample's input shapes (its free axes as large
+    as that sample makes them, not 1), before any run exposes them."""
+    first = next(iter(samples()), None)
+    if first is None:
+        return estimated_bytes(reference)
+    shapes = {name: value.shape for name, value in io.feeds(first, "reference").items()}
+    return tensor_bytes(reference, names, shapes)
+
+
 def per_layer_errors(
     reference: onnx.ModelProto,
     candidate: onnx.ModelProto,
@@ -175,7 +191,9 @@ def per_layer_errors(
     feeds_cand = {p.name: p.candidate for p in io.inputs}
     acc: dict[str, ErrorAccumulator] = {}
     by_name = {x.tensor: x for x in matched}
-    names = tensor_groups(list(by_name), estimated_bytes(reference), memory_budget_bytes // 2)
+    names = tensor_groups(
+        list(by_name), _sizes(reference, list(by_name), samples, io), memory_budget_bytes // 2
+    )
     groups = [[by_name[n] for n in group] for group in names]
     count = 0
     for g, group in enumerate(groups):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from quantcli.calibration.data import SampleShapes
+from quantcli.calibration.memory import check_fits, estimate_bytes
 from quantcli.calibration.observers import DEFAULT_BINS, ChannelMeanObserver
 from quantcli.calibration.ranges import CalibMethod, compute_range, make_observer
 from quantcli.errors import UnsupportedModelError
@@ -115,28 +118,22 @@ def collect_ranges(
     config: CalibrationConfig | None = None,
     *,
     progress: Callable[[int, int, int], None] | None = None,
+    sample_shapes: SampleShapes | None = None,
 ) -> Ranges:
     """Stream samples through the model with float tensors exposed as outputs; keep statistics only.
 
     `samples()` yields one sample at a time and is called once per pass. Tensors are exposed in
     groups whose estimated size per sample fits the memory budget: one pass when everything fits,
     several passes over the samples otherwise. A model whose inputs have a free batch axis runs
-    `batch_size` samples at a time.
+    `batch_size` samples at a time. The sizes come, before anything runs, from the model's shapes
+    for the inputs of `sample_shapes` (the samples' headers; without it, the first sample's
+    arrays); a sample whose inputs or largest tensor exceed the budget is a BadDataError.
     """
     config = config or CalibrationConfig()
     names = float_tensors(model)
     if not names:  # nothing to observe (a float16 model in fp16 mode); run([]) would return every output
         return Ranges({}, 0, config.method.value)
-    sizes = estimated_bytes(model)
-    probe = None
-    if sum(sizes.get(n, 0) for n in names) <= config.memory_budget_bytes:
-        # Shapes are often unknown past dynamic ops (a padded Conv, a reshape by Shape); measure
-        # one sample with every tensor exposed instead of trusting the static estimate.
-        probe = exposing_session(model, names)
-        first = next(iter(samples()), None)
-        if first is not None:
-            values = _run(probe, names, first, strict=True)
-            sizes = {n: v.nbytes for n, v in zip(names, values, strict=True) if isinstance(v, np.ndarray)}
+    sizes, probe = _run_sizes(model, names, samples, sample_shapes, config.memory_budget_bytes)
     # Samples per run: as many as fit the budget with every tensor exposed (at most batch_size);
     # when even one sample does not fit, one sample per run and the tensors split into passes.
     per_sample = max(1, sum(sizes.get(n, 0) for n in names))
@@ -186,6 +183,61 @@ def collect_ranges(
     channel_means = {n: m for n, o in means.items() if (m := o.mean()) is not None and o.axis == 1}
     energy = {n: e for n, o in means.items() if (e := o.mean_square()) is not None}
     return Ranges(ranges, count, config.method.value, channel_means=channel_means, channel_energy=energy)
+
+
+def _run_sizes(
+    model: onnx.ModelProto,
+    names: list[str],
+    samples: SampleSource,
+    shapes: SampleShapes | None,
+    budget: int,
+):  # noqa: ANN202 - (sizes, onnxruntime session or None)
+    """Bytes of each tensor for one sample, known before any run exposes more than `budget`; and
+    the session that measured them with every tensor exposed, when they all fit (else None).
+
+    The figures come from the model's shapes for the samples' input shapes (the first sample's
+    arrays when there are no headers to read); a sample that cannot fit is a BadDataError. What
+    shape inference cannot tell is measured first, the guessed tensors alone, when the guesses
+    are what puts the total over the budget.
+    """
+    first = None
+    if shapes is None:  # no headers to read (images, a caller's own samples): the first sample
+        first = next(iter(samples()), None)
+        if first is None:
+            return estimated_bytes(model), None
+        shapes = _shapes_of(first)
+    sizes, guessed = estimate_bytes(model, names, shapes.shapes)
+    check_fits({n: b for n, b in sizes.items() if n not in guessed}, shapes, budget)
+    if guessed and sum(sizes.values()) > budget:
+        first = first if first is not None else next(iter(samples()), None)
+        if first is None:
+            return sizes, None
+        scale = max(1.0, shapes.nbytes / max(1, _nbytes(first)))  # a larger sample further on
+        for group in tensor_groups([n for n in names if n in guessed], sizes, budget):
+            values = _run(exposing_session(model, group), group, first, strict=True)
+            sizes.update(_measured(group, values, scale))
+            del values
+        check_fits(sizes, shapes, budget)
+    if sum(sizes.values()) > budget:
+        return sizes, None
+    # Shapes are often unknown past dynamic ops (a padded Conv, a reshape by Shape); measure one
+    # sample with every tensor exposed instead of trusting the static estimate.
+    probe = exposing_session(model, names)
+    first = first if first is not None else next(iter(samples()), None)
+    if first is None:
+        return sizes, probe
+    scale = max(1.0, shapes.nbytes / max(1, _nbytes(first)))
+    values = _run(probe, names, first, strict=True)
+    return _measured(names, values, scale), probe
+
+
+def _measured(names: list[str], values: list, scale: float) -> dict[str, int]:
+    """Bytes of each run output, scaled up to the largest sample's inputs."""
+    return {
+        n: math.ceil(v.nbytes * scale)
+        for n, v in zip(names, values, strict=True)
+        if isinstance(v, np.ndarray)
+    }
 
 
 def weighted_inputs(model: onnx.ModelProto) -> dict[str, int]:
@@ -272,6 +324,17 @@ def exposing_session(model: onnx.ModelProto, names: list[str], *, optimize: bool
         return make_session(model, optimize=optimize, lean=lean)
     finally:
         del model.graph.output[n_outputs:]
+
+
+def _nbytes(sample: dict[str, np.ndarray]) -> int:
+    return sum(v.nbytes for v in sample.values())
+
+
+def _shapes_of(sample: dict[str, np.ndarray]) -> SampleShapes:
+    detail = ", ".join(f"{k} {v.dtype} {list(v.shape)}" for k, v in sample.items())
+    return SampleShapes(
+        "the first calibration sample", _nbytes(sample), {k: v.shape for k, v in sample.items()}, detail
+    )
 
 
 def _has_free_batch_axis(model: onnx.ModelProto) -> bool:

@@ -13,6 +13,7 @@ rows). Every problem is a BadDataError naming the file (and row).
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import numpy as np
 import onnx
 
 from quantcli.calibration.images import IMAGE_SUFFIXES, ImagePreprocess
+from quantcli.calibration.npy import BatchRows, array_headers, nbytes
 from quantcli.errors import BadDataError
 
 LABELS_FILE = "labels.npy"
@@ -100,8 +102,20 @@ def read_sample(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise BadDataError(f"{path}: cannot read sample: {_load_error(exc)}") from exc
+    except MemoryError as exc:
+        raise BadDataError(_too_large(path)) from exc
     validate_sample(path, feeds, specs)
     return feeds
+
+
+def _too_large(path: Path) -> str:
+    """Why a sample could not be read into memory: its arrays' sizes, from their headers."""
+    arrays = array_headers(path, "array") or {}
+    detail = ", ".join(f"{k} {dtype} {list(shape)}" for k, (shape, dtype) in arrays.items())
+    return (
+        f"{path}: cannot read sample: its arrays take {nbytes(arrays) / 2**30:,.2f} GiB ({detail}), "
+        "more memory than could be allocated"
+    )
 
 
 def validate_sample(path: Path | str, feeds: dict[str, np.ndarray], specs: list[InputSpec]) -> None:
@@ -241,7 +255,10 @@ def find_samples(
     for path in files:
         if path.suffix != ".npz":
             raise BadDataError(f"{path}: batched samples must be .npz files")
-        rows = {k: v.shape[0] if v.ndim else 0 for k, v in _read_npz(path).items()}
+        headers = array_headers(path)  # not the data: a batched file may be large
+        if headers is None:
+            headers = {k: (v.shape, v.dtype) for k, v in _read_npz(path).items()}  # says what is wrong
+        rows = {k: shape[0] if shape else 0 for k, (shape, _) in headers.items()}
         if len(set(rows.values())) != 1 or 0 in rows.values():
             raise BadDataError(
                 f"{path}: batched arrays need the same non-empty leading sample axis, got {rows}"
@@ -264,6 +281,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise BadDataError(f"{path}: cannot read sample: {_load_error(exc)}") from exc
+    except MemoryError as exc:
+        raise BadDataError(_too_large(path)) from exc
 
 
 def iter_samples(
@@ -271,30 +290,96 @@ def iter_samples(
     specs: list[InputSpec],
     preprocess: ImagePreprocess | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield one validated sample at a time; a batched file is read once for all its rows."""
-    cached: tuple[Path, dict[str, np.ndarray]] | None = None
+    """Yield one validated sample at a time; a batched file's rows are read one at a time, in
+    order (the whole file, once, where its layout does not allow that)."""
+    rows: BatchRows | None = None
+    whole: tuple[Path, dict[str, np.ndarray]] | None = None
+    if preprocess is not None and len(specs) == 1:
+        preprocess = preprocess.fitted(specs[0].shape)
+    try:
+        for item in items:
+            if isinstance(item, MemorySample):
+                validate_sample(str(item), item.feeds, specs)
+                yield item.feeds
+                continue
+            ref = item if isinstance(item, SampleRef) else SampleRef(Path(item))
+            if ref.row is not None:
+                if rows is not None and rows.path != ref.path:
+                    rows.close()
+                    rows = None
+                if rows is None and (whole is None or whole[0] != ref.path):
+                    rows = BatchRows.open(ref.path)
+                feeds = rows.row(ref.row) if rows is not None else None
+                if feeds is None:
+                    if rows is not None:
+                        rows.close()
+                        rows = None
+                    if whole is None or whole[0] != ref.path:
+                        whole = (ref.path, _read_npz(ref.path))
+                    feeds = {k: v[ref.row : ref.row + 1] for k, v in whole[1].items()}
+                validate_sample(str(ref), feeds, specs)
+                yield feeds
+            elif ref.path.suffix.lower() in IMAGE_SUFFIXES:
+                if len(specs) != 1 or preprocess is None:
+                    raise BadDataError(
+                        f"{ref.path}: image samples need a single-input model and --calib-preprocess"
+                    )
+                feeds = {specs[0].name: preprocess.load(ref.path)}
+                validate_sample(str(ref), feeds, specs)
+                yield feeds
+            else:
+                yield read_sample(ref.path, specs)
+    finally:
+        if rows is not None:
+            rows.close()
+
+
+@dataclass(frozen=True)
+class SampleShapes:
+    """The samples' arrays as their .npy headers declare them, measured before any is read."""
+
+    label: str  # the sample (file, and row) whose arrays take the most bytes
+    nbytes: int  # that sample's bytes, its arrays together
+    shapes: dict[str, tuple[int, ...]]  # per array, each axis's largest size over every sample
+    detail: str = ""  # that sample's arrays: "x float32 [1, 3, 224, 224]"
+
+
+def measure_samples(items: list[Path] | list[SampleRef], specs: list[InputSpec]) -> SampleShapes | None:
+    """What reading each sample will take, from the headers alone (a 2 MB .npz can inflate to
+    gigabytes); None for images, whose size their declared preprocessing fixes."""
+    largest: tuple[int, SampleRef, dict[str, tuple[tuple[int, ...], np.dtype]]] | None = None
+    shapes: dict[str, tuple[int, ...]] = {}
+    headers: dict[Path, dict[str, tuple[tuple[int, ...], np.dtype]] | None] = {}
     for item in items:
-        if isinstance(item, MemorySample):
-            validate_sample(str(item), item.feeds, specs)
-            yield item.feeds
-            continue
-        ref = item if isinstance(item, SampleRef) else SampleRef(Path(item))
-        if ref.row is not None:
-            if cached is None or cached[0] != ref.path:
-                cached = (ref.path, _read_npz(ref.path))
-            feeds = {k: v[ref.row : ref.row + 1] for k, v in cached[1].items()}
-            validate_sample(str(ref), feeds, specs)
-            yield feeds
-        elif ref.path.suffix.lower() in IMAGE_SUFFIXES:
-            if len(specs) != 1 or preprocess is None:
-                raise BadDataError(
-                    f"{ref.path}: image samples need a single-input model and --calib-preprocess"
-                )
-            feeds = {specs[0].name: preprocess.load(ref.path)}
-            validate_sample(str(ref), feeds, specs)
-            yield feeds
+        if isinstance(item, MemorySample):  # already in memory: its arrays say their size
+            ref, arrays = item, {k: (v.shape, v.dtype) for k, v in item.feeds.items()}
         else:
-            yield read_sample(ref.path, specs)
+            ref = item if isinstance(item, SampleRef) else SampleRef(Path(item))
+            if ref.path.suffix.lower() in IMAGE_SUFFIXES:
+                return None
+            if ref.path not in headers:  # a batched file's rows share it
+                headers = {ref.path: array_headers(ref.path, specs[0].name if len(specs) == 1 else "")}
+            arrays = headers[ref.path]
+            if arrays is None:  # unreadable: reading it reports the problem, as for any sample
+                continue
+            if ref.row is not None:
+                arrays = {
+                    k: ((1, *shape[1:]) if shape else shape, dtype) for k, (shape, dtype) in arrays.items()
+                }
+        size = nbytes(arrays)
+        if largest is None or size > largest[0]:
+            largest = (size, ref, arrays)
+        for k, (shape, _) in arrays.items():
+            seen = shapes.get(k)
+            if seen is None or len(seen) != len(shape):
+                shapes[k] = shape if seen is None or math.prod(shape) > math.prod(seen) else seen
+            else:
+                shapes[k] = tuple(max(a, b) for a, b in zip(seen, shape, strict=True))
+    if largest is None:
+        return None
+    size, ref, arrays = largest
+    detail = ", ".join(f"{k} {dtype} {list(shape)}" for k, (shape, dtype) in arrays.items())
+    return SampleShapes(str(ref), size, shapes, detail)
 
 
 def read_labels(directory: Path, refs: list[SampleRef], all_refs: list[SampleRef]) -> np.ndarray | None:
