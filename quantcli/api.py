@@ -28,7 +28,7 @@ from quantcli.calibration.images import ImagePreprocess
 from quantcli.calibration.ranges import CalibMethod
 from quantcli.compare import Latency
 from quantcli.cpu import DEFAULT_TARGET, TARGETS
-from quantcli.errors import ExitCode, UnsupportedModelError, UsageError
+from quantcli.errors import ExitCode, Notice, UnsupportedModelError, UsageError
 from quantcli.graph import COMPUTE_OPS, set_metadata
 from quantcli.io_match import IOQuantization
 from quantcli.io_match import io_quantization as read_io_quantization
@@ -536,7 +536,12 @@ def convert(
         exact_layers = sum(p.role == "weight" and p.dtype is QType.UINT8 for p in plan.tensors.values())
         saturation = Saturation.of(plan.config.target_cpu, u8s8_layers(quantized.graph), exact_layers)
         set_metadata(quantized, TARGET_CPU_KEY, plan.config.target_cpu)
-    warnings = _warnings(plan, quantized) + saturation_warning(saturation) + reference_warnings
+    warnings = (
+        _warnings(plan, quantized)
+        + saturation_warning(saturation)
+        + reference_warnings
+        + _sample_warnings(plan, replayed, split)
+    )
     if overridable:
         shown = ", ".join(overridable[:3]) + (
             f" and {len(overridable) - 3} more" if len(overridable) > 3 else ""
@@ -758,6 +763,33 @@ def _warnings(plan: QuantPlan, quantized: onnx.ModelProto) -> list[str]:
         warnings.append(
             "16-bit activations are an accuracy option, not a speed one: onnxruntime has no 16-bit "
             "integer kernels and runs each quantized op as DequantizeLinear -> float op -> QuantizeLinear"
+        )
+    return warnings
+
+
+MIN_CALIB_SAMPLES = 32  # below this, calibrated ranges are a guess (typical: 100-500)
+MIN_EVAL_SAMPLES = 10  # below this, accuracy figures say little
+
+
+def _sample_warnings(plan: QuantPlan, replayed: bool, split: SampleSplit) -> list[str]:
+    """Too few samples to mean anything: calibration (when this run calibrated) and evaluation."""
+    warnings = []
+    n = plan.calibration_samples
+    if not replayed and 0 < n < MIN_CALIB_SAMPLES:
+        warnings.append(
+            Notice(
+                "few-calibration-samples",
+                f"calibrated on {_count(n, 'sample')}: ranges from fewer than {MIN_CALIB_SAMPLES} samples "
+                "may miss values real inputs reach (100-500 representative samples are typical)",
+            )
+        )
+    if 0 < len(split.eval) < MIN_EVAL_SAMPLES:
+        warnings.append(
+            Notice(
+                "few-evaluation-samples",
+                f"evaluated on {_count(len(split.eval), 'sample')}: accuracy figures from fewer than "
+                f"{MIN_EVAL_SAMPLES} samples say little; pass --eval DIR with more",
+            )
         )
     return warnings
 

@@ -204,7 +204,7 @@ CONVERT_SECTIONS: dict[str, list[str]] = {
     "Output": ["json_output", "quiet", "debug", "help"],
 }
 COMPARE_SECTIONS: dict[str, list[str]] = {
-    "Data": ["data", "samples"],
+    "Data": ["data", "samples", "data_preprocess"],
     "Thresholds (exit 1 when one is missed)": THRESHOLD_PARAMS,
     "Analysis": ["per_layer", "latency", "rounds", "threads"],
     "Output": ["json_output", "markdown", "junit", "quiet", "debug", "help"],
@@ -563,7 +563,6 @@ def convert(
         from quantcli.api import ConvertOptions
         from quantcli.api import convert as run_convert
         from quantcli.calibration.collect import CalibrationConfig
-        from quantcli.calibration.images import ImagePreprocess
         from quantcli.calibration.ranges import CalibMethod
         from quantcli.model_io import check_output_path
         from quantcli.quantize.params import QType
@@ -600,7 +599,7 @@ def convert(
             reduce_range=reduce_range,
             target_cpu=target_cpu,
             dynamic_op_types=_op_types(dynamic_op_types),
-            calib_preprocess=ImagePreprocess.parse(calib_preprocess) if calib_preprocess else None,
+            calib_preprocess=_image_spec(calib_preprocess, "--calib-preprocess"),
             keep_io_types=keep_io_types,
             block_size=int(block_size),
             weight_symmetric=weight_symmetric,
@@ -639,6 +638,12 @@ def convert(
         return int(result.exit_code)
 
     _run("convert", json_output, debug, body)
+
+
+def _image_spec(spec: str | None, option: str):  # noqa: ANN202 - an ImagePreprocess, imported late
+    from quantcli.calibration.images import ImagePreprocess
+
+    return ImagePreprocess.parse(spec, option) if spec else None
 
 
 def _op_types(text: str) -> tuple[str, ...]:
@@ -702,6 +707,11 @@ def inspect(model: Path, nodes: bool, tensors: bool, no_ort: bool, json_output: 
     type=click.IntRange(min=1),
     help="Use the first N samples [default: all of --data, or 32 random].",
 )
+@click.option(
+    "--data-preprocess",
+    metavar="SPEC",
+    help="How to turn image files in --data into model input: the same SPEC as convert's --calib-preprocess.",
+)
 @_threshold_options
 @click.option(
     "--per-layer", is_flag=True, help="Rank the layers by the error each adds (tensors matched by name)."
@@ -722,6 +732,7 @@ def compare(
     candidate: Path,
     data: Path | None,
     samples: int | None,
+    data_preprocess: str | None,
     min_cosine: tuple[tuple[str, float], ...],
     max_abs_error: tuple[tuple[str, float], ...],
     min_sqnr: tuple[tuple[str, float], ...],
@@ -780,6 +791,7 @@ def compare(
             candidate=candidate,
             data=data,
             samples=samples,
+            preprocess=_image_spec(data_preprocess, "--data-preprocess"),
             thresholds=thresholds,
             per_layer=per_layer,
             latency=latency,

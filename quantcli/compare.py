@@ -19,6 +19,7 @@ import onnx
 
 from quantcli.calibration.collect import make_session
 from quantcli.calibration.data import InputSpec, find_samples, iter_samples, read_labels
+from quantcli.calibration.images import ImagePreprocess
 from quantcli.errors import BadDataError, ExitCode, Notice, UnsupportedModelError, UsageError
 from quantcli.io_match import IOMatch, match_io
 from quantcli.kernel_check import KernelCheck, Saturation, kernel_check, mismatch_warning
@@ -40,6 +41,7 @@ class CompareOptions:
     candidate: Path
     data: Path | None = None
     samples: int | None = None  # default: every file of `data`, or RANDOM_SAMPLES random ones
+    preprocess: ImagePreprocess | None = None  # how image files in `data` become model input
     thresholds: Thresholds = field(default_factory=Thresholds)
     per_layer: bool = False
     latency: bool = False  # also timed when thresholds bound the latency ratio
@@ -156,13 +158,16 @@ def compare(
 
     specs = [InputSpec(p.name, p.sample_dtype, p.reference.shape) for p in io.inputs]
     if options.data is not None:
-        every = find_samples(options.data)
+        preprocess = options.preprocess
+        if preprocess is not None and len(specs) == 1:
+            preprocess = preprocess.fitted(specs[0].shape, "--data-preprocess")
+        every = find_samples(options.data, preprocess=preprocess, option="--data-preprocess")
         refs = every[: options.samples]
         labels = read_labels(Path(options.data), refs, every)
         source = DataSource("directory", len(refs), Path(options.data), labels is not None)
 
         def samples() -> Iterator[dict[str, np.ndarray]]:
-            return iter_samples(refs, specs)
+            return iter_samples(refs, specs, preprocess)
     else:
         labels = None
         random_shapes(specs, model=options.reference)  # too large to generate: said before any run

@@ -370,3 +370,92 @@ def test_progress_shows_on_a_terminal_stderr_with_json_on_stdout(tmp_path: Path)
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["exit_code"] == 0
     assert b"calibrating" in shown
+
+
+# --- data: image channels from the model, compare's image option, too few samples ---------------
+
+
+def _gray_model(path: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor(
+        "w", TensorProto.FLOAT, [4, 1, 3, 3], rng.normal(size=36).astype(np.float32).tolist()
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["image", "w"], ["c"], name="conv"),
+            helper.make_node("Relu", ["c"], ["y"], name="relu"),
+        ],
+        "gray",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 14, 14])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+def test_grayscale_images_for_a_one_channel_model(tmp_path: Path) -> None:
+    from PIL import Image
+
+    model = _gray_model(tmp_path / "gray.onnx")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, size=(20, 20), dtype=np.uint8), mode="L").save(
+            images / f"{i:02d}.png"
+        )
+    out = tmp_path / "q.onnx"
+    spec = "resize=16,crop=16,mean=0.5,std=0.25"
+    proc = quantcli(
+        "convert", model, "--calib", images, "--calib-preprocess", spec, "-o", out, "--json", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["accuracy"]["outputs"][0]["cosine_mean"] > 0.99
+    proc = quantcli(
+        "compare",
+        model,
+        out,
+        "--data",
+        images,
+        "--data-preprocess",
+        spec,
+        "--min-cosine",
+        "0.99",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    proc = quantcli("compare", model, out, "--data", images, cwd=tmp_path)
+    assert_one_line_error(proc, 2, "--data-preprocess")
+    rgb = "mean=0.485,0.456,0.406,std=0.229,0.224,0.225"
+    proc = quantcli(
+        "convert",
+        model,
+        "--calib",
+        images,
+        "--calib-preprocess",
+        rgb,
+        "-o",
+        tmp_path / "r.onnx",
+        cwd=tmp_path,
+    )
+    assert_one_line_error(proc, 2, "--calib-preprocess", "mean has 3 values", "1 channel")
+
+
+def test_too_few_samples_are_said(tmp_path: Path) -> None:
+    calib = tmp_path / "five"
+    calib.mkdir()
+    for p in sorted(CALIB.glob("*.npz"))[:5]:
+        (calib / p.name).write_bytes(p.read_bytes())
+    proc = quantcli("convert", CNN, "--calib", calib, "-o", tmp_path / "q.onnx", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert {"few-calibration-samples", "few-evaluation-samples"} <= set(data["warning_codes"])
+    assert data["calibration_samples"] == 4 and data["accuracy"]["samples"] == 1
+    proc = quantcli("convert", CNN, "--calib", calib, "-o", tmp_path / "q.onnx", cwd=tmp_path)
+    assert "1 sample (1 sample held out" in proc.stdout
+    assert "1 samples" not in proc.stdout

@@ -231,7 +231,11 @@ def memory_samples(data: object, source: str) -> list[MemorySample]:
 
 
 def find_samples(
-    directory: str | Path, *, layout: str = "auto", preprocess: ImagePreprocess | None = None
+    directory: str | Path,
+    *,
+    layout: str = "auto",
+    preprocess: ImagePreprocess | None = None,
+    option: str = "--calib-preprocess",
 ) -> list[SampleRef]:
     """Every sample of a directory, in order; raises BadDataError for a missing/empty/mixed one."""
     d = Path(directory)
@@ -245,7 +249,7 @@ def find_samples(
         raise BadDataError(f"{d}: mixes images and .npz/.npy samples; use one format")
     if images:
         if preprocess is None:
-            raise BadDataError(f"{d}: holds images: declare their preprocessing with --calib-preprocess")
+            raise BadDataError(f"{d}: holds images: declare their preprocessing with {option}")
         return [SampleRef(p) for p in images]
     files = list_samples(d)
     batched = layout == "batched" or (layout == "auto" and [p.name for p in files] == [BATCH_FILE])
@@ -438,7 +442,7 @@ def split_samples(
         if eval_dir is None and len(refs) > 1:
             held = min(100, max(1, len(refs) // 5))
             all_eval, evals, refs = refs, refs[-held:], refs[:-held]
-            source = f"{len(evals)} samples held out from {calib_dir}"
+            source = f"{len(evals)} sample{'' if len(evals) == 1 else 's'} held out from {calib_dir}"
             eval_dir = calib_dir
         calib = refs[:calib_samples]
     if eval_dir is not None and not evals:

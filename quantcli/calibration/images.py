@@ -2,14 +2,15 @@
 
 The spec is `key=value` pairs separated by commas; a value may itself be a comma-separated list:
     resize=256,crop=224,mean=0.485,0.456,0.406,std=0.229,0.224,0.225,layout=NCHW,scale=1/255
-Order of operations: decode as RGB -> resize the shorter side to `resize` (bilinear) -> centre crop
-`crop` x `crop` -> multiply by `scale` -> subtract `mean`, divide by `std` (per channel) -> `layout`
-(NCHW or NHWC) -> add a batch axis of 1. Decoding needs Pillow (`pip install quantcli[images]`).
+Order of operations: decode (RGB; grayscale for a model input of 1 channel, RGBA for 4) -> resize the shorter side to `resize` (bilinear) -> centre crop
+`crop` x `crop` -> multiply by `scale` -> subtract `mean`, divide by `std` (per channel: one value
+for every channel, or one per channel) -> `layout` (NCHW or NHWC) -> add a batch axis of 1.
+The channel count comes from the model's input (`fitted`). Decoding needs Pillow (`pip install quantcli[images]`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 from quantcli.errors import BadDataError, UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # channels -> Pillow mode
 _KEYS = ("resize", "crop", "mean", "std", "layout", "scale")
 
 
@@ -25,14 +27,16 @@ _KEYS = ("resize", "crop", "mean", "std", "layout", "scale")
 class ImagePreprocess:
     resize: int | None = None
     crop: int | None = None
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
     layout: str = "NCHW"
     scale: float = 1.0 / 255.0
+    channels: int = 3  # decoded as grayscale (1), RGB (3) or RGBA (4): the model input's channels
 
     @classmethod
-    def parse(cls, spec: str) -> ImagePreprocess:
-        """Parse `--calib-preprocess`; a bad spec is a UsageError naming the part at fault."""
+    def parse(cls, spec: str, option: str = "--calib-preprocess") -> ImagePreprocess:
+        """Parse `--calib-preprocess` (or compare's `--data-preprocess`); a bad spec is a UsageError
+        naming the part at fault."""
         values: dict[str, list[str]] = {}
         key = None
         for token in (t.strip() for t in spec.split(",")):
@@ -40,12 +44,12 @@ class ImagePreprocess:
                 key, _, first = token.partition("=")
                 key = key.strip().lower()
                 if key not in _KEYS:
-                    raise UsageError(f"--calib-preprocess: unknown key '{key}' (known: {', '.join(_KEYS)})")
+                    raise UsageError(f"{option}: unknown key '{key}' (known: {', '.join(_KEYS)})")
                 values[key] = [first.strip()]
             elif key is not None and token:
                 values[key].append(token)
             elif token:
-                raise UsageError(f"--calib-preprocess: '{token}' is not key=value")
+                raise UsageError(f"{option}: '{token}' is not key=value")
         try:
             kwargs: dict = {}
             for k in ("resize", "crop"):
@@ -59,13 +63,39 @@ class ImagePreprocess:
             if "layout" in values:
                 kwargs["layout"] = values["layout"][0].upper()
         except (ValueError, ZeroDivisionError) as exc:
-            raise UsageError(f"--calib-preprocess: {exc}") from exc
+            raise UsageError(f"{option}: {exc}") from exc
         result = cls(**kwargs)
         if result.layout not in ("NCHW", "NHWC"):
-            raise UsageError(f"--calib-preprocess: layout must be NCHW or NHWC, not {result.layout}")
-        if len(result.mean) != 3 or len(result.std) != 3 or 0.0 in result.std:
-            raise UsageError("--calib-preprocess: mean and std need 3 values each, std non-zero")
+            raise UsageError(f"{option}: layout must be NCHW or NHWC, not {result.layout}")
+        if 0.0 in result.std:
+            raise UsageError(f"{option}: std must be non-zero")
+        if len(result.mean) not in (1, 3, 4) or len(result.std) not in (1, 3, 4):
+            raise UsageError(f"{option}: mean and std take 1 value, or one per channel (3 or 4)")
         return result
+
+    def fitted(
+        self, shape: tuple[int | str | None, ...] | None, option: str = "--calib-preprocess"
+    ) -> ImagePreprocess:
+        """The spec for a model input of this shape: its channel count (NCHW: dim 1, NHWC: the last),
+        checked against mean and std. An input without a known channel count gets RGB."""
+        channels = 3
+        if shape is not None and len(shape) == 4:
+            dim = shape[1] if self.layout == "NCHW" else shape[3]
+            if isinstance(dim, int) and dim > 0:
+                channels = dim
+        if channels not in _MODES:
+            raise UsageError(
+                f"{option}: the model's input has {channels} channels in {self.layout}; images decode to "
+                "1 (grayscale), 3 (RGB) or 4 (RGBA): check layout="
+            )
+        for name in ("mean", "std"):
+            n = len(getattr(self, name))
+            if n not in (1, channels):
+                raise UsageError(
+                    f"{option}: {name} has {n} values, the model's input takes {channels} channel"
+                    f"{'' if channels == 1 else 's'} ({self.layout}): give 1 value or {channels}"
+                )
+        return replace(self, channels=channels)
 
     def load(self, path: Path) -> np.ndarray:
         """The preprocessed float32 array of one image, with a batch axis of 1."""
@@ -77,7 +107,7 @@ class ImagePreprocess:
             ) from exc
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img = img.convert(_MODES[self.channels])
                 if self.resize:
                     w, h = img.size
                     r = self.resize / min(w, h)
@@ -91,6 +121,8 @@ class ImagePreprocess:
                     left, top = (w - self.crop) // 2, (h - self.crop) // 2
                     img = img.crop((left, top, left + self.crop, top + self.crop))
                 x = np.asarray(img, dtype=np.float32)
+                if x.ndim == 2:  # grayscale: one channel axis, like RGB's
+                    x = x[..., None]
         except BadDataError:
             raise
         except OSError as exc:
