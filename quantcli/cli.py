@@ -512,7 +512,7 @@ def compare(
         from quantcli.compare import CompareOptions
         from quantcli.compare import compare as run_compare
         from quantcli.errors import UsageError
-        from quantcli.model_io import check_output_path
+        from quantcli.model_io import check_outputs
         from quantcli.report.compare import (
             compare_to_dict,
             compare_to_junit,
@@ -537,9 +537,8 @@ def compare(
                 raise UsageError("--markdown -: GITHUB_STEP_SUMMARY is not set; give a file name instead")
             summary, append = Path(os.environ["GITHUB_STEP_SUMMARY"]), True
         elif markdown:
-            summary = check_output_path(Path(markdown), [reference, candidate])
-        if junit is not None:
-            check_output_path(junit, [reference, candidate])
+            summary = Path(markdown)
+        check_outputs({"--markdown": summary, "--junit": junit}, [reference, candidate])
         options = CompareOptions(
             reference=reference,
             candidate=candidate,
