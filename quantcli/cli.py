@@ -4,27 +4,46 @@ from __future__ import annotations
 
 import signal
 import sys
-import traceback
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
-import click
-
-from quantcli import __version__
-from quantcli.cpu import DEFAULT_TARGET, TARGETS
-from quantcli.errors import ExitCode, QuantcliError
-from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
-
-_PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
 
 
 class _Terminated(BaseException):
     """SIGTERM, raised like KeyboardInterrupt so that no `except Exception` swallows it."""
 
 
-def _terminate(signum: int, frame: Any) -> None:  # noqa: ARG001
+def _terminate(signum: int, frame: object) -> None:  # noqa: ARG001
     raise _Terminated()
+
+
+def _exit_interrupted(command: str, exc: BaseException) -> None:
+    """The one line and exit code (130 SIGINT, 143 SIGTERM) of an interrupted run."""
+    term = isinstance(exc, _Terminated)
+    sys.stderr.write(
+        f"quantcli{' ' + command if command else ''}: interrupted{' by SIGTERM' if term else ''}\n"
+    )
+    sys.exit(143 if term else 130)
+
+
+# SIGTERM is handled from the first line on, before the imports below (a signal in the middle of
+# them is an interruption like any other, not a traceback or a death by signal). A SIGINT that the
+# process was started with ignored stays ignored (Python leaves it so).
+if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, _terminate)
+try:
+    import traceback
+    from collections.abc import Callable
+    from pathlib import Path
+    from typing import Any
+
+    import click
+
+    from quantcli import __version__
+    from quantcli.cpu import DEFAULT_TARGET, TARGETS
+    from quantcli.errors import ExitCode, QuantcliError
+    from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
+except (KeyboardInterrupt, _Terminated) as _exc:
+    _exit_interrupted("", _exc)
+
+_PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
 
 
 def _run(command: str, json_output: bool, debug: bool, body: Callable[[], int]) -> None:
@@ -47,12 +66,8 @@ def _run(command: str, json_output: bool, debug: bool, body: Callable[[], int]) 
                 }
             )
         sys.exit(int(exc.exit_code))
-    except KeyboardInterrupt:
-        report.err(f"quantcli {command}: interrupted")
-        sys.exit(int(ExitCode.INTERRUPTED))
-    except _Terminated:
-        report.err(f"quantcli {command}: interrupted by SIGTERM")
-        sys.exit(int(ExitCode.TERMINATED))
+    except (KeyboardInterrupt, _Terminated) as exc:
+        _exit_interrupted(command, exc)
     except (SystemExit, click.exceptions.Exit):
         raise
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: short line, traceback on --debug
@@ -66,7 +81,40 @@ def _run(command: str, json_output: bool, debug: bool, body: Callable[[], int]) 
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Program(click.Group):
+    """The command group, run as a program: a signal at any moment, parsing included, ends it with
+    130/143 and one line; once the outcome is decided, late signals no longer change it."""
+
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        program = args is None  # reading sys.argv: the process is quantcli (not a CliRunner test)
+        try:
+            return super().main(args, *rest, **kwargs)
+        except (_Interrupted, _Terminated) as exc:
+            _exit_interrupted("", exc)
+        finally:
+            if program:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    if signal.getsignal(sig) is not None:
+                        signal.signal(sig, signal.SIG_IGN)
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt as exc:  # click would turn it into "Aborted!" and exit 1
+            raise _Interrupted() from exc
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted() from exc
+
+
+class _Interrupted(BaseException):
+    """SIGINT outside a command's body, carried past click's own KeyboardInterrupt handling."""
+
+
+@click.group(cls=_Program, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="quantcli")
 def main() -> None:
     """Post-training quantization of ONNX models (static INT8 with QDQ)."""
