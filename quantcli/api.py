@@ -204,13 +204,14 @@ def convert(
     seconds: dict[str, float] = {}
     # Cheap checks first: a bad output path or plan is reported before a big model is read.
     check_model_path(options.model)
-    check_outputs({"-o": options.output, "--save-plan": options.save_plan}, [Path(options.model)])
+    # The input's external data files are inputs too: no output may replace them.
+    input_files = (Path(options.model), *external_data_files(options.model))
+    check_outputs({"-o": options.output, "--save-plan": options.save_plan}, list(input_files))
     if options.plan is not None and same_file(Path(options.output), Path(options.plan)):
         raise UsageError(f"{options.output}: -o is the --plan file; choose another path")
     plan = QuantPlan.load(options.plan) if options.plan is not None else None
     source = load_model(options.model)
     check_valid(source, options.model)
-    input_files = (Path(options.model), *external_data_files(options.model))
     input_bytes = sum(f.stat().st_size for f in input_files)
 
     source_value_info = {v.name for v in source.graph.value_info}

@@ -44,6 +44,7 @@ except (KeyboardInterrupt, _Terminated) as _exc:
     _exit_interrupted("", _exc)
 
 _PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
+_OUT = click.Path(dir_okay=True, file_okay=True)  # text: a trailing slash is still there to refuse
 
 
 def _run(command: str, json_output: bool, debug: bool, body: Callable[[], int]) -> None:
@@ -122,7 +123,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("model", type=_PATH)
-@click.option("-o", "--output", type=_PATH, required=True, help="Where to write the quantized model.")
+@click.option("-o", "--output", type=_OUT, required=True, help="Where to write the quantized model.")
 @click.option(
     "--mode",
     type=click.Choice(list(MODES)),
@@ -285,7 +286,7 @@ def main() -> None:
     show_default=True,
     help="mixed: also run in FP16 the N INT8 nodes whose INT8 error, measured on the calibration samples, is largest.",
 )
-@click.option("--save-plan", type=_PATH, help="Write the QuantPlan (every decision) as JSON.")
+@click.option("--save-plan", type=_OUT, help="Write the QuantPlan (every decision) as JSON.")
 @click.option(
     "--plan", "plan_path", type=_PATH, help="Replay a saved or edited QuantPlan instead of calibrating."
 )
@@ -294,7 +295,7 @@ def main() -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(
     model: Path,
-    output: Path,
+    output: str,
     mode: str | None,
     calib: Path | None,
     calib_samples: int,
@@ -322,7 +323,7 @@ def convert(
     threads: int,
     fp16_nodes: str,
     fp16_count: int,
-    save_plan: Path | None,
+    save_plan: str | None,
     plan_path: Path | None,
     json_output: bool,
     quiet: bool,
@@ -342,12 +343,13 @@ def convert(
         from quantcli.calibration.collect import CalibrationConfig
         from quantcli.calibration.images import ImagePreprocess
         from quantcli.calibration.ranges import CalibMethod
+        from quantcli.outputs import output_path
         from quantcli.quantize.params import QType
         from quantcli.report.convert import convert_to_dict, render_convert
 
         options = ConvertOptions(
             model=model,
-            output=output,
+            output=output_path(output),
             mode=mode,
             calib=calib,
             calib_samples=calib_samples,
@@ -375,7 +377,7 @@ def convert(
             integer_io=integer_io,
             check_latency=check_latency,
             latency_threads=threads,
-            save_plan=save_plan,
+            save_plan=output_path(save_plan) if save_plan is not None else None,
             plan=plan_path,
             fp16_nodes=tuple(p.strip() for p in fp16_nodes.split(",") if p.strip()),
             fp16_count=fp16_count,
@@ -517,7 +519,7 @@ _BOUND = _Bound()
     metavar="FILE",
     help="Also write a markdown summary; '-' appends it to $GITHUB_STEP_SUMMARY.",
 )
-@click.option("--junit", type=_PATH, metavar="FILE", help="Also write JUnit XML, one test case per check.")
+@click.option("--junit", type=_OUT, metavar="FILE", help="Also write JUnit XML, one test case per check.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compare(
@@ -538,7 +540,7 @@ def compare(
     threads: int,
     json_output: bool,
     markdown: str | None,
-    junit: Path | None,
+    junit: str | None,
     quiet: bool,
     debug: bool,
 ) -> None:
@@ -561,6 +563,7 @@ def compare(
         from quantcli.compare import compare as run_compare
         from quantcli.errors import UsageError
         from quantcli.model_io import check_outputs
+        from quantcli.outputs import output_path
         from quantcli.report.compare import (
             compare_to_dict,
             compare_to_junit,
@@ -585,8 +588,9 @@ def compare(
                 raise UsageError("--markdown -: GITHUB_STEP_SUMMARY is not set; give a file name instead")
             summary, append = Path(os.environ["GITHUB_STEP_SUMMARY"]), True
         elif markdown:
-            summary = Path(markdown)
-        check_outputs({"--markdown": summary, "--junit": junit}, [reference, candidate])
+            summary = output_path(markdown)
+        junit_path = output_path(junit) if junit is not None else None
+        check_outputs({"--markdown": summary, "--junit": junit_path}, [reference, candidate])
         options = CompareOptions(
             reference=reference,
             candidate=candidate,
@@ -608,8 +612,8 @@ def compare(
             render_compare(result, rich_output=sys.stdout.isatty())
         if summary is not None:
             write_report_file(summary, compare_to_markdown(result), append=append)
-        if junit is not None:
-            write_report_file(junit, compare_to_junit(result))
+        if junit_path is not None:
+            write_report_file(junit_path, compare_to_junit(result))
         for check in result.checks:
             if not check.passed:
                 report.err(f"quantcli compare: check failed: {check.message}")

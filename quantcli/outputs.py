@@ -86,6 +86,14 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def output_path(text: str | os.PathLike[str]) -> Path:
+    """An output option's value as a path; one that ends in a slash names a directory (Path would
+    drop the slash and write a file by that name), refused here while the text still has it."""
+    if str(text).endswith(("/", os.sep)):
+        raise UsageError(f"{text}: names a directory, expected a file path")
+    return Path(text)
+
+
 def check_output_path(output: str | os.PathLike[str], inputs: list[Path]) -> Path:
     """Validate where a result will go before any work is done; raises UsageError.
 
@@ -95,7 +103,7 @@ def check_output_path(output: str | os.PathLike[str], inputs: list[Path]) -> Pat
     where no file can be created. The destination itself is never opened; a symbolic link there is
     written through (the file it leads to is replaced, not the link), so that file is checked.
     """
-    out = Path(output)
+    out = output_path(output)
     for inp in inputs:
         if same_file(out, Path(inp)):
             raise UsageError(f"{out}: output path is the input model {inp}; choose another path")
