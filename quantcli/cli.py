@@ -10,8 +10,26 @@ class _Terminated(BaseException):
     """SIGTERM, raised like KeyboardInterrupt so that no `except Exception` swallows it."""
 
 
+# Signals received. Raised inside a C extension (an import, onnxruntime), an interruption can
+# come out as another exception (pybind11's "ImportError: initialization failed"): the run was
+# interrupted all the same.
+_RECEIVED: list[int] = []
+
+
 def _terminate(signum: int, frame: object) -> None:  # noqa: ARG001
+    _RECEIVED.append(signum)
     raise _Terminated()
+
+
+def _interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _exit_if_signalled(command: str) -> None:
+    """Exit as interrupted when a signal arrived, whatever exception it turned into."""
+    if _RECEIVED:
+        _exit_interrupted(command, _Terminated() if _RECEIVED[-1] == signal.SIGTERM else KeyboardInterrupt())
 
 
 def _exit_interrupted(command: str, exc: BaseException) -> None:
@@ -23,11 +41,13 @@ def _exit_interrupted(command: str, exc: BaseException) -> None:
     sys.exit(143 if term else 130)
 
 
-# SIGTERM is handled from the first line on, before the imports below (a signal in the middle of
+# Signals are handled from the first line on, before the imports below (a signal in the middle of
 # them is an interruption like any other, not a traceback or a death by signal). A SIGINT that the
 # process was started with ignored stays ignored (Python leaves it so).
 if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
     signal.signal(signal.SIGTERM, _terminate)
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupt)
 try:
     import traceback
     from collections.abc import Callable
@@ -42,6 +62,9 @@ try:
     from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
 except (KeyboardInterrupt, _Terminated) as _exc:
     _exit_interrupted("", _exc)
+except Exception:
+    _exit_if_signalled("")
+    raise
 
 _PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
 _OUT = click.Path(dir_okay=True, file_okay=True)  # text: a trailing slash is still there to refuse
@@ -52,9 +75,11 @@ def _run(command: str, json_output: bool, debug: bool, body: Callable[[], int]) 
     from quantcli import report
 
     signal.signal(signal.SIGTERM, _terminate)
+    _RECEIVED.clear()  # a run of its own (tests call the CLI many times in one process)
     try:
         code = body()
     except QuantcliError as exc:
+        _exit_if_signalled(command)
         if debug:
             traceback.print_exc()
         report.err(f"quantcli {command}: error: {exc.message}")
@@ -72,6 +97,7 @@ def _run(command: str, json_output: bool, debug: bool, body: Callable[[], int]) 
     except (SystemExit, click.exceptions.Exit):
         raise
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: short line, traceback on --debug
+        _exit_if_signalled(command)
         if debug:
             traceback.print_exc()
         report.err(
