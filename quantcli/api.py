@@ -35,10 +35,11 @@ from quantcli.io_match import io_quantization as read_io_quantization
 from quantcli.kernel_check import KernelCheck, Saturation, kernel_check, mismatch_warning, saturation_warning
 from quantcli.model_io import (
     check_model_path,
-    check_output_path,
+    check_outputs,
     check_valid,
-    file_size,
+    external_data_files,
     load_model,
+    same_file,
     staged_model,
 )
 from quantcli.preprocess import preprocess
@@ -412,13 +413,15 @@ def convert(
     seconds: dict[str, float] = {}
     # Cheap checks first: a bad output path or plan is reported before a big model is read.
     check_model_path(options.model)
-    check_output_path(options.output, [options.model])
-    if options.save_plan is not None:
-        check_output_path(options.save_plan, [options.model, options.output])
+    # The input's external data files are inputs too: no output may replace them.
+    input_files = (Path(options.model), *external_data_files(options.model))
+    check_outputs({"-o": options.output, "--save-plan": options.save_plan}, list(input_files))
+    if options.plan is not None and same_file(Path(options.output), Path(options.plan)):
+        raise UsageError(f"{options.output}: -o is the --plan file; choose another path")
     plan = QuantPlan.load(options.plan) if options.plan is not None else None
     source = load_model(options.model)
     check_valid(source, options.model)
-    input_bytes = file_size(options.model)
+    input_bytes = sum(f.stat().st_size for f in input_files)
 
     source_value_info = {v.name for v in source.graph.value_info}
     specs = InputSpec.from_model(source)  # the samples' types: the model's own inputs
@@ -553,7 +556,7 @@ def convert(
     kernels = kernel_check(saturation)
     # Written under a temporary name beside the output, verified from there, renamed at the end:
     # a failed check or an interruption leaves nothing behind.
-    with staged_model(quantized, Path(options.output)) as staged:
+    with staged_model(quantized, Path(options.output), keep=input_files) as staged:
         del quantized
         problem = checker_error(str(staged.path))
         if problem:
@@ -597,8 +600,8 @@ def convert(
                 size_ratio=staged.size / input_bytes if input_bytes else None,
                 latency_ratio=latency.ratio if latency is not None else None,
             )
-        if options.save_plan is not None:
-            plan.save(options.save_plan)
+        if options.save_plan is not None:  # put in place with the model, or not at all
+            staged.add(options.save_plan, plan.to_json().encode())
         output_bytes = staged.size
     seconds["total"] = time.perf_counter() - t0
     return ConvertResult(

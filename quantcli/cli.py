@@ -4,27 +4,83 @@ from __future__ import annotations
 
 import signal
 import sys
-import traceback
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
-import click
-
-from quantcli import __version__
-from quantcli.cpu import DEFAULT_TARGET, TARGETS
-from quantcli.errors import ExitCode, QuantcliError
-from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
-
-_PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
 
 
 class _Terminated(BaseException):
     """SIGTERM, raised like KeyboardInterrupt so that no `except Exception` swallows it."""
 
 
-def _terminate(signum: int, frame: Any) -> None:  # noqa: ARG001
+# Signals received. Raised inside a C extension (an import, onnxruntime), an interruption can
+# come out as another exception (pybind11's "ImportError: initialization failed"): the run was
+# interrupted all the same.
+_RECEIVED: list[int] = []
+
+
+def _terminate(signum: int, frame: object) -> None:  # noqa: ARG001
+    _RECEIVED.append(signum)
     raise _Terminated()
+
+
+def _interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
+    _RECEIVED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _exit_if_signalled(command: str, json_output: bool | None = None) -> None:
+    """Exit as interrupted when a signal arrived, whatever exception it turned into."""
+    if _RECEIVED:
+        exc = _Terminated() if _RECEIVED[-1] == signal.SIGTERM else KeyboardInterrupt()
+        _exit_interrupted(command, exc, json_output)
+
+
+def _exit_interrupted(command: str, exc: BaseException, json_output: bool | None = None) -> None:
+    """The one line and exit code (130 SIGINT, 143 SIGTERM) of an interrupted run, and with --json
+    its JSON object on stdout (before the command's options are parsed: --json among the arguments)."""
+    term = isinstance(exc, _Terminated)
+    message = f"interrupted by {'SIGTERM' if term else 'SIGINT'}"
+    code = 143 if term else 130
+    sys.stderr.write(
+        f"quantcli{' ' + command if command else ''}: interrupted{' by SIGTERM' if term else ''}\n"
+    )
+    if json_output is None:
+        json_output = "--json" in sys.argv[1:]
+    if json_output:
+        import json
+
+        error = {"code": "terminated" if term else "interrupted", "message": message, "exit_code": code}
+        obj = {"schema_version": 1, "command": command or "quantcli", "exit_code": code, "error": error}
+        sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+        sys.stdout.flush()
+    sys.exit(code)
+
+
+# Signals are handled from the first line on, before the imports below (a signal in the middle of
+# them is an interruption like any other, not a traceback or a death by signal). A SIGINT that the
+# process was started with ignored stays ignored (Python leaves it so).
+if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, _terminate)
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupt)
+try:
+    import traceback
+    from collections.abc import Callable
+    from pathlib import Path
+    from typing import Any
+
+    import click
+
+    from quantcli import __version__
+    from quantcli.cpu import DEFAULT_TARGET, TARGETS
+    from quantcli.errors import ExitCode, QuantcliError
+    from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
+except (KeyboardInterrupt, _Terminated) as _exc:
+    _exit_interrupted("", _exc)
+except Exception:
+    _exit_if_signalled("")
+    raise
+
+_PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
+_OUT = click.Path(dir_okay=True, file_okay=True)  # text: a trailing slash is still there to refuse
 
 
 def _run(command: str, json_output: bool, debug: bool, body: Callable[[], int]) -> None:
@@ -32,28 +88,20 @@ def _run(command: str, json_output: bool, debug: bool, body: Callable[[], int]) 
     from quantcli import report
 
     signal.signal(signal.SIGTERM, _terminate)
+    _RECEIVED.clear()  # a run of its own (tests call the CLI many times in one process)
     try:
         code = body()
     except QuantcliError as exc:
+        _exit_if_signalled(command, json_output)
         if debug:
             traceback.print_exc()
         _fail(command, json_output, exc.exit_code, exc.code, f"error: {exc.message}", exc.message)
-    except KeyboardInterrupt:
-        _fail(
-            command, json_output, ExitCode.INTERRUPTED, "interrupted", "interrupted", "interrupted by SIGINT"
-        )
-    except _Terminated:
-        _fail(
-            command,
-            json_output,
-            ExitCode.TERMINATED,
-            "terminated",
-            "interrupted by SIGTERM",
-            "interrupted by SIGTERM",
-        )
+    except (KeyboardInterrupt, _Terminated) as exc:
+        _exit_interrupted(command, exc, json_output)
     except (SystemExit, click.exceptions.Exit):
         raise
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: short line, traceback on --debug
+        _exit_if_signalled(command, json_output)
         if debug:
             traceback.print_exc()
         message = f"{type(exc).__name__}: {exc}"
@@ -92,20 +140,24 @@ def _one_line(text: str) -> str:
     return " ".join(text.splitlines())
 
 
-class _Main(click.Group):
-    """The command group, with click's own usage errors (unknown option, bad choice, missing
-    argument) reported like every other error: one line on stderr, exit 2, and with --json one
-    JSON object on stdout."""
+class _Program(click.Group):
+    """The command group, run as a program. click's own usage errors (unknown option, bad choice,
+    missing argument) are reported like every other error: one line on stderr, exit 2, and with
+    --json one JSON object on stdout. A signal at any moment, parsing included, ends it with
+    130/143 and one line; once the outcome is decided, late signals no longer change it."""
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:  # noqa: ANN401
+        program = args is None  # reading sys.argv: the process is quantcli (not a CliRunner test)
         argv = list(sys.argv[1:] if args is None else args)
-        standalone = extra.pop("standalone_mode", True)
-        if not standalone:
+        json_output = "--json" in argv
+        if not extra.pop("standalone_mode", True):
             return super().main(argv, prog_name, standalone_mode=False, **extra)
         try:
             code = super().main(argv, prog_name, standalone_mode=False, **extra)
+        except (_Interrupted, _Terminated) as exc:
+            _exit_interrupted("", exc, json_output)
         except click.exceptions.NoArgsIsHelpError as exc:
-            exc.show()  # `quantcli` or `quantcli convert` alone: the help text is the answer
+            exc.show()  # `quantcli` alone: the help text is the answer
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
@@ -113,20 +165,34 @@ class _Main(click.Group):
             name = f"quantcli {command}" if command else "quantcli"
             message = exc.format_message()
             line = f"error: {message} (see {name} --help)"
-            _fail(command or "quantcli", "--json" in argv, ExitCode.BAD_INPUT, "usage", line, message)
+            _fail(command or "quantcli", json_output, ExitCode.BAD_INPUT, "usage", line, message)
         except click.exceptions.Abort:
-            _fail(
-                "quantcli",
-                "--json" in argv,
-                ExitCode.INTERRUPTED,
-                "interrupted",
-                "interrupted",
-                "interrupted by SIGINT",
-            )
+            _exit_interrupted("", KeyboardInterrupt(), json_output)
+        finally:
+            if program:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    if signal.getsignal(sig) is not None:
+                        signal.signal(sig, signal.SIG_IGN)
         sys.exit(code or 0)
 
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt as exc:  # click would turn it into "Aborted!" and exit 1
+            raise _Interrupted() from exc
 
-@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted() from exc
+
+
+class _Interrupted(BaseException):
+    """SIGINT outside a command's body, carried past click's own KeyboardInterrupt handling."""
+
+
+@click.group(cls=_Program, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="quantcli")
 def main() -> None:
     """Post-training quantization of ONNX models (static INT8 with QDQ)."""
@@ -271,9 +337,7 @@ _CI_REPORT_OPTIONS = [
         metavar="FILE",
         help="Also write a markdown summary; '-' appends it to $GITHUB_STEP_SUMMARY.",
     ),
-    click.option(
-        "--junit", type=_PATH, metavar="FILE", help="Also write JUnit XML, one test case per check."
-    ),
+    click.option("--junit", type=_OUT, metavar="FILE", help="Also write JUnit XML, one test case per check."),
 ]
 
 
@@ -311,25 +375,25 @@ def _thresholds(
     )
 
 
-def _summary_target(markdown: str | None, inputs: list[Path]) -> tuple[Path | None, bool]:
+def _summary_target(markdown: str | None) -> tuple[Path | None, bool]:
     """--markdown FILE, or '-' for $GITHUB_STEP_SUMMARY (appended): the path and whether to append."""
     import os
 
     from quantcli.errors import UsageError
-    from quantcli.model_io import check_output_path
+    from quantcli.outputs import output_path
 
     if markdown == "-":
         if not os.environ.get("GITHUB_STEP_SUMMARY"):
             raise UsageError("--markdown -: GITHUB_STEP_SUMMARY is not set; give a file name instead")
         return Path(os.environ["GITHUB_STEP_SUMMARY"]), True
     if markdown:
-        return check_output_path(Path(markdown), inputs), False
+        return output_path(markdown), False
     return None, False
 
 
 @main.command(cls=_Sectioned, sections=CONVERT_SECTIONS)
 @click.argument("model", type=_PATH)
-@click.option("-o", "--output", type=_PATH, required=True, help="Where to write the quantized model.")
+@click.option("-o", "--output", type=_OUT, required=True, help="Where to write the quantized model.")
 @click.option(
     "--mode",
     type=click.Choice(list(MODES)),
@@ -496,7 +560,7 @@ def _summary_target(markdown: str | None, inputs: list[Path]) -> tuple[Path | No
 )
 @_threshold_options
 @_ci_report_options
-@click.option("--save-plan", type=_PATH, help="Write the QuantPlan (every decision) as JSON.")
+@click.option("--save-plan", type=_OUT, help="Write the QuantPlan (every decision) as JSON.")
 @click.option(
     "--plan", "plan_path", type=_PATH, help="Replay a saved or edited QuantPlan instead of calibrating."
 )
@@ -505,7 +569,7 @@ def _summary_target(markdown: str | None, inputs: list[Path]) -> tuple[Path | No
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(
     model: Path,
-    output: Path,
+    output: str,
     mode: str | None,
     calib: Path | None,
     calib_samples: int,
@@ -541,8 +605,8 @@ def convert(
     max_size_ratio: float | None,
     max_latency_ratio: float | None,
     markdown: str | None,
-    junit: Path | None,
-    save_plan: Path | None,
+    junit: str | None,
+    save_plan: str | None,
     plan_path: Path | None,
     json_output: bool,
     quiet: bool,
@@ -564,7 +628,8 @@ def convert(
         from quantcli.api import convert as run_convert
         from quantcli.calibration.collect import CalibrationConfig
         from quantcli.calibration.ranges import CalibMethod
-        from quantcli.model_io import check_output_path
+        from quantcli.model_io import check_model_path, check_outputs
+        from quantcli.outputs import output_path
         from quantcli.quantize.params import QType
         from quantcli.report.compare import write_report_file
         from quantcli.report.convert import (
@@ -574,13 +639,23 @@ def convert(
             render_convert,
         )
 
-        summary, append = _summary_target(markdown, [model])
-        if junit is not None:
-            check_output_path(junit, [model])
+        check_model_path(model)  # a missing model is the first thing to say
+        summary, append = _summary_target(markdown)
+        junit_path = output_path(junit) if junit is not None else None
+        plan_out = output_path(save_plan) if save_plan is not None else None
+        check_outputs(
+            {
+                "-o": output_path(output),
+                "--save-plan": plan_out,
+                "--markdown": summary,
+                "--junit": junit_path,
+            },
+            [model],
+        )
 
         options = ConvertOptions(
             model=model,
-            output=output,
+            output=output_path(output),
             mode=mode,
             calib=calib,
             calib_samples=calib_samples,
@@ -608,7 +683,7 @@ def convert(
             integer_io=integer_io,
             check_latency=check_latency,
             latency_threads=threads,
-            save_plan=save_plan,
+            save_plan=output_path(save_plan) if save_plan is not None else None,
             plan=plan_path,
             fp16_nodes=tuple(p.strip() for p in fp16_nodes.split(",") if p.strip()),
             fp16_count=fp16_count,
@@ -630,8 +705,8 @@ def convert(
             render_convert(result, rich_output=sys.stdout.isatty())
         if summary is not None:
             write_report_file(summary, convert_to_markdown(result), append=append)
-        if junit is not None:
-            write_report_file(junit, convert_to_junit(result))
+        if junit_path is not None:
+            write_report_file(junit_path, convert_to_junit(result))
         for check in result.checks:
             if not check.passed:
                 report.err(f"quantcli convert: check failed: {check.message}")
@@ -746,7 +821,7 @@ def compare(
     threads: int,
     json_output: bool,
     markdown: str | None,
-    junit: Path | None,
+    junit: str | None,
     quiet: bool,
     debug: bool,
 ) -> None:
@@ -765,7 +840,8 @@ def compare(
         from quantcli import report
         from quantcli.compare import CompareOptions
         from quantcli.compare import compare as run_compare
-        from quantcli.model_io import check_output_path
+        from quantcli.model_io import check_outputs
+        from quantcli.outputs import output_path
         from quantcli.report.compare import (
             compare_to_dict,
             compare_to_junit,
@@ -783,9 +859,9 @@ def compare(
             max_size_ratio,
             max_latency_ratio,
         )
-        summary, append = _summary_target(markdown, [reference, candidate])
-        if junit is not None:
-            check_output_path(junit, [reference, candidate])
+        summary, append = _summary_target(markdown)
+        junit_path = output_path(junit) if junit is not None else None
+        check_outputs({"--markdown": summary, "--junit": junit_path}, [reference, candidate])
         options = CompareOptions(
             reference=reference,
             candidate=candidate,
@@ -808,8 +884,8 @@ def compare(
             render_compare(result, rich_output=sys.stdout.isatty())
         if summary is not None:
             write_report_file(summary, compare_to_markdown(result), append=append)
-        if junit is not None:
-            write_report_file(junit, compare_to_junit(result))
+        if junit_path is not None:
+            write_report_file(junit_path, compare_to_junit(result))
         for check in result.checks:
             if not check.passed:
                 report.err(f"quantcli compare: check failed: {check.message}")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import itertools
 import os
 import re
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,20 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx import numpy_helper
 
 from quantcli.errors import BadModelError, UsageError
+from quantcli.outputs import (
+    TEMP_PREFIX,
+    check_output_path,
+    check_outputs,
+    fit_name,
+    name_max,
+    same_file,
+    signals_deferred,
+    write_bytes_atomic,
+    write_target,
+    write_temp,
+)
+
+__all__ = ["check_output_path", "check_outputs", "same_file", "write_bytes_atomic"]  # re-exported: outputs.py
 
 # Protobuf refuses to serialise a message of 2 GiB or more; above this, weights go to external data.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -42,60 +59,29 @@ def load_model(path: str | os.PathLike[str], *, external_data: bool = True) -> o
     """
     p = check_model_path(path)
     try:
-        model = onnx.load(str(p), load_external_data=external_data)
+        model = onnx.load(str(p), load_external_data=False)
     except DecodeError as exc:
         raise BadModelError(f"{p}: not an ONNX model (protobuf decode failed: {exc})") from exc
-    except FileNotFoundError as exc:
-        raise BadModelError(f"{p}: external data file missing: {exc.filename or exc}") from exc
-    except onnx.checker.ValidationError as exc:  # onnx checks external data locations while loading
-        first = str(exc).strip().splitlines()[0]
-        raise BadModelError(f"{p}: cannot read its external data: {first}") from exc
     except (OSError, ValueError, RuntimeError) as exc:
         raise BadModelError(f"{p}: cannot read model: {exc}") from exc
+    if external_data:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        try:
+            _check_external_locations(model, p.parent)
+            load_external_data_for_model(model, str(p.parent))
+        except FileNotFoundError as exc:
+            raise BadModelError(f"{p}: external data file missing: {exc.filename or exc}") from exc
+        except (onnx.checker.ValidationError, ValueError) as exc:  # onnx checks locations too
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BadModelError(f"{p}: cannot read its external data: {first}") from exc
+        except (OSError, RuntimeError) as exc:
+            raise BadModelError(f"{p}: cannot read model: {exc}") from exc
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise BadModelError(f"{p}: not an ONNX model (no graph or no nodes)")
     if not model.opset_import:
         raise BadModelError(f"{p}: not an ONNX model (no opset_import)")
     return model
-
-
-def check_output_path(output: str | os.PathLike[str], inputs: list[Path]) -> Path:
-    """Validate where a result will go before any work is done; raises UsageError."""
-    out = Path(output)
-    for inp in inputs:
-        with contextlib.suppress(OSError):
-            if out.resolve() == inp.resolve():
-                raise UsageError(f"{out}: output path is the input model; choose another path")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.exists():
-        raise UsageError(f"{out}: output directory {parent} does not exist")
-    if not parent.is_dir():
-        raise UsageError(f"{out}: {parent} is not a directory")
-    if out.is_dir():
-        raise UsageError(f"{out}: is a directory, expected a file path")
-    return out
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the target directory, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; a written file gets the usual mode
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def model_size(model: onnx.ModelProto) -> int:
@@ -141,26 +127,42 @@ class StagedModel:
     size: int  # bytes of the model file plus its external data
     final: Path
     data_name: str | None  # external data file name (relative to the model), if any
+    # other outputs of the same command (temporary file, destination), put in place with the model
+    companions: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
+
+    def add(self, path: str | os.PathLike[str], data: bytes) -> None:
+        """Write `data` under a temporary name beside `path` now; it is renamed into place together
+        with the model, or removed with it."""
+        path = write_target(path)
+        try:
+            tmp = write_temp(path.parent if str(path.parent) else Path("."), data)
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot write output: {exc.strerror or exc}") from exc
+        self.companions.append((tmp, path))
 
 
 @contextlib.contextmanager
 def staged_model(
-    model: onnx.ModelProto, final: Path, *, external: bool | None = None
+    model: onnx.ModelProto, final: Path, *, external: bool | None = None, keep: tuple[Path, ...] = ()
 ) -> Iterator[StagedModel]:
     """Write `model` into a temporary directory beside `final`; rename into place when the block
     exits normally, remove everything when it raises (or is interrupted).
 
     Models over the protobuf limit (or with `external=True`) keep their large initializers in
     `<name>.<hash>.data` next to the model; the hash makes the name change with the content, so a
-    crash between the two renames leaves the previous model and its data file consistent. The
-    model object is not modified.
+    crash between the two renames leaves the previous model and its data file consistent. Data
+    files of earlier writes of the same output (that name pattern) are removed afterwards, except
+    the files in `keep` (an input's own data). The model object is not modified; the destination is
+    never read. Temporary names are short, so they fit wherever the final name fits.
     """
-    final = Path(final)
+    final = write_target(final)
+    directory = final.parent if str(final.parent) else Path(".")
     use_external = model_size(model) > PROTOBUF_LIMIT if external is None else external
     try:
-        stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent or "."))
+        stage = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=directory))
     except OSError as exc:
         raise UsageError(f"{final}: cannot write output: {exc.strerror or exc}") from exc
+    staged = None
     try:
         try:
             staged = _write_staged(model, final, stage, use_external)
@@ -168,23 +170,59 @@ def staged_model(
             raise UsageError(f"{final}: cannot write output: {exc.strerror or exc}") from exc
         del model  # the caller may free it while the staged file is checked
         yield staged
-        previous_data = _external_locations(final) if final.exists() else set()
-        if staged.data_name is not None:
-            os.replace(stage / staged.data_name, final.parent / staged.data_name)
-        os.replace(staged.path, final)
-        # Only data files this function named for this output are ours to remove.
-        for name in previous_data - {staged.data_name}:
-            if re.fullmatch(re.escape(final.name) + r"\.[0-9a-f]{16}\.data", name):
-                with contextlib.suppress(OSError):
-                    (final.parent / name).unlink()
+        try:
+            with signals_deferred():  # all outputs in place, or none
+                if staged.data_name is not None:
+                    os.replace(stage / staged.data_name, directory / staged.data_name)
+                os.replace(staged.path, final)
+                while staged.companions:
+                    tmp, path = staged.companions[0]
+                    os.replace(tmp, path)
+                    staged.companions.pop(0)
+        except OSError as exc:
+            raise UsageError(f"{final}: cannot write output: {exc.strerror or exc}") from exc
+        _remove_old_data(final, staged.data_name, keep)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        with signals_deferred():
+            for tmp, _ in staged.companions if staged is not None else ():
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+_DATA_SUFFIX = r"\.[0-9a-f]{16}\.data"
+
+
+def data_prefix(final: Path) -> str:
+    """The start of the names of `final`'s external data files: its own name, or when that with
+    `.<hash>.data` would be too long for the file system, a cut of it plus a hash of the whole."""
+    limit = name_max(final.parent if str(final.parent) else Path(".")) - len(".0123456789abcdef.data")
+    if len(os.fsencode(final.name)) <= limit:
+        return final.name
+    tag = hashlib.sha256(os.fsencode(final.name)).hexdigest()[:8]
+    return f"{fit_name(final.name, limit - len(tag) - 1)}.{tag}"
+
+
+def _remove_old_data(final: Path, current: str | None, keep: tuple[Path, ...]) -> None:
+    """Remove data files an earlier write of `final` left (named by data_prefix, any hash): found
+    by their names in the directory, so the previous model file is never read."""
+    directory = final.parent if str(final.parent) else Path(".")
+    pattern = re.compile(re.escape(data_prefix(final)) + _DATA_SUFFIX)
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name == current or not pattern.fullmatch(entry.name):
+                continue
+            path = directory / entry.name
+            if not entry.is_file(follow_symlinks=False) or any(same_file(path, k) for k in keep):
+                continue
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _write_staged(model: onnx.ModelProto, final: Path, stage: Path, external: bool) -> StagedModel:
+    path = stage / "model.onnx"
     if not external:
         data = serialize_model(model)
-        path = stage / final.name
         path.write_bytes(data)
         _fsync(path)
         return StagedModel(path, len(data), final, None)
@@ -214,12 +252,11 @@ def _write_staged(model: onnx.ModelProto, final: Path, stage: Path, external: bo
             offset += len(raw)
         fh.flush()
         os.fsync(fh.fileno())
-    data_name = f"{final.name}.{digest.hexdigest()[:16]}.data"
+    data_name = f"{data_prefix(final)}.{digest.hexdigest()[:16]}.data"
     os.replace(tmp_data, stage / data_name)
     for tensor, start, length in entries:
         for key, value in (("location", data_name), ("offset", str(start)), ("length", str(length))):
             tensor.external_data.add(key=key, value=value)
-    path = stage / final.name
     path.write_bytes(skeleton.SerializeToString(deterministic=True))
     _fsync(path)
     return StagedModel(path, path.stat().st_size + offset, final, data_name)
@@ -257,31 +294,104 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _external_locations(path: Path) -> set[str]:
+def external_data_file(base_dir: Path, location: str) -> Path:
+    """The file an external-data `location` names inside the model's directory `base_dir`: the one
+    check of every reader (load_model for convert and compare, inspect's sizes and values).
+
+    Raises ValueError, without touching anything outside `base_dir`, when the location is empty,
+    absolute, climbs out with '..', or leads out through a symbolic link, or when the file there is
+    not a regular file (a FIFO or device would block or never end a read). A missing file is
+    returned as it is: the caller reports it as missing.
+    """
+    rel = Path(location)
+    if not location or location.startswith(("/", "\\")) or rel.is_absolute():
+        raise ValueError(
+            f"external data location {location!r} is {'empty' if not location else 'absolute'}"
+            + ("" if not location else ": outside the model's directory")
+        )
+    root = Path(os.path.realpath(base_dir))
+    current, parts, links = root, list(rel.parts), 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if current == root:
+                raise ValueError(f"external data location {location!r} is outside the model's directory")
+            current = current.parent
+            continue
+        step = current / part
+        try:
+            mode = os.lstat(step).st_mode
+        except OSError:
+            return step.joinpath(*parts)  # missing (or unreadable): reported by the caller
+        if stat.S_ISLNK(mode):
+            links += 1
+            target = os.readlink(step)
+            if links > 40 or target.startswith("/"):
+                raise ValueError(
+                    f"external data location {location!r} is a symbolic link out of the model's directory"
+                )
+            parts = list(Path(target).parts) + parts
+            continue
+        current = step
+    if current == root or not stat.S_ISREG(os.stat(current).st_mode):
+        raise ValueError(f"external data location {location!r} is not a regular file")
+    return current
+
+
+def _check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
+    for t in _external_tensors(model):
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        external_data_file(base_dir, location)
+
+
+def _external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Tensors stored outside the model file: initializers and tensor attributes, subgraphs'
+    and functions' included (the tensors onnx loads external data for)."""
+
+    def tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+        for node in nodes:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                for g in (*([a.g] if a.HasField("g") else []), *a.graphs):
+                    yield from g.initializer
+                    yield from tensors(g.node)
+
+    everything = itertools.chain(
+        model.graph.initializer, tensors(model.graph.node), *(tensors(f.node) for f in model.functions)
+    )
+    for t in everything:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            yield t
+
+
+def external_data_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The external data files a model file refers to that exist (inside its directory)."""
+    p = Path(path)
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - an unreadable previous output has no data files to clean
-        return set()
-    return {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable file refers to nothing
+        return []
+    files: dict[str, Path] = {}
+    for t in _external_tensors(model):
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        if location in files:
+            continue
+        try:
+            f = external_data_file(p.parent, location)
+        except ValueError:
+            continue
+        if f.is_file():
+            files[location] = f
+    return list(files.values())
 
 
 def file_size(path: str | os.PathLike[str]) -> int:
     """Size on disk of a model including external data files next to it."""
-    p = Path(path)
-    total = p.stat().st_size
-    try:
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception:  # noqa: BLE001 - size of an unreadable file is just its bytes
-        return total
-    seen: set[str] = set()
-    for init in model.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location" and entry.value not in seen:
-                seen.add(entry.value)
-                ext = p.parent / entry.value
-                if ext.exists():
-                    total += ext.stat().st_size
-    return total
+    return Path(path).stat().st_size + sum(f.stat().st_size for f in external_data_files(path))
 
 
 def check_valid(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:

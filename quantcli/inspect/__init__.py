@@ -78,6 +78,9 @@ __all__ = [
 ]
 
 
+_KEEP_LOADED = 64 * 2**20  # bytes of model file kept in memory while the checker and onnxruntime read it
+
+
 def inspect_model(
     path: str | Path, *, nodes: bool = False, tensors: bool = False, use_ort: bool = True
 ) -> Inspection:
@@ -85,10 +88,21 @@ def inspect_model(
     path = check_model_path(path)
     # The model is loaded without external data: weights are decoded only where a check needs them.
     # onnx.checker, onnxruntime and our own load each hold a copy of the weights: one after the
-    # other, the peak memory is one copy's, not three.
-    checker_error = _checker_error(path)
-    ort_error, optimized = _onnxruntime_graph(path) if use_ort else (None, None)
+    # other, the peak memory is one copy's, not three (a big file is read again after them).
     model = load_model(path, external_data=False)
+    external = _external_files(model.graph, path.parent)
+    refused = next((e.problem for e in external if e.problem), None)
+    big = path.stat().st_size > _KEEP_LOADED
+    if big:
+        del model
+    if refused is None:
+        checker_error = _checker_error(path)
+        ort_error, optimized = _onnxruntime_graph(path) if use_ort else (None, None)
+    else:  # neither is given a model whose data lies outside its directory
+        checker_error = f"not run: {refused}"
+        ort_error, optimized = (checker_error if use_ort else None), None
+    if big:
+        model = load_model(path, external_data=False)
     g = model.graph
     index = GraphIndex(g)
     # _decode by name, so that patching quantcli.inspect._decode sees every decode (tests count them)
@@ -98,13 +112,14 @@ def inspect_model(
     facts = FileFacts(
         path=path,
         bytes=path.stat().st_size,
-        external=_external_files(g, path.parent),
+        external=external,
         ir_version=model.ir_version,
         opsets={(o.domain or "ai.onnx"): o.version for o in model.opset_import},
         producer=f"{model.producer_name} {model.producer_version}".strip(),
         checker_error=checker_error,
         ort_checked=use_ort,
         ort_error=ort_error,
+        not_run=refused,
     )
     refs = _qrefs(g, index, values, types)
     by_node: dict[int, list[_QRef]] = defaultdict(list)  # id(NodeProto): protobuf messages are unhashable

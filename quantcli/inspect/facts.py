@@ -14,7 +14,8 @@ FORMATS = ("QDQ", "QOperator", "dynamic", "weight-only", "fp16", "bf16", "mixed"
 @dataclass
 class ExternalFile:
     location: str
-    bytes: int | None  # None: missing
+    bytes: int | None  # None: missing, or not read (problem)
+    problem: str | None = None  # why it is not read: outside the model's directory, not a regular file
 
 
 @dataclass
@@ -28,6 +29,7 @@ class FileFacts:
     checker_error: str | None  # None: passes onnx.checker's full check
     ort_checked: bool
     ort_error: str | None  # None (when checked): onnxruntime's CPU provider loads it
+    not_run: str | None = None  # why neither onnx.checker nor onnxruntime was given the file
 
     @property
     def total_bytes(self) -> int:

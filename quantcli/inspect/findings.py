@@ -27,18 +27,20 @@ def _findings(
     optimized: onnx.ModelProto | None,
 ) -> list[Finding]:
     found: list[Finding] = []
-    if facts.checker_error:
+    if facts.checker_error and not facts.not_run:
         found.append(
             Finding("checker", "error", None, f"onnx.checker (full check) fails: {facts.checker_error}")
         )
-    if facts.ort_error:
+    if facts.ort_error and not facts.not_run:
         found.append(
             Finding(
                 "ort-load", "error", None, f"onnxruntime's CPU provider cannot load it: {facts.ort_error}"
             )
         )
     for e in facts.external:
-        if e.bytes is None:
+        if e.problem is not None:
+            found.append(Finding("external-data", "error", None, f"{e.problem}; not read"))
+        elif e.bytes is None:
             found.append(
                 Finding("external-data", "error", None, f"external data file {e.location} is missing")
             )

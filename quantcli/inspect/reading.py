@@ -12,6 +12,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from quantcli.inspect.facts import DtypeBytes, ExternalFile, ValueFacts
+from quantcli.model_io import external_data_file
 
 _BITS = {"float32": 32, "float64": 64, "float16": 16, "bfloat16": 16, "int64": 64, "uint64": 64}
 _BITS |= {"int32": 32, "uint32": 32, "int16": 16, "uint16": 16, "int8": 8, "uint8": 8, "bool": 8}
@@ -44,11 +45,9 @@ def _decode(t: onnx.TensorProto, base_dir: Path) -> np.ndarray:
     if t.data_location != TensorProto.EXTERNAL:
         return numpy_helper.to_array(t)
     info = {e.key: e.value for e in t.external_data}
-    location = Path(info.get("location", ""))
-    if location.is_absolute() or ".." in location.parts:
-        raise ValueError(f"external data location {location} is outside the model's directory")
+    location = info.get("location", "")
     want = tensor_bytes(t)
-    with open(base_dir / location, "rb") as fh:
+    with open(external_data_file(base_dir, location), "rb") as fh:
         fh.seek(int(info.get("offset", 0)))
         data = fh.read(int(info.get("length", want)))
     if len(data) < want:
@@ -167,7 +166,11 @@ def _external_files(g: onnx.GraphProto, base_dir: Path) -> list[ExternalFile]:
     )
     files = []
     for loc in locations:
-        p = base_dir / loc
+        try:
+            p = external_data_file(base_dir, loc)  # never a file outside the model's directory
+        except ValueError as exc:
+            files.append(ExternalFile(loc, None, str(exc)))
+            continue
         files.append(ExternalFile(loc, p.stat().st_size if p.is_file() else None))
     return files
 

@@ -180,11 +180,14 @@ class QuantPlan:
             "tensors": {k: _tensor_dict(v) for k, v in sorted(self.tensors.items())},
         }
 
+    def to_json(self) -> str:
+        """The plan file's text (what `save` writes)."""
+        return json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n"
+
     def save(self, path: Path) -> None:
         from quantcli.model_io import write_bytes_atomic
 
-        text = json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n"
-        write_bytes_atomic(Path(path), text.encode())
+        write_bytes_atomic(Path(path), self.to_json().encode())
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "plan") -> QuantPlan:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from typing import Any
 
@@ -20,8 +21,19 @@ def out(text: str) -> None:
 
 
 def err(text: str) -> None:
-    sys.stderr.write(text + ("\n" if not text.endswith("\n") else ""))
+    """One line on stderr, whatever it quotes: see one_line."""
+    sys.stderr.write(one_line(text.removesuffix("\n")) + "\n")
     sys.stderr.flush()
+
+
+# C0 and C1 control characters (newline, carriage return, escape ...) and Unicode's line separators
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` with its control characters escaped as Python writes them in a string literal (a
+    newline as \\n, ESC as \\x1b): a file name that holds them cannot split or recolour a message."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def number(x: float | None) -> float | str | None:

@@ -4,6 +4,8 @@ JUnit XML; computes nothing. The `--json` object and its schema are in report/co
 from __future__ import annotations
 
 import math
+import os
+import stat
 from pathlib import Path
 
 from quantcli.compare import CompareResult
@@ -274,8 +276,11 @@ def compare_to_junit(r: CompareResult) -> str:
 def write_report_file(path: Path, text: str, *, append: bool = False) -> None:
     """Write a rendered report atomically, or append it (a CI step summary file); UsageError on failure."""
     try:
-        if append:
-            with open(path, "a", encoding="utf-8") as fh:
+        if append:  # O_NONBLOCK: a FIFO put there since the check is refused, not waited on
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
+            with open(fd, "a", encoding="utf-8") as fh:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise UsageError(f"{path}: not a regular file; a report is written only to one")
                 fh.write(text)
         else:
             write_bytes_atomic(Path(path), text.encode("utf-8"))

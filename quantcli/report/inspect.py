@@ -96,7 +96,9 @@ def inspect_to_dict(r: Inspection) -> dict[str, Any]:
         "file": {
             "bytes": f.bytes,
             "total_bytes": total,
-            "external_data": [{"location": e.location, "bytes": e.bytes} for e in f.external],
+            "external_data": [
+                {"location": e.location, "bytes": e.bytes, "problem": e.problem} for e in f.external
+            ],
             "ir_version": f.ir_version,
             "opsets": f.opsets,
             "producer": f.producer,
@@ -213,15 +215,22 @@ def _sections(r: Inspection) -> list[Section]:
     f, q = r.file, r.quantization
     total = f.total_bytes
     external = ", ".join(
-        f"{e.location} {e.bytes:,} B" if e.bytes is not None else f"{e.location} MISSING" for e in f.external
+        f"{e.location} {e.bytes:,} B"
+        if e.bytes is not None
+        else f"{e.location} {'NOT READ' if e.problem else 'MISSING'}"
+        for e in f.external
     )
     ort = "not checked (--no-ort)"
     if f.ort_checked:
         ort = "loads on the CPU provider" if f.ort_error is None else f"cannot load: {f.ort_error}"
+    if f.not_run:
+        ort = f"not loaded: {f.not_run}" if f.ort_checked else ort
     summary = [
         ["file", f"{f.bytes:,} B" + (f" + external data {external} = {total:,} B" if f.external else "")],
         ["onnx", f"IR {f.ir_version}, opsets {_counts(f.opsets)}, producer {f.producer or '-'}"],
-        ["checker", "passes (full check)" if f.checker_error is None else f"fails: {f.checker_error}"],
+        ["checker", "passes (full check)" if f.checker_error is None else f"fails: {f.checker_error}"]
+        if not f.not_run
+        else ["checker", f"not run: {f.not_run}"],
         ["onnxruntime", ort],
     ]
     summary += [["input", f"{v.name} {v.dtype} {_shape(v)}"] for v in r.inputs]
