@@ -122,7 +122,7 @@ def _fail(command: str, json_output: bool, exit_code: ExitCode, code: str, line:
     from quantcli import report
 
     prefix = "quantcli" if command == "quantcli" else f"quantcli {command}"
-    report.err(f"{prefix}: {_one_line(line)}")
+    report.err(f"{prefix}: {line}")  # one line: report.err escapes control characters
     if json_output:
         report.render_json(
             {
@@ -133,11 +133,6 @@ def _fail(command: str, json_output: bool, exit_code: ExitCode, code: str, line:
             }
         )
     sys.exit(int(exit_code))
-
-
-def _one_line(text: str) -> str:
-    """Error text on one line whatever it quotes (a path with a newline, a multi-line library message)."""
-    return " ".join(text.splitlines())
 
 
 class _Program(click.Group):
