@@ -15,7 +15,7 @@ from quantcli.calibration.data import InputSpec, SampleSplit, iter_samples, spli
 from quantcli.calibration.images import ImagePreprocess
 from quantcli.compare import Latency
 from quantcli.cpu import DEFAULT_TARGET, TARGETS
-from quantcli.errors import UnsupportedModelError, UsageError
+from quantcli.errors import InternalError, UnsupportedModelError, UsageError
 from quantcli.graph import COMPUTE_OPS, set_metadata
 from quantcli.io_match import IOQuantization
 from quantcli.io_match import io_quantization as read_io_quantization
@@ -209,6 +209,11 @@ def convert(
     plan = QuantPlan.load(options.plan) if options.plan is not None else None
     source = load_model(options.model)
     check_valid(source, options.model)
+    if not source.graph.node:
+        raise UnsupportedModelError(
+            f"{options.model}: the graph has no nodes (its outputs are its inputs or initializers): "
+            "nothing to quantize"
+        )
     input_bytes = file_size(options.model)
 
     source_value_info = {v.name for v in source.graph.value_info}
@@ -323,10 +328,10 @@ def convert(
         del quantized
         problem = checker_error(str(staged.path))
         if problem:
-            raise UnsupportedModelError(
+            raise InternalError(
                 f"{options.model}: the quantized model fails onnx.checker ({problem}); this is a quantcli bug, please report it"
             )
-        candidate = make_session(staged.path)
+        candidate = _candidate_session(staged.path, Path(options.model))
         agreement = None
         if split.eval:
             reference = make_session(
@@ -384,6 +389,22 @@ def convert(
         if plan.mode in ("static", "mixed")
         else None,
     )
+
+
+def _candidate_session(candidate: Path, source: Path):  # noqa: ANN202 - an onnxruntime session
+    """The session of the converted model. When onnxruntime refuses it but loads the input model,
+    the conversion broke it: a quantcli bug (exit 70), not a model that cannot be done (exit 3)."""
+    try:
+        return make_session(candidate)
+    except UnsupportedModelError as exc:
+        try:
+            make_session(source, lean=True)
+        except UnsupportedModelError as source_exc:
+            raise UnsupportedModelError(f"{source}: {source_exc.message}") from exc
+        raise InternalError(
+            f"{source}: the quantized model fails to load in onnxruntime ({exc.message}) while the input "
+            "model loads; this is a quantcli bug, please report it"
+        ) from exc
 
 
 def _plan_mixed(
