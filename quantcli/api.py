@@ -32,6 +32,9 @@ from quantcli.preprocess import preprocess
 from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
 from quantcli.quantize.int4 import matmul_weight_bytes, plan_weights_int4, rewrite_int4
+from quantcli.quantize.nonfinite import keep_float as keep_nonfinite_float
+from quantcli.quantize.nonfinite import nonfinite_initializers
+from quantcli.quantize.nonfinite import warnings as nonfinite_warnings
 from quantcli.quantize.params import QType
 from quantcli.quantize.plan import FLOAT, FP16, NodePlan, QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
@@ -298,6 +301,9 @@ def convert(
             "fp16", replace(config, calib_method="minmax"), nodes, {}, ranges.samples if ranges else 0
         )
 
+    nonfinite = nonfinite_initializers(model)
+    if not replayed:  # a replayed plan that quantizes one was refused (plan_check.py)
+        keep_nonfinite_float(plan, nonfinite)
     t = time.perf_counter()
     before = matmul_weight_bytes(model) if plan.mode == "weights-int4" else None
     quantized = _rewrite(model, plan)
@@ -320,7 +326,9 @@ def convert(
         exact_layers = sum(p.role == "weight" and p.dtype is QType.UINT8 for p in plan.tensors.values())
         saturation = Saturation.of(plan.config.target_cpu, u8s8_layers(quantized.graph), exact_layers)
         set_metadata(quantized, TARGET_CPU_KEY, plan.config.target_cpu)
-    warnings = _warnings(plan, quantized) + saturation_warning(saturation)
+    warnings = (
+        nonfinite_warnings(plan, nonfinite) + _warnings(plan, quantized) + saturation_warning(saturation)
+    )
     kernels = kernel_check(saturation)
     # Written under a temporary name beside the output, verified from there, renamed at the end:
     # a failed check or an interruption leaves nothing behind.
