@@ -37,6 +37,7 @@ from quantcli.quantize.nonfinite import nonfinite_initializers
 from quantcli.quantize.nonfinite import warnings as nonfinite_warnings
 from quantcli.quantize.params import QType
 from quantcli.quantize.plan import FLOAT, FP16, NodePlan, QuantConfig, QuantPlan
+from quantcli.quantize.plan_check import check_plan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
 from quantcli.quantize.weights import plan_weights_int8
@@ -223,6 +224,8 @@ def convert(
     pre = preprocess(source, in_place=True)  # loaded from the file here: ours to change
     del source
     model = pre.model
+    if plan is not None:  # names, shapes and values the plan refers to, before any work
+        check_plan(plan, model, options.plan)
     specs = InputSpec.from_model(model)
     split = split_samples(
         options.calib,
