@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -46,6 +45,7 @@ from quantcli.verify import (
     checker_error,
     compare_sessions,
     exact_kernel_model,
+    nonfinite_notices,
     requantized_by_onnxruntime,
 )
 
@@ -527,11 +527,7 @@ def _agreement_warnings(plan: QuantPlan, agreement: Agreement | None) -> list[st
             if not plan.calibration_samples
             else "; an activation outside the calibrated range overflows float16: calibrate on more representative samples"
         )
-    return [
-        f"output {o.name}: the converted model returns inf or NaN where the float model does not{hint}"
-        for o in agreement.outputs
-        if not (math.isfinite(o.max_abs_error) and math.isfinite(o.cosine_mean))
-    ]
+    return nonfinite_notices(agreement, hint=hint)
 
 
 def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:

@@ -127,7 +127,12 @@ def _without_sentinels(ranges: Ranges, index: GraphIndex) -> Ranges:
     for name, (lo, hi) in ranges.ranges.items():
         peak = max(abs(lo), abs(hi))
         to_softmax = any(c.op_type == "Softmax" for c in index.consumers.get(name, []))
-        if not (peak < SENTINEL) or (to_softmax and peak >= MASK):
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            excluded[name] = (
+                f"range [{lo:.3g}, {hi:.3g}] of {name}: the float model computes inf or NaN there on the "
+                "calibration samples, so it stays float"
+            )
+        elif not (peak < SENTINEL) or (to_softmax and peak >= MASK):
             excluded[name] = (
                 f"range [{lo:.3g}, {hi:.3g}] of {name} holds mask or sentinel values: quantizing it "
                 "would leave no resolution for the rest, so it stays float"
