@@ -29,6 +29,7 @@ from quantcli.model_io import (
 )
 from quantcli.preprocess import preprocess
 from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
+from quantcli.quantize.already import half_compute_nodes, input_kind, refusal
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
 from quantcli.quantize.int4 import matmul_weight_bytes, plan_weights_int4, rewrite_int4
 from quantcli.quantize.nonfinite import keep_float as keep_nonfinite_float
@@ -166,6 +167,9 @@ class ConvertResult:
     bias_corrected: int | None = None  # static/mixed: INT32 biases with a bias correction
     saturation: Saturation | None = None  # static/mixed/dynamic: U8S8 weight pairs vs the int16 limit
     kernels: KernelCheck | None = None  # which integer kernels the accuracy figures came from
+    input_half: dict[str, str] = field(
+        default_factory=dict
+    )  # compute node -> float16/bfloat16 before conversion
 
     @property
     def size_ratio(self) -> float:
@@ -178,10 +182,15 @@ class ConvertResult:
         return None if w is None else w["after"] / w["before"] if w["before"] else 0.0
 
     def compute_counts(self) -> dict[str, int]:
-        """Compute nodes (Conv, ConvTranspose, Gemm, MatMul) in the mode's precision and in float32."""
+        """Compute nodes (Conv, ConvTranspose, Gemm, MatMul) in the mode's precision and in float
+        (float32, or the half precision of the input: half_as_input)."""
         compute = [n for n in self.nodes if n.op_type in COMPUTE_OPS]
         q = sum(n.precision != FLOAT for n in compute)
         return {"quantized": q, "float": len(compute) - q, "total": len(compute)}
+
+    def half_as_input(self) -> int:
+        """Of the float compute nodes, those left in the float16/bfloat16 the input model had."""
+        return sum(n.precision == FLOAT and n.name in self.input_half for n in self.nodes)
 
     def stored_weight_nodes(self) -> int:
         """Compute nodes that run in float32 on weights stored in a smaller float type (fp16/bf16)."""
@@ -218,12 +227,16 @@ def convert(
             f"{options.model}: the graph has no nodes (its outputs are its inputs or initializers): "
             "nothing to quantize"
         )
+    refused = refusal(input_kind(source), options.mode or (plan.mode if plan is not None else "static"))
+    if refused:
+        raise UnsupportedModelError(f"{options.model}: {refused}")
     input_bytes = file_size(options.model)
 
     source_value_info = {v.name for v in source.graph.value_info}
     pre = preprocess(source, in_place=True)  # loaded from the file here: ours to change
     del source
     model = pre.model
+    input_half = half_compute_nodes(model)  # compute nodes already float16/bfloat16, for the report
     if plan is not None:  # names, shapes and values the plan refers to, before any work
         check_plan(plan, model, options.plan)
     specs = InputSpec.from_model(model)
@@ -390,6 +403,7 @@ def convert(
         seconds=seconds,
         plan_replayed=replayed,
         warnings=warnings,
+        input_half=input_half,
         latency=latency,
         weight_bytes=weight_bytes,
         activation_type=plan.config.activation_type.value if plan.mode in ("static", "mixed") else None,
