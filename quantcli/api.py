@@ -14,7 +14,7 @@ from quantcli.calibration.data import InputSpec, SampleSplit, iter_samples, spli
 from quantcli.calibration.images import ImagePreprocess
 from quantcli.compare import Latency
 from quantcli.cpu import DEFAULT_TARGET, TARGETS
-from quantcli.errors import InternalError, UnsupportedModelError, UsageError
+from quantcli.errors import BadModelError, InternalError, UnsupportedModelError, UsageError
 from quantcli.graph import COMPUTE_OPS, set_metadata
 from quantcli.io_match import IOQuantization
 from quantcli.io_match import io_quantization as read_io_quantization
@@ -351,6 +351,11 @@ def convert(
     with staged_model(quantized, Path(options.output)) as staged:
         del quantized
         problem = checker_error(str(staged.path))
+        if problem and checker_error(str(options.model)):  # the input's own declarations are wrong
+            raise BadModelError(
+                f"{options.model}: fails onnx.checker's full check ({checker_error(str(options.model))}); "
+                "fix its shapes or value_info and convert again"
+            )
         if problem:
             raise InternalError(
                 f"{options.model}: the quantized model fails onnx.checker ({problem}); this is a quantcli bug, please report it"
