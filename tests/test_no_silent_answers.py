@@ -459,3 +459,23 @@ def test_zero_node_models(tmp_path: Path, kind: str) -> None:
     assert run.returncode == 0 and "0 nodes" in run.stdout, run.stderr
     run = quantcli("compare", model, model, "--json", cwd=tmp_path)
     assert run.returncode == 0 and "Warning" not in run.stderr, run.stderr
+
+
+def test_integer_weights_dequantized_by_hand_count_as_quantized(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["wq"], ["wf"], name="cast", to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["wf", "s"], ["w"], name="dequantize"),
+            helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        [
+            numpy_helper.from_array(RNG.integers(-127, 128, size=(8, 16)).astype(np.int8), "wq"),
+            numpy_helper.from_array(np.float32(0.01), "s"),
+        ],
+    )
+    model = _save(graph, tmp_path / "intw.onnx")
+    run = quantcli("convert", model, "--mode", "weights-int8", "-o", tmp_path / "q.onnx", cwd=tmp_path)
+    one_error_line(run, 3, "intw.onnx", "already quantized", "1 integer weight initializer")

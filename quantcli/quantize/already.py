@@ -68,7 +68,7 @@ def input_kind(model: onnx.ModelProto) -> InputKind:
         found.append(f"QDQ: {qdq} QuantizeLinear/DequantizeLinear")
     if qop:
         found.append("QOperator: " + ", ".join(f"{n} {o}" for o, n in sorted(qop.items())))
-    integer = sum(n for t, n in weights.items() if t in ("int8", "uint8", "int4", "uint4"))
+    integer = _integer_weights(model)
     if integer and not found:
         found.append(f"{integer} integer weight initializer{'s' if integer != 1 else ''}")
     return InputKind("; ".join(found), weights)
@@ -116,6 +116,24 @@ def half_compute_nodes(model: onnx.ModelProto) -> dict[str, str]:
         if half:
             found[n.name] = half
     return found
+
+
+def _integer_weights(model: onnx.ModelProto) -> int:
+    """Integer initializers (>= 16 values) that a Cast turns into float: weights stored quantized
+    and dequantized by hand (Cast -> Mul), not integer constants such as indices or masks."""
+    to_float = {
+        i
+        for n in model.graph.node
+        if n.op_type == "Cast"
+        for a in n.attribute
+        if a.name == "to"
+        and a.i in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+        for i in n.input
+    }
+    return sum(
+        t.data_type in INTEGER_TYPES and _elements(t) >= MIN_WEIGHT_ELEMENTS and t.name in to_float
+        for t in model.graph.initializer
+    )
 
 
 def _type_name(data_type: int) -> str:
