@@ -168,6 +168,10 @@ def _weight(d: dict) -> dict:
         (lambda d: d["nodes"][0].update(precision="int3"), ["node 'mm1'", "precision", "'int3'"]),
         (lambda d: d["nodes"][0].update(precision="fp16"), ["node 'mm1'", "precision fp16", "--mode static"]),
         (lambda d: d["nodes"][0].update(quantized_inputs=["x", "w1", "zz"]), ["node 'mm1'", "'zz'"]),
+        (
+            lambda d: d["nodes"][0].update(quantized_inputs=[], quantized_outputs=[]),
+            ["node 'mm1'", "are empty"],
+        ),
         (lambda d: d["tensors"].update(ghost=dict(_weight(d))), ["tensor 'ghost'", "no tensor of that name"]),
         (lambda d: _weight(d).update(dtype="int64"), ["tensor 'w1'", "dtype", "'int64'"]),
         (lambda d: _weight(d).update(role="kernel"), ["tensor 'w1'", "role", "'kernel'"]),

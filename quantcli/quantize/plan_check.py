@@ -250,6 +250,16 @@ def check_plan(plan, model: onnx.ModelProto, source: str | Path) -> None:  # noq
             c.fail(where, "the model has no node of that name (was the plan made for another model?)")
         if node.op_type != p.op_type:
             c.fail(where, f"op_type {p.op_type} in the plan, {node.op_type} in the model")
+        if p.precision in ("int8", "int4") and not (p.quantized_inputs or p.quantized_outputs):
+            c.fail(where, f"precision {p.precision} but quantized_inputs and quantized_outputs are empty")
+        if (
+            p.precision in ("int8", "int4")
+            and plan.mode in ("dynamic", "weights-int4")
+            and len(node.input) > 1
+        ):
+            weight = node.input[0] if node.op_type == "Gather" else node.input[1]
+            if weight not in p.quantized_inputs:
+                c.fail(where, f"quantized_inputs must name its weight '{weight}' in --mode {plan.mode}")
         for key, names in (("quantized_inputs", node.input), ("quantized_outputs", node.output)):
             for t in getattr(p, key):
                 if t not in names:
