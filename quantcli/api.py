@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ from quantcli.calibration.images import ImagePreprocess
 from quantcli.calibration.ranges import CalibMethod
 from quantcli.compare import Latency
 from quantcli.cpu import DEFAULT_TARGET, TARGETS
-from quantcli.errors import ExitCode, Notice, UnsupportedModelError, UsageError
+from quantcli.errors import BadModelError, ExitCode, InternalError, Notice, UnsupportedModelError, UsageError
 from quantcli.graph import COMPUTE_OPS, set_metadata
 from quantcli.io_match import IOQuantization
 from quantcli.io_match import io_quantization as read_io_quantization
@@ -46,11 +45,16 @@ from quantcli.preprocess import preprocess
 from quantcli.preprocess.float32 import LIFTED, ComputeInFloat32
 from quantcli.preprocess.initializer_inputs import overridable_initializers
 from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
+from quantcli.quantize.already import half_compute_nodes, input_kind, refusal
 from quantcli.quantize.dynamic import OP_TYPES as DYNAMIC_OP_TYPES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
 from quantcli.quantize.int4 import matmul_weight_bytes, plan_weights_int4, rewrite_int4
+from quantcli.quantize.nonfinite import keep_float as keep_nonfinite_float
+from quantcli.quantize.nonfinite import nonfinite_initializers
+from quantcli.quantize.nonfinite import warnings as nonfinite_warnings
 from quantcli.quantize.params import QType
 from quantcli.quantize.plan import FLOAT, FP16, INT4, INT8, NodePlan, QuantConfig, QuantPlan
+from quantcli.quantize.plan_check import check_plan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
 from quantcli.quantize.weights import plan_weights_int8
@@ -60,6 +64,7 @@ from quantcli.verify import (
     checker_error,
     compare_sessions,
     exact_kernel_model,
+    nonfinite_notices,
     requantized_by_onnxruntime,
 )
 
@@ -361,6 +366,7 @@ class ConvertResult:
     saturation: Saturation | None = None  # static/mixed/dynamic: U8S8 weight pairs vs the int16 limit
     kernels: KernelCheck | None = None  # which integer kernels the accuracy figures came from
     checks: list[Check] = field(default_factory=list)  # the thresholds, checked on `agreement`
+    input_half: dict[str, str] = field(default_factory=dict)  # compute node -> float16/bfloat16 before
 
     @property
     def exit_code(self) -> int:
@@ -384,10 +390,15 @@ class ConvertResult:
         return None if w is None else w["after"] / w["before"] if w["before"] else 0.0
 
     def compute_counts(self) -> dict[str, int]:
-        """Compute nodes (Conv, ConvTranspose, Gemm, MatMul) in the mode's precision and in float32."""
+        """Compute nodes (Conv, ConvTranspose, Gemm, MatMul) in the mode's precision and in float
+        (float32, or the half precision of the input: half_as_input)."""
         compute = [n for n in self.nodes if n.op_type in COMPUTE_OPS]
         q = sum(n.precision != FLOAT for n in compute)
         return {"quantized": q, "float": len(compute) - q, "total": len(compute)}
+
+    def half_as_input(self) -> int:
+        """Of the float compute nodes, those left in the float16/bfloat16 the input model had."""
+        return sum(n.precision == FLOAT and n.name in self.input_half for n in self.nodes)
 
     def stored_weight_nodes(self) -> int:
         """Compute nodes that run in float32 on weights stored in a smaller float type (fp16/bf16)."""
@@ -421,6 +432,14 @@ def convert(
     plan = QuantPlan.load(options.plan) if options.plan is not None else None
     source = load_model(options.model)
     check_valid(source, options.model)
+    if not source.graph.node:
+        raise UnsupportedModelError(
+            f"{options.model}: the graph has no nodes (its outputs are its inputs or initializers): "
+            "nothing to quantize"
+        )
+    refused = refusal(input_kind(source), options.mode or (plan.mode if plan is not None else "static"))
+    if refused:
+        raise UnsupportedModelError(f"{options.model}: {refused}")
     input_bytes = sum(f.stat().st_size for f in input_files)
 
     source_value_info = {v.name for v in source.graph.value_info}
@@ -433,6 +452,9 @@ def convert(
     )
     del source
     model = pre.model
+    input_half = half_compute_nodes(model)  # compute nodes already float16/bfloat16, for the report
+    if plan is not None:  # names, shapes and values the plan refers to, before any work
+        check_plan(plan, model, options.plan)
     split = split_samples(
         options.calib,
         options.calib_samples,
@@ -516,7 +538,9 @@ def convert(
     reference_model, reference_warnings = Path(options.model), []
     if ComputeInFloat32.name in pre.applied and split.eval:
         reference_model, reference_warnings = _float_reference(Path(options.model), model)
-
+    nonfinite = nonfinite_initializers(model)
+    if not replayed:  # a replayed plan that quantizes one was refused (plan_check.py)
+        keep_nonfinite_float(plan, nonfinite)
     t = time.perf_counter()
     before = matmul_weight_bytes(model) if plan.mode == "weights-int4" else None
     quantized = _rewrite(model, plan)
@@ -540,7 +564,8 @@ def convert(
         saturation = Saturation.of(plan.config.target_cpu, u8s8_layers(quantized.graph), exact_layers)
         set_metadata(quantized, TARGET_CPU_KEY, plan.config.target_cpu)
     warnings = (
-        _warnings(plan, quantized)
+        nonfinite_warnings(plan, nonfinite)
+        + _warnings(plan, quantized)
         + saturation_warning(saturation)
         + reference_warnings
         + _sample_warnings(plan, replayed, split)
@@ -559,11 +584,16 @@ def convert(
     with staged_model(quantized, Path(options.output), keep=input_files) as staged:
         del quantized
         problem = checker_error(str(staged.path))
+        if problem and checker_error(str(options.model)):  # the input's own declarations are wrong
+            raise BadModelError(
+                f"{options.model}: fails onnx.checker's full check ({checker_error(str(options.model))}); "
+                "fix its shapes or value_info and convert again"
+            )
         if problem:
-            raise UnsupportedModelError(
+            raise InternalError(
                 f"{options.model}: the quantized model fails onnx.checker ({problem}); this is a quantcli bug, please report it"
             )
-        candidate = make_session(staged.path)
+        candidate = _candidate_session(staged.path, Path(options.model))
         agreement = None
         if split.eval:
             reference = make_session(
@@ -620,6 +650,7 @@ def convert(
         seconds=seconds,
         plan_replayed=replayed,
         warnings=warnings,
+        input_half=input_half,
         latency=latency,
         weight_bytes=weight_bytes,
         activation_type=plan.config.activation_type.value if plan.mode in ("static", "mixed") else None,
@@ -648,6 +679,22 @@ def _float_reference(path: Path, lifted: onnx.ModelProto) -> tuple[Path | bytes,
             f"{path}: the accuracy figures compare with the model computed in float32 "
             f"(as it is, {str(exc)[0].lower()}{str(exc)[1:]})"
         ]
+
+
+def _candidate_session(candidate: Path, source: Path):  # noqa: ANN202 - an onnxruntime session
+    """The session of the converted model. When onnxruntime refuses it but loads the input model,
+    the conversion broke it: a quantcli bug (exit 70), not a model that cannot be done (exit 3)."""
+    try:
+        return make_session(candidate)
+    except UnsupportedModelError as exc:
+        try:
+            make_session(source, lean=True)
+        except UnsupportedModelError as source_exc:
+            raise UnsupportedModelError(f"{source}: {source_exc.message}") from exc
+        raise InternalError(
+            f"{source}: the quantized model fails to load in onnxruntime ({exc.message}) while the input "
+            "model loads; this is a quantcli bug, please report it"
+        ) from exc
 
 
 def _plan_mixed(
@@ -808,11 +855,7 @@ def _agreement_warnings(plan: QuantPlan, agreement: Agreement | None) -> list[st
             if not plan.calibration_samples
             else "; an activation outside the calibrated range overflows float16: calibrate on more representative samples"
         )
-    return [
-        f"output {o.name}: the converted model returns inf or NaN where the float model does not{hint}"
-        for o in agreement.outputs
-        if not (math.isfinite(o.max_abs_error) and math.isfinite(o.cosine_mean))
-    ]
+    return nonfinite_notices(agreement, hint=hint)
 
 
 def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:

@@ -26,7 +26,7 @@ from quantcli.kernel_check import KernelCheck, Saturation, kernel_check, mismatc
 from quantcli.model_io import file_size, load_model
 from quantcli.per_layer import PerLayerResult, per_layer_errors
 from quantcli.thresholds import Check, Thresholds, evaluate
-from quantcli.verify import Agreement, compare_sessions, exact_kernel_model
+from quantcli.verify import Agreement, compare_sessions, exact_kernel_model, nonfinite_notices
 
 RANDOM_SAMPLES = 32  # samples generated without --data
 MIN_ROUNDS = 30
@@ -195,6 +195,7 @@ def compare(
         kernels.exact = compare_sessions(exact[0], exact[1], samples(), labels, io=io)
         del exact
         warnings += mismatch_warning(agreement, kernels)
+    warnings += nonfinite_notices(agreement, "candidate", "reference")
     seconds["outputs"] = time.perf_counter() - t
 
     per_layer = None

@@ -66,6 +66,13 @@ class UnsupportedModelError(QuantcliError):
     code = "cannot-do"
 
 
+class InternalError(QuantcliError):
+    """A failure quantcli detected in its own result (the quantized model fails onnx.checker or
+    onnxruntime while the input passes): a bug, exit 70 like any unexpected exception."""
+
+    exit_code = ExitCode.INTERNAL
+
+
 class Notice(str):
     """A warning that does not stop the command: its one-line text, plus a stable `code` that
     tests and CI scripts match on instead of the wording (`--json`: "warning_codes")."""

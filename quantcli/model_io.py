@@ -77,8 +77,8 @@ def load_model(path: str | os.PathLike[str], *, external_data: bool = True) -> o
             raise BadModelError(f"{p}: cannot read its external data: {first}") from exc
         except (OSError, RuntimeError) as exc:
             raise BadModelError(f"{p}: cannot read model: {exc}") from exc
-    if not model.HasField("graph") or len(model.graph.node) == 0:
-        raise BadModelError(f"{p}: not an ONNX model (no graph or no nodes)")
+    if not model.HasField("graph") or not (model.graph.node or model.graph.output):
+        raise BadModelError(f"{p}: not an ONNX model (no graph, or a graph with no nodes and no outputs)")
     if not model.opset_import:
         raise BadModelError(f"{p}: not an ONNX model (no opset_import)")
     return model

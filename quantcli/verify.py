@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from quantcli.errors import UnsupportedModelError, UsageError
+from quantcli.errors import Notice, UnsupportedModelError, UsageError
 from quantcli.io_match import IOMatch, match_io
 
 TOP_K = 5
@@ -43,7 +43,10 @@ class OutputMetrics:
     relative_error: ||candidate - reference|| / ||reference|| over all samples (L2), so that
     sqnr_db = -20 log10(relative_error). top1_agreement / top5_overlap: classifier-shaped outputs
     ([batch, classes]) only; top5_overlap is the mean share of the reference's 5 best classes that
-    are among the candidate's 5 best (outputs with more than 5 classes only).
+    are among the candidate's 5 best (outputs with more than 5 classes only). Every figure covers
+    the elements (rows, for top-1/top-5) where the reference is finite; reference_nonfinite: the
+    samples where the reference returns inf/NaN; candidate_nonfinite: those where the candidate
+    does; new_nonfinite: those where the candidate does where the reference is finite.
     """
 
     name: str
@@ -56,6 +59,9 @@ class OutputMetrics:
     top1_agreement: float | None = None
     relative_error: float = 0.0
     top5_overlap: float | None = None
+    reference_nonfinite: int = 0
+    candidate_nonfinite: int = 0
+    new_nonfinite: int = 0
 
 
 class ErrorAccumulator:
@@ -77,31 +83,46 @@ class ErrorAccumulator:
         self.top1_same = 0
         self.top5_rows = 0
         self.top5_sum = 0.0
+        self.reference_nonfinite = 0  # samples where the reference returns inf/NaN
+        self.candidate_nonfinite = 0  # samples where the candidate returns inf/NaN
+        self.new_nonfinite = 0  # samples where it does where the reference is finite
 
     def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        """Fold one sample in. Only the elements where the reference is finite are compared: where
+        it returns inf/NaN itself there is nothing to agree with (counted apart, per sample)."""
         if ref.shape != cand.shape:
             raise UsageError(
                 f"'{self.name}': the reference gives shape {list(ref.shape)}, the candidate {list(cand.shape)}"
             )
         r = ref.astype(np.float64).ravel()
         c = cand.astype(np.float64).ravel()
-        diff = r - c
-        cos = cosine(r, c)
-        self.cos_min = min(self.cos_min, cos) if self.samples else cos
-        self.cos_sum += cos
-        self.samples += 1
-        if diff.size:
-            self.max_abs = max(self.max_abs, float(np.max(np.abs(diff))))
-        self.abs_sum += float(np.sum(np.abs(diff)))
-        self.count += diff.size
-        self.signal += float(np.dot(r, r))
-        self.noise += float(np.dot(diff, diff))
+        finite = np.isfinite(r)
+        self.reference_nonfinite += int(not finite.all())
+        self.candidate_nonfinite += int(not np.isfinite(c).all())
+        self.new_nonfinite += int(not np.isfinite(c[finite]).all())
+        if not finite.all():
+            r, c = r[finite], c[finite]
+        # A candidate inf/NaN where the reference is finite is an infinite error, reported as such.
+        with np.errstate(invalid="ignore", over="ignore"):
+            diff = r - c
+            cos = cosine(r, c)
+            self.cos_min = min(self.cos_min, cos) if self.samples else cos
+            self.cos_sum += cos
+            self.samples += 1
+            if diff.size:
+                self.max_abs = max(self.max_abs, float(np.max(np.abs(diff))))
+            self.abs_sum += float(np.sum(np.abs(diff)))
+            self.count += diff.size
+            self.signal += float(np.dot(r, r))
+            self.noise += float(np.dot(diff, diff))
         if not (self.classifier and is_classifier_output(ref)):
             self.classifier = False
             return
+        rows = np.isfinite(ref).all(axis=-1)  # rows the reference scores in full
+        ref, cand = ref[rows], cand[rows]
         self.rows += ref.shape[0]
         self.top1_same += int(np.sum(ref.argmax(-1) == cand.argmax(-1)))
-        if ref.shape[1] > TOP_K:
+        if ref.shape[1] > TOP_K and ref.shape[0]:
             self.top5_rows += ref.shape[0]
             self.top5_sum += topk_overlap(ref, cand, TOP_K) * ref.shape[0]
 
@@ -118,6 +139,9 @@ class ErrorAccumulator:
             top1_agreement=self.top1_same / self.rows if classifier else None,
             relative_error=_relative_error(self.signal, self.noise),
             top5_overlap=self.top5_sum / self.top5_rows if classifier and self.top5_rows else None,
+            reference_nonfinite=self.reference_nonfinite,
+            candidate_nonfinite=self.candidate_nonfinite,
+            new_nonfinite=self.new_nonfinite,
         )
 
 
@@ -170,6 +194,34 @@ class Agreement:
         if self.reference_accuracy is None or self.candidate_accuracy is None:
             return None
         return self.reference_accuracy - self.candidate_accuracy
+
+
+def nonfinite_notices(
+    agreement: Agreement, candidate: str = "converted", reference: str = "float", hint: str = ""
+) -> list[str]:
+    """One warning per output that returns inf/NaN: where the candidate does and the reference does
+    not (`hint` appended), or what the reference already does (the figures then cover only the
+    values where it is finite)."""
+    notices: list[str] = []
+    for o in agreement.outputs:
+        already = (
+            f"the {reference} model itself returns inf or NaN on {o.reference_nonfinite} of {o.samples} samples"
+            if o.reference_nonfinite
+            else ""
+        )
+        if o.new_nonfinite:
+            text = (
+                f"output {o.name}: the {candidate} model returns inf or NaN where the {reference} model is finite, "
+                f"on {o.new_nonfinite} of {o.samples} samples{hint}" + (f"; {already}" if already else "")
+            )
+            notices.append(Notice("nonfinite-output", text))
+        elif already:
+            text = (
+                f"output {o.name}: {already}, the {candidate} model on {o.candidate_nonfinite}; the figures "
+                f"compare only the values where the {reference} model is finite"
+            )
+            notices.append(Notice("nonfinite-reference", text))
+    return notices
 
 
 def compare_sessions(

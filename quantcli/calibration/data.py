@@ -94,10 +94,10 @@ def read_sample(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
                     f"{path}: .npy samples need a single-input model; this one has "
                     f"{len(specs)} inputs ({', '.join(s.name for s in specs)}): use .npz"
                 )
-            feeds = {specs[0].name: np.load(path, allow_pickle=False)}
+            feeds = {specs[0].name: native_byte_order(np.load(path, allow_pickle=False))}
         else:
             with np.load(path, allow_pickle=False) as npz:
-                feeds = {k: npz[k] for k in npz.files}
+                feeds = {k: native_byte_order(npz[k]) for k in npz.files}
     except BadDataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
@@ -116,6 +116,14 @@ def _too_large(path: Path) -> str:
         f"{path}: cannot read sample: its arrays take {nbytes(arrays) / 2**30:,.2f} GiB ({detail}), "
         "more memory than could be allocated"
     )
+
+
+def native_byte_order(arr: np.ndarray) -> np.ndarray:
+    """The array in this machine's byte order: a big-endian float32 ('>f4') sample holds the same
+    values as a little-endian one, and onnxruntime takes native arrays only."""
+    if isinstance(arr, np.ndarray) and not arr.dtype.isnative:
+        return arr.astype(arr.dtype.newbyteorder("="))
+    return arr
 
 
 def validate_sample(path: Path | str, feeds: dict[str, np.ndarray], specs: list[InputSpec]) -> None:
@@ -152,6 +160,10 @@ def validate_sample(path: Path | str, feeds: dict[str, np.ndarray], specs: list[
                         f"{path}: input '{spec.name}' has shape {list(arr.shape)}, "
                         f"the model expects {_shape_text(spec.shape)}"
                     )
+        if arr.size == 0:
+            raise BadDataError(
+                f"{path}: input '{spec.name}' is empty (shape {list(arr.shape)}): a sample needs values"
+            )
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise BadDataError(f"{path}: input '{spec.name}' contains NaN or Inf values")
 
@@ -254,6 +266,7 @@ def find_samples(
     files = list_samples(d)
     batched = layout == "batched" or (layout == "auto" and [p.name for p in files] == [BATCH_FILE])
     if not batched:
+        _refuse_empty(d, files)
         return [SampleRef(p) for p in files]
     refs = []
     for path in files:
@@ -271,6 +284,49 @@ def find_samples(
     return refs
 
 
+def _refuse_empty(directory: Path, files: list[Path]) -> None:
+    """Refuse a directory with empty samples (an array with no values, e.g. shape [0, 1, 8, 8]),
+    naming how many and the first. Skipping them would silently calibrate on fewer samples than
+    given and shift the held-out evaluation split; an empty file is a broken export to fix."""
+    empty = [(p, shape) for p in files for shape in [_empty_shape(p)] if shape is not None]
+    if not empty:
+        return
+    first, shape = empty[0]
+    if len(empty) == len(files):
+        raise BadDataError(
+            f"{directory}: all {len(files)} samples are empty ({first.name} holds an array of shape "
+            f"{list(shape)}): nothing to calibrate or evaluate on"
+        )
+    raise BadDataError(
+        f"{directory}: {len(empty)} of {len(files)} samples are empty, first {first.name} (an array of "
+        f"shape {list(shape)}): remove or re-export them (quantcli does not silently use fewer samples)"
+    )
+
+
+def _empty_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape of an array with no values in a .npy/.npz file, read from the headers only; None
+    when every array has values or the file cannot be read (read_sample reports that)."""
+    try:
+        if path.suffix == ".npy":
+            with open(path, "rb") as fh:
+                shapes = [_header_shape(fh)]
+        else:
+            with zipfile.ZipFile(path) as archive:
+                shapes = []
+                for member in archive.namelist():
+                    with archive.open(member) as fh:
+                        shapes.append(_header_shape(fh))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    return next((s for s in shapes if 0 in s), None)
+
+
+def _header_shape(fh) -> tuple[int, ...]:  # noqa: ANN001 - a binary file object
+    version = np.lib.format.read_magic(fh)
+    reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return tuple(reader(fh)[0])
+
+
 def _load_error(exc: Exception) -> str:
     """numpy's message, except where it misleads: a file that is neither .npy nor .npz (text, a
     truncated archive) makes np.load guess a pickle and talk about allow_pickle."""
@@ -282,7 +338,7 @@ def _load_error(exc: Exception) -> str:
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+            return {k: native_byte_order(npz[k]) for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise BadDataError(f"{path}: cannot read sample: {_load_error(exc)}") from exc
     except MemoryError as exc:
@@ -392,7 +448,7 @@ def read_labels(directory: Path, refs: list[SampleRef], all_refs: list[SampleRef
     if not path.exists():
         return None
     try:
-        labels = np.load(path, allow_pickle=False)
+        labels = native_byte_order(np.load(path, allow_pickle=False))
     except (OSError, ValueError) as exc:
         raise BadDataError(f"{path}: cannot read labels: {exc}") from exc
     if labels.ndim != 1 or len(labels) != len(all_refs):

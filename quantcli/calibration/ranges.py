@@ -16,6 +16,7 @@ Every range is finally intersected with the observed [min, max] and made to incl
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 import numpy as np
@@ -44,6 +45,8 @@ def compute_range(
 ) -> tuple[float, float]:
     """The clipping range the method chooses from the observer's statistics."""
     lo, hi = observer.range()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return lo, hi  # inf/NaN seen: no clipping makes it a range to quantize (the planner keeps it float)
     if method is CalibMethod.MINMAX or not isinstance(observer, HistogramObserver) or observer.width == 0:
         return lo, hi
     if method is CalibMethod.PERCENTILE:

@@ -21,6 +21,7 @@ from quantcli.errors import BadPlanError
 from quantcli.graph import GraphIndex, NameAllocator, attr, copy_model
 from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
 from quantcli.quantize.embedding import embedding_table, gather_rows
+from quantcli.quantize.nonfinite import KEPT as NONFINITE
 from quantcli.quantize.params import QType, quantize_array
 from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import rule_for
@@ -46,7 +47,11 @@ def _why_not(node: onnx.NodeProto, index: GraphIndex, op_types: tuple[str, ...])
     if node.op_type == "Conv":
         return why_not or (None if weight else "no weight")
     if weight is None:
-        return f"{why_not} (dynamic mode quantizes constant weights)"
+        return (
+            why_not
+            if why_not.startswith(NONFINITE)
+            else f"{why_not} (dynamic mode quantizes constant weights)"
+        )
     if index.rank(weight) != 2:
         return "weight is not 2-D"
     if node.op_type == "Gemm":

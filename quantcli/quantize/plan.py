@@ -16,7 +16,7 @@ import numpy as np
 
 from quantcli.cpu import DEFAULT_TARGET, TARGETS, target_saturates
 from quantcli.errors import BadPlanError
-from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, MODES
+from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
 from quantcli.quantize.params import QType, weight_qparams, weight_qparams_mse
 
 PLAN_SCHEMA_VERSION = 1
@@ -191,46 +191,41 @@ class QuantPlan:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "plan") -> QuantPlan:
-        try:
-            if data.get("schema_version") != PLAN_SCHEMA_VERSION:
-                raise BadPlanError(
-                    f"{source}: plan schema_version {data.get('schema_version')!r} is not "
-                    f"{PLAN_SCHEMA_VERSION}"
-                )
-            cfg = data["config"]
-            config = QuantConfig(
-                per_channel=bool(cfg["per_channel"]),
-                activation_type=QType(cfg["activation_type"]),
-                calib_method=str(cfg["calib_method"]),
-                weight_calibration=str(cfg.get("weight_calibration", "minmax")),
-                reduce_range=bool(cfg.get("reduce_range", False)),
-                dynamic_op_types=tuple(cfg.get("dynamic_op_types", ("MatMul", "Gemm"))),
-                keep_io_types=bool(cfg.get("keep_io_types", True)),
-                block_size=int(cfg.get("block_size", DEFAULT_BLOCK_SIZE)),
-                weight_symmetric=bool(cfg.get("weight_symmetric", False)),
-                int4_compute=str(cfg.get("int4_compute", "float")),
-                integer_io=bool(cfg.get("integer_io", False)),
-                bias_correction=bool(cfg.get("bias_correction", False)),
-                # plans written before --target-cpu existed hold full-range weights
-                target_cpu=str(cfg.get("target_cpu", "vnni")),
+        """The plan of a JSON object, every field validated first (quantize/plan_check.py): a
+        problem is a BadPlanError naming `source`, the node or tensor and the field."""
+        from quantcli.quantize.plan_check import check_plan_dict
+
+        check_plan_dict(data, source)
+        cfg = data["config"]
+        config = QuantConfig(
+            per_channel=cfg["per_channel"],
+            activation_type=QType(cfg["activation_type"]),
+            calib_method=cfg["calib_method"],
+            weight_calibration=cfg.get("weight_calibration", "minmax"),
+            reduce_range=cfg.get("reduce_range", False),
+            dynamic_op_types=tuple(cfg.get("dynamic_op_types", ("MatMul", "Gemm"))),
+            keep_io_types=cfg.get("keep_io_types", True),
+            block_size=cfg.get("block_size", DEFAULT_BLOCK_SIZE),
+            weight_symmetric=cfg.get("weight_symmetric", False),
+            int4_compute=cfg.get("int4_compute", "float"),
+            integer_io=cfg.get("integer_io", False),
+            bias_correction=cfg.get("bias_correction", False),
+            # plans written before --target-cpu existed hold full-range weights
+            target_cpu=cfg.get("target_cpu", "vnni"),
+        )
+        nodes = [
+            NodePlan(
+                n["name"],
+                n["op_type"],
+                n["precision"],
+                n.get("reason", ""),
+                list(n.get("quantized_inputs", [])),
+                list(n.get("quantized_outputs", [])),
             )
-            if data["mode"] not in MODES:
-                raise BadPlanError(f"{source}: mode must be one of {', '.join(MODES)}, not {data['mode']!r}")
-            nodes = [NodePlan(**n) for n in data["nodes"]]
-            for n in nodes:
-                if n.precision not in PRECISIONS:
-                    raise BadPlanError(
-                        f"{source}: node {n.name}: precision must be one of {', '.join(PRECISIONS)}, "
-                        f"not {n.precision!r}"
-                    )
-            tensors = {
-                k: TensorParams(**{**v, "dtype": QType(v["dtype"])}) for k, v in data["tensors"].items()
-            }
-            return cls(data["mode"], config, nodes, tensors, int(data.get("calibration_samples", 0)))
-        except BadPlanError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BadPlanError(f"{source}: not a valid quantcli plan ({type(exc).__name__}: {exc})") from exc
+            for n in data["nodes"]
+        ]
+        tensors = {k: TensorParams(**{**v, "dtype": QType(v["dtype"])}) for k, v in data["tensors"].items()}
+        return cls(data["mode"], config, nodes, tensors, data.get("calibration_samples", 0))
 
     @classmethod
     def load(cls, path: Path) -> QuantPlan:

@@ -57,11 +57,13 @@ def u8_max_code(dtype_bits: int, signed: bool, scale: float, zero_point: int, rm
     """The largest u8 code an 8-bit activation with these parameters feeds the kernel.
 
     INT8 activations are shifted to UINT8 at load on x86 (QDQS8ToU8Transformer): code + 128.
-    A calibrated range whose maximum is positive reaches the type's top code."""
+    A calibrated range whose maximum is positive reaches the type's top code; one that never saw a
+    positive value (all-zero calibration data: scale 1, zero point at the bottom) says nothing about
+    the codes real inputs reach, up to the top one."""
     if dtype_bits != 8:
         raise ValueError("only 8-bit activations feed U8S8 kernels")
     shift = 128 if signed else 0
-    if rmax is None or not scale > 0:
+    if rmax is None or not scale > 0 or not rmax > 0:
         return 255
     top = int(np.clip(np.round(rmax / scale) + zero_point, -128 if signed else 0, 127 if signed else 255))
     return max(1, top + shift)

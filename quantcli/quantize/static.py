@@ -16,6 +16,7 @@ from quantcli.quantize.exact_layers import exact_layers
 from quantcli.quantize.integer_io import plan_io_tensors
 from quantcli.quantize.layout import REASON as NHWC_FLATTEN_REASON
 from quantcli.quantize.layout import nhwc_flattens, permute_gemm_weight
+from quantcli.quantize.nonfinite import nonfinite_initializers, nonfinite_readers
 from quantcli.quantize.params import QType, calculate_qparams
 from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import Kind, OpRule, activation_input_indices, rule_for
@@ -51,8 +52,9 @@ def plan_static(
     keep_float: dict[str, str] | None = None,
 ) -> QuantPlan:
     """Decide each node's precision and each quantized tensor's parameters; the nodes in
-    `keep_float` (name -> reason) stay float and their neighbours are decided accordingly."""
-    keep_float = keep_float or {}
+    `keep_float` (name -> reason) stay float and their neighbours are decided accordingly, as do
+    the nodes that read a weight holding NaN or inf (quantize/nonfinite.py)."""
+    keep_float = {**nonfinite_readers(model, nonfinite_initializers(model)), **(keep_float or {})}
     index = GraphIndex(model.graph)
     ranges = _without_sentinels(ranges, index)
     tables: dict[str, str] = {}
@@ -125,7 +127,12 @@ def _without_sentinels(ranges: Ranges, index: GraphIndex) -> Ranges:
     for name, (lo, hi) in ranges.ranges.items():
         peak = max(abs(lo), abs(hi))
         to_softmax = any(c.op_type == "Softmax" for c in index.consumers.get(name, []))
-        if not (peak < SENTINEL) or (to_softmax and peak >= MASK):
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            excluded[name] = (
+                f"range [{lo:.3g}, {hi:.3g}] of {name}: the float model computes inf or NaN there on the "
+                "calibration samples, so it stays float"
+            )
+        elif not (peak < SENTINEL) or (to_softmax and peak >= MASK):
             excluded[name] = (
                 f"range [{lo:.3g}, {hi:.3g}] of {name} holds mask or sentinel values: quantizing it "
                 "would leave no resolution for the rest, so it stays float"

@@ -6,11 +6,13 @@ rewrite is the QDQ rewriter's initializer path (INT8 initializer -> DequantizeLi
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import TensorProto
 
 from quantcli.graph import GraphIndex
 from quantcli.quantize.embedding import plan_embedding
+from quantcli.quantize.nonfinite import reason as nonfinite_reason
 from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import rule_for
 
@@ -29,6 +31,10 @@ def weight_of(node: onnx.NodeProto, index: GraphIndex) -> tuple[str | None, str]
         return None, "weight is not a constant initializer"
     if index.initializers[name].data_type != TensorProto.FLOAT:
         return None, "weight is not float32"
+    values = index.array(name)
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        return None, nonfinite_reason(name, (bad, int(values.size)))
     return name, ""
 
 

@@ -35,6 +35,18 @@ PRECISION_LABEL = {
 }
 
 
+def _already_half(r: ConvertResult) -> str:
+    """ ", N in float16 as in the input model" for the compute nodes the conversion left in the
+    half precision they already had."""
+    count = r.half_as_input()
+    if not count:
+        return ""
+    types = sorted(
+        {r.input_half[n.name] for n in r.nodes if n.name in r.input_half and n.precision == "float"}
+    )
+    return f", {count} in {'/'.join(types)} as in the input model"
+
+
 def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
     """The documented `convert --json` object (schema_version 1)."""
     a = r.agreement
@@ -53,6 +65,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         "weight_bytes": None if r.weight_bytes is None else {**r.weight_bytes, "ratio": r.weight_ratio},
         "compute_nodes": r.compute_counts(),
         "stored_weight_nodes": r.stored_weight_nodes(),
+        "input_half_nodes": r.half_as_input(),
         "nodes_by_precision": dict(sorted(Counter(n.precision for n in r.nodes).items())),
         "float_reasons": [
             {"op_type": op, "reason": reason, "count": len(names), "nodes": names}
@@ -158,7 +171,8 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
     rows += [
         (
             "compute nodes",
-            f"{c['quantized']} of {c['total']} {_precision_label(r)}, {c['float']} in float32",
+            f"{c['quantized']} of {c['total']} {_precision_label(r)}, "
+            f"{c['float'] - r.half_as_input()} in float32" + _already_half(r),
         ),
     ]
     if r.mode == "mixed":
