@@ -243,7 +243,12 @@ def compare_sessions(
     names = [p.name for p in io.outputs]
     acc = {p.name: ErrorAccumulator(p.name) for p in io.outputs}
     ref_correct = cand_correct = labelled = 0
-    count = 0
+    count = rows = 0
+    # A model with a free batch axis may be fed a batch per file: each row is a sample.
+    free_batch = all(
+        bool(shape) and not (isinstance(shape[0], int) and shape[0] > 0)
+        for shape in (reference.get_inputs()[k].shape for k in range(len(reference.get_inputs())))
+    ) and bool(reference.get_inputs())
     for i, sample in enumerate(samples):
         ref_out = run_session(reference, names, io.feeds(sample, "reference"), "reference", i)
         cand_out = run_session(candidate, names, io.feeds(sample, "candidate"), "candidate", i)
@@ -257,11 +262,13 @@ def compare_sessions(
             cand_correct += int(first_c.argmax(-1)[0] == labels[i])
             labelled += 1
         count += 1
+        first_in = next(iter(sample.values()), None)
+        rows += int(first_in.shape[0]) if free_batch and getattr(first_in, "ndim", 0) else 1
         if progress is not None:
             progress(count)
     return Agreement(
         outputs=[a.result() for a in acc.values()],
-        samples=count,
+        samples=rows,
         reference_accuracy=ref_correct / labelled if labelled else None,
         candidate_accuracy=cand_correct / labelled if labelled else None,
     )

@@ -459,3 +459,18 @@ def test_too_few_samples_are_said(tmp_path: Path) -> None:
     proc = quantcli("convert", CNN, "--calib", calib, "-o", tmp_path / "q.onnx", cwd=tmp_path)
     assert "1 sample (1 sample held out" in proc.stdout
     assert "1 samples" not in proc.stdout
+
+
+def test_a_file_holding_a_batch_counts_its_rows(tmp_path: Path) -> None:
+    """Per-file samples of a model with a free batch axis may each hold several rows: the report
+    counts rows, not files."""
+    calib = tmp_path / "batches"
+    calib.mkdir()
+    files = sorted(CALIB.glob("*.npz"))[:15]
+    for k in range(5):
+        rows = [np.load(p)["input"] for p in files[3 * k : 3 * k + 3]]
+        np.savez(calib / f"b{k}.npz", input=np.concatenate(rows))
+    proc = quantcli("convert", CNN, "--calib", calib, "-o", tmp_path / "q.onnx", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["calibration_samples"] == 12 and data["accuracy"]["samples"] == 3  # 4 files + 1 held out

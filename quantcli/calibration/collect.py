@@ -138,7 +138,8 @@ def collect_ranges(
     # when even one sample does not fit, one sample per run and the tensors split into passes.
     per_sample = max(1, sum(sizes.get(n, 0) for n in names))
     batch = max(1, min(config.batch_size, config.memory_budget_bytes // per_sample))
-    if not _has_free_batch_axis(model):
+    free_batch = _has_free_batch_axis(model)
+    if not free_batch:
         batch = 1
     groups = tensor_groups(names, sizes, config.memory_budget_bytes // batch)
     observers = {n: make_observer(config.method, config.bins) for n in names}
@@ -161,7 +162,7 @@ def collect_ranges(
                         obs.update(value)
                         if name in means:
                             means[name].update(value)
-            count += n
+            count += _rows(feeds) if free_batch else n  # a file holding a batch counts its rows
             results = values = value = None  # do not hold this run's outputs while the next run computes
             if progress is not None:
                 progress(g, len(groups), count)
@@ -335,6 +336,12 @@ def _shapes_of(sample: dict[str, np.ndarray]) -> SampleShapes:
     return SampleShapes(
         "the first calibration sample", _nbytes(sample), {k: v.shape for k, v in sample.items()}, detail
     )
+
+
+def _rows(feeds: dict[str, np.ndarray]) -> int:
+    """Samples in a run of a model with a free batch axis: the inputs' leading dimension."""
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if isinstance(first, np.ndarray) and first.ndim else 1
 
 
 def _has_free_batch_axis(model: onnx.ModelProto) -> bool:
