@@ -1,4 +1,4 @@
-"""Pre-processing: opset upgrade, node naming, constant folding, Conv+BN fusion, shape inference."""
+"""Pre-processing: IR convention, opset upgrade, node naming, constant folding, Conv+BN fusion, shape inference."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from quantcli.preprocess.base import Pass, PassResult
 from quantcli.preprocess.fold_constants import FoldConstants
 from quantcli.preprocess.fuse_bn import FuseConvBatchNorm
 from quantcli.preprocess.fuse_pad import FusePadConv
+from quantcli.preprocess.ir import NormalizeIR
 from quantcli.preprocess.names import NameNodes
 from quantcli.preprocess.opset import UpgradeOpset
 from quantcli.preprocess.shapes import InferShapes
@@ -25,6 +26,7 @@ class PreprocessResult:
 
 
 DEFAULT_PASSES: tuple[type[Pass], ...] = (
+    NormalizeIR,
     UpgradeOpset,
     NameNodes,
     FoldConstants,
