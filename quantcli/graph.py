@@ -79,6 +79,15 @@ class GraphIndex:
         whose value must stay exactly what the float model returns."""
         return name in self.initializers and name not in self.graph_outputs
 
+    def why_kept(self, name: str, what: str = "weight") -> str | None:
+        """Why an initializer keeps its float form whatever the mode (for a plan's reason), or None:
+        a caller may override it, or it is a graph output."""
+        if name in self.overridable:
+            return self.why_not_constant(name, what)
+        if name in self.initializers and name in self.graph_outputs:
+            return f"{what} {name} is also a graph output: it keeps its float values"
+        return None
+
     def why_not_constant(self, name: str, what: str = "weight") -> str:
         """Why `name` is not a constant a rewriter may fold or quantize, for a plan's reason."""
         if name in self.overridable:

@@ -6,7 +6,9 @@ Activations: producer -> T -> QuantizeLinear -> T_quantized -> DequantizeLinear 
 nodes the plan keeps in float read T itself when T's producer is float too (or T is a graph input):
 exact values, and no DequantizeLinear that onnxruntime would run for them alone.
 Initializers (weights, INT32 biases, constants): stored quantized as T_quantized and dequantized
-by a DequantizeLinear whose output keeps the original name T, so consumers are unchanged.
+by a DequantizeLinear whose output keeps the original name T, so consumers are unchanged (reads
+inside subgraphs included). An initializer that is also a graph output stays as it is, for the
+output; its readers read the DequantizeLinear output, T_dequantized.
 
 16-bit tensors (A16W8): ONNX QuantizeLinear/DequantizeLinear take int16/uint16 only from opset 21;
 below it they are written in onnxruntime's `com.microsoft` domain, whose Q/DQ accept 16 bits at any
@@ -22,7 +24,7 @@ from onnx import helper, numpy_helper
 
 from quantcli import __version__
 from quantcli.errors import BadPlanError
-from quantcli.graph import SHAPE_READERS, GraphIndex, NameAllocator, copy_model
+from quantcli.graph import SHAPE_READERS, GraphIndex, NameAllocator, copy_model, rename_reads
 from quantcli.preprocess.opset import default_opset
 from quantcli.quantize.embedding import gather_rows
 from quantcli.quantize.integer_io import io_tensors, record_io_quantization
@@ -84,7 +86,8 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     after: dict[str, list[onnx.NodeProto]] = {}  # producer node name -> Q/DQ that follow it
     rewire: dict[str, tuple[str, str]] = {}  # T -> (T_quantized, T_dequantized)
     new_inits: list[onnx.TensorProto] = []
-    drop_inits: set[str] = set()
+    drop_inits: set[str] = set()  # replaced by a DequantizeLinear output of the same name
+    dequantized_inits: dict[str, str] = {}  # initializer that is a graph output -> its readers' name
 
     shared_qparams: dict[tuple, tuple[str, str]] = {}
     contrib = default_opset(out) < 21  # 16-bit Q/DQ need com.microsoft below opset 21
@@ -118,15 +121,20 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
                 q = quantize_array(values, scale, zp, params.dtype, params.axis, symmetric=symmetric)
             q_name = names.new(f"{t}_quantized")
             new_inits.append(numpy_helper.from_array(q, q_name))
-            drop_inits.add(t)
             tables[t] = (q_name, scale_name)
+            dq_out = t
+            if t in index.graph_outputs:
+                # The graph output keeps the float values; the readers get the dequantized ones.
+                dq_out = dequantized_inits[t] = names.new(f"{t}_dequantized")
+            else:
+                drop_inits.add(t)
             if all(c.name in gathers for c in index.consumers[t]):
                 continue  # only row lookups read it: no DequantizeLinear of the whole table
             head.append(
                 helper.make_node(
                     "DequantizeLinear",
                     [q_name, scale_name, zp_name],
-                    [t],
+                    [dq_out],
                     name=names.new(f"{t}_DequantizeLinear"),
                     **attrs,
                 )
@@ -180,6 +188,8 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
 
     nodes: list[onnx.NodeProto] = list(head)
     for node in graph.node:
+        if node.name not in gathers:
+            rename_reads(node, dequantized_inits)  # node inputs and reads inside its subgraphs
         for i, name in enumerate(node.input):
             if name in rewire:
                 node.input[i] = consumer_reads(
