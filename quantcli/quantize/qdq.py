@@ -24,7 +24,14 @@ from onnx import helper, numpy_helper
 
 from quantcli import __version__
 from quantcli.errors import BadPlanError
-from quantcli.graph import SHAPE_READERS, GraphIndex, NameAllocator, copy_model, rename_reads
+from quantcli.graph import (
+    SHAPE_READERS,
+    GraphIndex,
+    NameAllocator,
+    copy_model,
+    rename_reads,
+    rename_subgraph_reads,
+)
 from quantcli.preprocess.opset import default_opset
 from quantcli.quantize.embedding import gather_rows
 from quantcli.quantize.integer_io import io_tensors, record_io_quantization
@@ -186,10 +193,17 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
         else:
             after.setdefault(producer.name, []).extend(pair)
 
+    # Subgraphs read an activation as it was: the float tensor T, except where T itself becomes
+    # integer (--integer-io inputs and outputs): there they read its DequantizeLinear output.
+    integer_reads = {
+        t: rewire[t][1] for t in (*integer_inputs, *integer_outputs) if t in rewire and rewire[t][1]
+    }
     nodes: list[onnx.NodeProto] = list(head)
     for node in graph.node:
         if node.name not in gathers:
             rename_reads(node, dequantized_inits)  # node inputs and reads inside its subgraphs
+        if integer_reads:
+            rename_subgraph_reads(node, lambda t: integer_reads.get(t, t))
         for i, name in enumerate(node.input):
             if name in rewire:
                 node.input[i] = consumer_reads(
