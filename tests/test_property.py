@@ -38,13 +38,14 @@ D = 32  # features of the MatMul chain: MatMulNBits needs K, N >= 16
 F = TensorProto.FLOAT
 # Loose per-mode bounds on each output's relative L2 error, |quantized - float| / |float|.
 # A wrong weight, a transposed one or a swapped branch gives about 1.4 (uncorrelated outputs);
-# INT4 loses ~0.1 per layer on these random weights, and the longest chains have ten layers.
+# INT4 loses ~0.1 per layer on these random weights, and the longest chains have over ten layers
+# (the 400-graph sweep's worst was 0.76).
 TOLERANCE = {
     "static": 0.3,
     "mixed": 0.3,
     "dynamic": 0.15,
     "weights-int8": 0.1,
-    "weights-int4": 0.75,
+    "weights-int4": 0.9,
     "fp16": 0.01,
     "bf16": 0.03,
 }
