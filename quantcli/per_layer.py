@@ -100,7 +100,7 @@ class _Layer:
 
 def reference_layers(model: onnx.ModelProto) -> list[_Layer]:
     """The graph inputs and layer outputs of a float model, in graph order (module docstring)."""
-    index = GraphIndex(model.graph)
+    index = GraphIndex.of(model)
     layers = [_Layer(i.name, i.name, GRAPH_INPUT, k) for k, i in enumerate(_inputs(model.graph))]
     dynamic = {layer.tensor for layer in layers}
     for node in model.graph.node:
@@ -178,7 +178,7 @@ def per_layer_errors(
     (`samples()` starts a new pass); the models are restored after. `progress(done, total)` counts
     sample runs over all passes (`sample_count` samples per pass)."""
     layers = reference_layers(reference)
-    cand_index = GraphIndex(candidate.graph)
+    cand_index = GraphIndex.of(candidate)
     for layer in layers:
         layer.candidate, layer.reason = counterpart(cand_index, layer.tensor)
         if layer.candidate is not None:

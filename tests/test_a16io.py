@@ -387,3 +387,49 @@ def test_inspect_reports_16_bit_dequantize_as_expected_not_as_defects(a16: dict[
     not_fused = [f for f in result.findings if f.code == "dq-not-fused"]
     assert len(not_fused) == 1 and not_fused[0].severity == "info"
     assert "16-bit activations run" in not_fused[0].message
+
+
+def test_integer_io_subgraph_reads_the_dequantized_input(tmp_path) -> None:
+    """An If branch reading the graph input: under --integer-io the input is uint8, so the branch
+    must read its DequantizeLinear output (it read the integer tensor, and the model failed the checker)."""
+    w = numpy_helper.from_array(np.random.default_rng(6).normal(size=(8, 8)).astype(np.float32), "w")
+    low = numpy_helper.from_array(np.array(-1e4, np.float32), "low")
+    then = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 8])],
+    )
+    orelse = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 8])],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+            helper.make_node("ReduceMean", ["h"], ["m"], name="mean", keepdims=0),
+            helper.make_node("Greater", ["m", "low"], ["cond"], name="greater"),
+            helper.make_node("If", ["cond"], ["b"], name="if", then_branch=then, else_branch=orelse),
+            helper.make_node("Add", ["h", "b"], ["y"], name="add"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [w, low],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    rng = np.random.default_rng(7)
+    data = _samples(tmp_path / "data", 8, x=lambda i: rng.normal(size=(1, 8)).astype(np.float32))
+    result = convert(
+        ConvertOptions(model=tmp_path / "m.onnx", output=tmp_path / "q.onnx", calib=data, integer_io=True)
+    )
+    model = onnx.load(tmp_path / "q.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.UINT8
+    branch_reads = {
+        i for a in next(n for n in model.graph.node if n.op_type == "If").attribute for i in a.g.node[0].input
+    }
+    assert branch_reads and "x" not in branch_reads
+    assert result.agreement.outputs[0].cosine_min > 0.99

@@ -145,3 +145,136 @@ def test_bf16_stores_bfloat16_weights_behind_casts(converted_modes, name: str) -
         == len([n for n in c.result.nodes if n.op_type in ("Conv", "Gemm", "MatMul") and n.quantized_inputs])
         > 0
     )
+
+
+# A weight W that a MatMul reads and that is also used elsewhere: read inside a Loop body, a Scan
+# body or an If branch, a graph output, a graph input with a default (IR >= 4), or an IR 3 model's
+# initializer listed as an input. Issue #17: dynamic mode deleted W (exit 3, "a quantcli bug") or
+# turned the overridable input into a required one.
+USE_CASES = ("loop_body", "scan_body", "if_branch", "graph_output", "graph_input", "ir3")
+EVERY_MODE = ("dynamic", "weights-int8", "weights-int4", "fp16", "bf16", "static", "mixed")
+_D = 32
+
+
+def weight_used_elsewhere(case: str) -> onnx.ModelProto:
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    F = TensorProto.FLOAT
+    w = numpy_helper.from_array((rng.normal(size=(_D, _D)) * 0.2).astype(np.float32), "W")
+    inits = [w, numpy_helper.from_array(np.array(2, np.int64), "trip")]
+    inputs = [helper.make_tensor_value_info("x", F, [2, _D])]
+    outputs = [helper.make_tensor_value_info("y", F, [2, _D])]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm")]
+    if case == "loop_body":
+        body = helper.make_graph(
+            [
+                helper.make_node("MatMul", ["v", "W"], ["v_out"]),
+                helper.make_node("Identity", ["c"], ["c_out"]),
+            ],
+            "body",
+            [
+                helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("v", F, [2, _D]),
+            ],
+            [
+                helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("v_out", F, [2, _D]),
+            ],
+        )
+        nodes.append(helper.make_node("Loop", ["trip", "", "h"], ["y"], name="loop", body=body))
+    elif case == "scan_body":
+        body = helper.make_graph(
+            [helper.make_node("MatMul", ["row", "W"], ["r"]), helper.make_node("Add", ["s", "r"], ["s_out"])],
+            "body",
+            [helper.make_tensor_value_info("s", F, [_D]), helper.make_tensor_value_info("row", F, [_D])],
+            [helper.make_tensor_value_info("s_out", F, [_D])],
+        )
+        inits.append(numpy_helper.from_array(np.zeros(_D, np.float32), "s0"))
+        nodes.append(
+            helper.make_node("Scan", ["s0", "h"], ["s_end"], name="scan", num_scan_inputs=1, body=body)
+        )
+        nodes.append(helper.make_node("Add", ["h", "s_end"], ["y"], name="add"))
+    elif case == "if_branch":
+        then = helper.make_graph(
+            [helper.make_node("MatMul", ["h", "W"], ["t"])],
+            "then",
+            [],
+            [helper.make_tensor_value_info("t", F, [2, _D])],
+        )
+        orelse = helper.make_graph(
+            [helper.make_node("Neg", ["h"], ["e"])],
+            "else",
+            [],
+            [helper.make_tensor_value_info("e", F, [2, _D])],
+        )
+        inits.append(numpy_helper.from_array(np.array(-1e4, np.float32), "low"))
+        nodes += [
+            helper.make_node("ReduceMean", ["h"], ["m"], name="mean", keepdims=0),
+            helper.make_node("Greater", ["m", "low"], ["cond"], name="greater"),
+            helper.make_node("If", ["cond"], ["y"], name="if", then_branch=then, else_branch=orelse),
+        ]
+    else:
+        nodes.append(helper.make_node("Relu", ["h"], ["y"], name="relu"))
+        if case == "graph_output":
+            outputs.append(helper.make_tensor_value_info("W", F, [_D, _D]))
+        elif case == "graph_input":
+            inputs.append(helper.make_tensor_value_info("W", F, [_D, _D]))
+        else:
+            inputs += [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
+    model = helper.make_model(
+        helper.make_graph(nodes, case, inputs, outputs, inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    model.ir_version = 3 if case == "ir3" else 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("case, mode", list(itertools.product(USE_CASES, EVERY_MODE)))
+def test_weight_used_elsewhere_survives(tmp_path, case: str, mode: str) -> None:
+    model = weight_used_elsewhere(case)
+    source, out = tmp_path / f"{case}.onnx", tmp_path / f"{case}_{mode}.onnx"
+    onnx.save(model, source)
+    calib = {}
+    if mode in ("static", "mixed"):
+        calib = {"calib": tmp_path / "calib"}
+        calib["calib"].mkdir()
+        for k in range(8):
+            x = np.random.default_rng(k).normal(size=(2, _D)).astype(np.float32)
+            np.savez(calib["calib"] / f"{k}.npz", x=x)
+    result = convert(ConvertOptions(model=source, output=out, mode=mode, **calib))
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    reference = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    candidate = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in candidate.get_inputs()] == ["x"]  # no new required input
+    x = np.random.default_rng(0).normal(size=(2, _D)).astype(np.float32)
+    feeds = [{"x": x}]
+    if case == "graph_input":  # still optional, and feeding it still means what it meant
+        feeds.append({"x": x, "W": np.eye(_D, dtype=np.float32)})
+    tolerance = {"weights-int4": 0.2, "static": 0.1, "mixed": 0.1}.get(mode, 0.05)
+    for feed in feeds:
+        for got, want in zip(candidate.run(None, feed), reference.run(None, feed), strict=True):
+            assert np.linalg.norm(got - want) <= tolerance * np.linalg.norm(want)
+    if case == "graph_output":  # the output is the weight itself, exact
+        np.testing.assert_array_equal(candidate.run(None, feeds[0])[1], reference.run(None, feeds[0])[1])
+    mm = next(n for n in result.nodes if n.name == "mm")
+    stored_only = mode in ("fp16", "bf16")  # storage modes: a graph output keeps float32 storage
+    if case == "graph_input" or (case == "graph_output" and stored_only):
+        assert mm.precision == "float" and f"also a {case.replace('_', ' ')}" in mm.reason
+        assert not [n for n in result.nodes if "W" in n.quantized_inputs]
+    elif case == "graph_output" and mm.precision == "fp16":  # mixed: read through a Cast, not stored
+        assert "W" not in mm.quantized_inputs
+    else:  # a weight used elsewhere is still quantized (fp16 stores it; MatMul computes in float32)
+        assert "W" in mm.quantized_inputs, mm.reason
+
+
+def test_dynamic_weight_read_in_a_loop_body_converts_from_the_cli(tmp_path) -> None:
+    """Issue #17's report: exit 3, 'this is a quantcli bug'."""
+    from conftest import quantcli
+
+    source = tmp_path / "loop.onnx"
+    onnx.save(weight_used_elsewhere("loop_body"), source)
+    r = quantcli("convert", source, "--mode", "dynamic", "-o", tmp_path / "out.onnx", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "bug" not in r.stderr

@@ -229,3 +229,162 @@ def test_initializers_no_node_reads_are_dropped() -> None:
     assert {t.name for t in result.model.graph.initializer} == {"w", "sub_read"}  # read in a subgraph: kept
     assert "drop_unused_initializers" in result.applied
     assert "dropped 1 initializer(s) that no node reads" in result.notes
+
+
+def _branch_reading(name: str, shape: list[int]) -> onnx.GraphProto:
+    """An If branch that returns -`name`, an outer tensor."""
+    return helper.make_graph(
+        [helper.make_node("Neg", [name], [f"{name}_neg"])],
+        f"reads_{name}",
+        [],
+        [helper.make_tensor_value_info(f"{name}_neg", TensorProto.FLOAT, shape)],
+    )
+
+
+def _with_if(
+    model: onnx.ModelProto, then: onnx.GraphProto, orelse: onnx.GraphProto, shape: list[int]
+) -> None:
+    """Add an If on a graph input `cond` and its output `z` to `model`."""
+    g = model.graph
+    g.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+    g.node.append(helper.make_node("If", ["cond"], ["z"], name="if", then_branch=then, else_branch=orelse))
+    g.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, shape))
+
+
+def run_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def test_fuse_conv_bn_keeps_an_initializer_read_only_inside_an_if_branch() -> None:
+    model = conv_bn_model()
+    model.graph.initializer.append(
+        numpy_helper.from_array(RNG.normal(size=4).astype(np.float32), "branch_only")
+    )
+    # One branch reads an initializer that no node of the main graph reads, the other a BN parameter.
+    _with_if(model, _branch_reading("branch_only", [4]), _branch_reading("mean", [4]), [4])
+    onnx.checker.check_model(model, full_check=True)
+    x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    result = preprocess(model)
+    assert "fuse_conv_bn" in result.applied
+    names = {t.name for t in result.model.graph.initializer}
+    assert {"branch_only", "mean"} <= names and not {"gamma", "beta", "var"} & names
+    onnx.checker.check_model(result.model, full_check=True)
+    for cond in (True, False):
+        feeds = {"x": x, "cond": np.array(cond)}
+        for got, want in zip(run_all(result.model, feeds), run_all(model, feeds), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_fuse_conv_bn_leaves_a_parameter_the_caller_may_override() -> None:
+    model = conv_bn_model()
+    model.graph.input.append(helper.make_tensor_value_info("mean", TensorProto.FLOAT, [4]))
+    result = FuseConvBatchNorm().call(model)
+    assert not result.modified
+    assert any("mean is an initializer that is also a graph input" in note for note in result.notes)
+
+
+def test_ir3_model_is_read_by_the_ir4_convention() -> None:
+    from quantcli.preprocess.ir import NormalizeIR
+
+    model = conv_bn_model()
+    model.graph.input.extend(
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in model.graph.initializer
+    )
+    model.ir_version = 3
+    onnx.checker.check_model(model, full_check=True)
+    x = RNG.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    expected = run(model, x)
+    assert "fuse_conv_bn" in preprocess(model).applied  # its initializers are constants
+    result = NormalizeIR().call(model)
+    assert result.modified and result.model.ir_version == 4
+    assert [i.name for i in result.model.graph.input] == ["x"]  # what onnxruntime asked for
+    onnx.checker.check_model(result.model, full_check=True)
+    np.testing.assert_array_equal(run(result.model, x), expected)
+
+
+def test_bypassed_identity_is_renamed_inside_subgraphs_too() -> None:
+    w = numpy_helper.from_array(RNG.normal(size=(3, 3)).astype(np.float32), "w")
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Identity", ["w"], ["w_id"], name="id"),
+                helper.make_node("MatMul", ["x", "w_id"], ["y"], name="mm"),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 3])],
+            [w],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    _with_if(model, _branch_reading("w_id", [3, 3]), _branch_reading("x", [3, 3]), [3, 3])
+    feeds = {"x": RNG.normal(size=(3, 3)).astype(np.float32), "cond": np.array(True)}
+    expected = run_all(model, feeds)
+    result = FoldConstants().call(model)
+    assert [n.op_type for n in result.model.graph.node] == ["MatMul", "If"]
+    assert [t.name for t in result.model.graph.initializer] == ["w"]  # no copy under the old name
+    onnx.checker.check_model(result.model, full_check=True)
+    for got, want in zip(run_all(result.model, feeds), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_identity_stays_where_a_subgraph_has_a_tensor_of_the_same_name() -> None:
+    # The Loop body's carried value is named like the outer weight: renaming its read of `w_id` to
+    # `w` would read the body's own value instead.
+    body = helper.make_graph(
+        [helper.make_node("Add", ["w", "w_id"], ["w_next"]), helper.make_node("Identity", ["c"], ["c_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("w_next", TensorProto.FLOAT, [3, 3]),
+        ],
+    )
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Identity", ["w"], ["w_id"], name="id"),
+                helper.make_node("Loop", ["trip", "", "x"], ["y"], name="loop", body=body),
+            ],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 3])],
+            [
+                numpy_helper.from_array(np.ones((3, 3), np.float32), "w"),
+                numpy_helper.from_array(np.array(2, np.int64), "trip"),
+            ],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    onnx.checker.check_model(model, full_check=True)
+    x = RNG.normal(size=(3, 3)).astype(np.float32)
+    expected = run(model, x)
+    result = preprocess(model)
+    loop = result.model.graph.node[-1]
+    assert list(loop.attribute[0].g.node[0].input) == ["w", "w_id"]  # the Identity's value is kept as w_id
+    onnx.checker.check_model(result.model, full_check=True)
+    np.testing.assert_array_equal(run(result.model, x), expected)
+
+
+def test_nodes_over_an_overridable_initializer_are_not_folded() -> None:
+    a = numpy_helper.from_array(np.full(3, 2.0, np.float32), "a")
+    b = numpy_helper.from_array(np.full(3, 5.0, np.float32), "b")
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Mul", ["a", "b"], ["ab"]), helper.make_node("Add", ["x", "ab"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3]) for n in ("x", "a")],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+            [a, b],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    result = preprocess(model)
+    assert [n.op_type for n in result.model.graph.node] == ["Mul", "Add"]
+    feeds = {"x": np.zeros(3, np.float32), "a": np.ones(3, np.float32)}  # `a` overridden
+    np.testing.assert_array_equal(run_all(result.model, feeds)[0], np.full(3, 5.0, np.float32))

@@ -104,7 +104,7 @@ def inspect_model(
     if big:
         model = load_model(path, external_data=False)
     g = model.graph
-    index = GraphIndex(g)
+    index = GraphIndex.of(model)
     # _decode by name, so that patching quantcli.inspect._decode sees every decode (tests count them)
     values = _Values(g, path.parent, decode=_decode)
     values.read_external = tensors
@@ -134,7 +134,7 @@ def inspect_model(
     findings = _findings(facts, g, index, refs, values, types, optimized)
     return Inspection(
         file=facts,
-        inputs=[_value_facts(v) for v in g.input if v.name not in index.initializers],
+        inputs=[_value_facts(v) for v in g.input if v.name in index.graph_inputs],
         outputs=[_value_facts(v) for v in g.output],
         operators=dict(Counter((_domain(n), n.op_type) for n in g.node).most_common()),
         parameters=_parameters(g, facts.total_bytes),

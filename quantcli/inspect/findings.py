@@ -64,7 +64,7 @@ def _findings(
                 )
             )
     for i in g.input:
-        if i.name in index.initializers:
+        if i.name in index.overridable:
             found.append(
                 Finding(
                     "input-is-initializer",

@@ -1,4 +1,4 @@
-"""Pre-processing: opset upgrade, node naming, constant folding, Conv+BN fusion, shape inference."""
+"""Pre-processing: IR convention, opset upgrade, node naming, constant folding, Conv+BN fusion, shape inference."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from quantcli.preprocess.fold_constants import FoldConstants
 from quantcli.preprocess.fuse_bn import FuseConvBatchNorm
 from quantcli.preprocess.fuse_pad import FusePadConv
 from quantcli.preprocess.initializer_inputs import DropInitializerInputs
+from quantcli.preprocess.ir import NormalizeIR
 from quantcli.preprocess.names import NameNodes
 from quantcli.preprocess.opset import UpgradeOpset
 from quantcli.preprocess.shapes import InferShapes
@@ -27,6 +28,7 @@ class PreprocessResult:
 
 
 DEFAULT_PASSES: tuple[type[Pass], ...] = (
+    NormalizeIR,
     UpgradeOpset,
     DropInitializerInputs,
     NameNodes,

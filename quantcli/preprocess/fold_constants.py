@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from quantcli.graph import GraphIndex
+from quantcli.graph import GraphIndex, rename_reads, subgraph_local_names
 from quantcli.preprocess.base import Pass, PassResult
 
 _SCALAR_ATTRS = {
@@ -39,14 +39,15 @@ class FoldConstants(Pass):
         out = model
         graph = out.graph
         outputs = {o.name for o in graph.output}
-        existing = {t.name for t in graph.initializer}
+        # Constants only: an initializer that is also a graph input may be overridden at run time.
+        existing = set(GraphIndex(graph).initializers)
+        # A subgraph that defines a name of its own would read that instead of the bypassed tensor.
+        shadowed = subgraph_local_names(graph)
         kept: list[onnx.NodeProto] = []
         rename: dict[str, str] = {}
         folded = bypassed = 0
         for node in graph.node:
-            for i, name in enumerate(node.input):
-                if name in rename:
-                    node.input[i] = rename[name]
+            rename_reads(node, rename)  # subgraphs read the bypassed tensor under its new name too
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 value = constant_value(node)
                 if value is not None and node.output[0] not in outputs:
@@ -54,7 +55,12 @@ class FoldConstants(Pass):
                     existing.add(node.output[0])
                     folded += 1
                     continue
-            if node.op_type == "Identity" and node.input[0] in existing and node.output[0] not in outputs:
+            if (
+                node.op_type == "Identity"
+                and node.input[0] in existing
+                and node.output[0] not in outputs
+                and node.input[0] not in shadowed
+            ):
                 rename[node.output[0]] = node.input[0]
                 bypassed += 1
                 continue
@@ -64,14 +70,6 @@ class FoldConstants(Pass):
             return PassResult(model, False)
         del graph.node[:]
         graph.node.extend(kept)
-        # Subgraphs may read a renamed tensor by its old name; keep an initializer under it.
-        index = GraphIndex(graph)
-        for old, new in sorted(rename.items()):
-            if index.consumers.get(old):
-                tensor = onnx.TensorProto()
-                tensor.CopyFrom(index.initializers[new])
-                tensor.name = old
-                graph.initializer.append(tensor)
         notes = [
             f"folded {folded} Constant node(s), bypassed {bypassed} Identity node(s), "
             f"evaluated {evaluated} node(s) of constants"

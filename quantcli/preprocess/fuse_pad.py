@@ -27,7 +27,7 @@ def check(pad: onnx.NodeProto, conv: onnx.NodeProto, index: GraphIndex) -> str |
         return "Pad has an axes input"
     if attr(conv, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return "Conv uses auto_pad"
-    if len(index.consumers[pad.output[0]]) != 1 or pad.output[0] in index.graph_outputs:
+    if index.only_reader(pad.output[0]) is not conv:
         return "Pad output has other consumers"
     pads = [int(v) for v in index.array(pad.input[1]).ravel()]
     rank = len(pads) // 2

@@ -1,12 +1,13 @@
-"""Drop initializers that no node reads: folding leaves them behind (a Constant whose only reader
+"""Drop initializers that nothing uses: folding leaves them behind (a Constant whose only reader
 was folded away), and exporters leave some too (EfficientNet-Lite0). onnxruntime warns about each
-at load, and `inspect` reports them."""
+at load, and `inspect` reports them. A read inside a subgraph, a graph output and a graph input's
+default are uses (graph.remove_unused_initializers)."""
 
 from __future__ import annotations
 
 import onnx
 
-from quantcli.graph import subgraph_reads
+from quantcli.graph import remove_unused_initializers
 from quantcli.preprocess.base import Pass, PassResult
 
 
@@ -15,13 +16,6 @@ class DropUnusedInitializers(Pass):
     in_place = True
 
     def call(self, model: onnx.ModelProto) -> PassResult:
-        graph = model.graph
-        keep = {o.name for o in graph.output} | {i.name for i in graph.input}
-        for node in graph.node:
-            keep.update(node.input)
-            keep |= subgraph_reads(node)
-        unused = [t for t in graph.initializer if t.name not in keep]
-        for t in unused:
-            graph.initializer.remove(t)
+        unused = remove_unused_initializers(model.graph)
         notes = [f"dropped {len(unused)} initializer(s) that no node reads"] if unused else []
         return PassResult(model, bool(unused), notes)

@@ -39,9 +39,7 @@ def plan_bf16(model: onnx.ModelProto) -> list[NodePlan]:
     stored = {
         name
         for name, t in index.initializers.items()
-        if t.data_type == TensorProto.FLOAT
-        and int(np.prod(t.dims)) > SMALL_CONSTANT
-        and name not in index.graph_outputs
+        if t.data_type == TensorProto.FLOAT and int(np.prod(t.dims)) > SMALL_CONSTANT and index.storable(name)
     }
     types = {
         vi.name: vi.type.tensor_type.elem_type
@@ -53,9 +51,9 @@ def plan_bf16(model: onnx.ModelProto) -> list[NodePlan]:
         reads = [i for i in node.input if i in stored]
         values = [types.get(t) for t in (*node.input, *node.output) if t]
         plain = _FLOAT16 if TensorProto.FLOAT16 in values and TensorProto.FLOAT not in values else _PLAIN
-        plans.append(
-            NodePlan(node.name, node.op_type, FLOAT, _STORED if reads else plain, quantized_inputs=reads)
-        )
+        kept = [why for i in dict.fromkeys(node.input) if (why := index.why_kept(i))]
+        reason = "; ".join([_STORED if reads else plain, *kept])
+        plans.append(NodePlan(node.name, node.op_type, FLOAT, reason, quantized_inputs=reads))
     return plans
 
 
@@ -71,10 +69,13 @@ def rewrite_bf16(model: onnx.ModelProto, nodes: list[NodePlan], *, in_place: boo
             raise BadPlanError(f"plan names node '{plan.name}', which is not in the model")
         for name in plan.quantized_inputs:
             t = index.initializers.get(name)
-            if t is None or t.data_type != TensorProto.FLOAT:
-                raise BadPlanError(
-                    f"plan stores '{name}' of node '{plan.name}' as bfloat16, but it is not a float32 initializer"
+            if t is None or t.data_type != TensorProto.FLOAT or not index.storable(name):
+                why = (
+                    "it is not a float32 initializer"
+                    if t is None or t.data_type != TensorProto.FLOAT
+                    else "it is also a graph output"
                 )
+                raise BadPlanError(f"plan stores '{name}' of node '{plan.name}' as bfloat16, but {why}")
             if name not in wanted:
                 wanted.append(name)
     names = NameAllocator(graph)

@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quantcli.errors import BadPlanError
-from quantcli.graph import GraphIndex, NameAllocator, attr, copy_model
+from quantcli.graph import GraphIndex, NameAllocator, attr, copy_model, remove_unused_initializers
 from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
 from quantcli.quantize.embedding import embedding_table, gather_rows
 from quantcli.quantize.nonfinite import KEPT as NONFINITE
@@ -66,10 +66,9 @@ def _why_not(node: onnx.NodeProto, index: GraphIndex, op_types: tuple[str, ...])
 def _bias_add_of(node: onnx.NodeProto, index: GraphIndex) -> onnx.NodeProto | None:
     """The Add that adds a constant 1-D bias to this MatMul's output, if it is its only consumer."""
     out = node.output[0]
-    consumers = index.consumers[out]
-    if len(consumers) != 1 or out in index.graph_outputs or consumers[0].op_type != "Add":
+    add = index.only_reader(out)
+    if add is None or add.op_type != "Add":
         return None
-    add = consumers[0]
     other = [i for i in add.input if i != out]
     if len(other) != 1 or other[0] not in index.initializers:
         return None
@@ -164,6 +163,8 @@ def rewrite_dynamic(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool =
         if params is None or weight not in index.initializers:
             raise BadPlanError(
                 f"plan quantizes node '{node.name}' but gives no parameters for weight '{weight}'"
+                if params is None
+                else f"plan quantizes node '{node.name}', but its {index.why_not_constant(weight)}"
             )
         if x not in dynamic_inputs:
             q, s, z = names.new(f"{x}_quantized"), names.new(f"{x}_scale"), names.new(f"{x}_zero_point")
@@ -206,11 +207,9 @@ def rewrite_dynamic(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool =
             )
     del graph.node[:]
     graph.node.extend(new_nodes)
-    still_used = {i for n in graph.node for i in n.input}
-    kept = [t for t in graph.initializer if t.name not in quantized_weights or t.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
     graph.initializer.extend(new_inits)
+    # A float weight that something still uses (another node, a subgraph, a graph output) stays.
+    remove_unused_initializers(graph, quantized_weights)
     return out
 
 

@@ -27,7 +27,6 @@ onnxruntime refuses the model (its #320). Nodes with subgraphs, and their subgra
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +35,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantcli import __version__
 from quantcli.errors import BadPlanError
-from quantcli.graph import SHAPE_READERS, GraphIndex, attr, copy_model, subgraphs
+from quantcli.graph import (
+    SHAPE_READERS,
+    GraphIndex,
+    all_names,
+    attr,
+    copy_model,
+    rename_subgraph_reads,
+    subgraphs,
+)
 from quantcli.quantize.plan import FLOAT, FP16, NodePlan
 
 FP16_MAX = 65504.0
@@ -266,9 +273,8 @@ def _borders(region: list[onnx.NodeProto], facts: _Facts) -> tuple[int, bool]:
 def _stored_fp16(facts: _Facts, fp16: set[str]) -> set[str]:
     """The float32 initializers to store as float16."""
     index, stored = facts.index, set()
-    overridable = {i.name for i in index.graph.input} | index.graph_outputs
     for name, init in index.initializers.items():
-        if init.data_type != F32 or name in facts.float32_only or name in overridable:
+        if init.data_type != F32 or name in facts.float32_only or not index.storable(name):
             continue
         if np.prod(init.dims) > SMALL_CONSTANT or any(c.name in fp16 for c in index.consumers[name]):
             stored.add(name)
@@ -286,6 +292,7 @@ def _node_plan(node: onnx.NodeProto, why_float: str | None, facts: _Facts, store
     weights = [t for t in inputs if t in stored]
     notes = [why_float] + [_STORED_NOTE] * bool(weights)
     notes += [facts.float32_only[t] for t in inputs if t in facts.float32_only]
+    notes += [why for t in inputs if (why := facts.index.why_kept(t))]
     return NodePlan(node.name, node.op_type, FLOAT, "; ".join(dict.fromkeys(notes)), weights, [])
 
 
@@ -317,7 +324,7 @@ def rewrite_fp16(
         if node.name in fp16:
             _retarget(node)
         else:  # a subgraph reads outer tensors by name, in float32
-            _rewire_subgraphs(node, lambda t: casts.get(t, F32) if types.get(t) == F32 else t)
+            rename_subgraph_reads(node, lambda t: casts.get(t, F32) if types.get(t) == F32 else t)
     for vi in (*graph.input, *graph.value_info):
         if types.get(vi.name) == F32 and vi.name not in index.initializers:
             outer = io_type if vi.name in index.graph_outputs else have.get(vi.name, F32)
@@ -336,7 +343,6 @@ def _read_plan(
 ) -> tuple[set[str], set[str]]:
     """The fp16 node names and the initializers stored as float16; BadPlanError for a bad plan."""
     by_name = {n.name: n for n in graph.node}
-    overridable = {i.name for i in graph.input} | index.graph_outputs
     fp16, stored = set(), set()
     for plan in nodes:
         if plan.name not in by_name:
@@ -351,7 +357,7 @@ def _read_plan(
         if plan.precision == FP16:
             fp16.add(plan.name)
         for t in plan.quantized_inputs:
-            if t in overridable and t in index.initializers:
+            if t in index.overridable or (t in index.initializers and not index.storable(t)):
                 raise BadPlanError(
                     f"plan stores initializer {t} as float16, but it is a graph input or output"
                 )
@@ -365,7 +371,7 @@ class _Casts:
 
     def __init__(self, graph: onnx.GraphProto, index: GraphIndex, have: dict[str, int]) -> None:
         self.index, self.have = index, have
-        self.used = _all_names(graph)
+        self.used = all_names(graph)
         self.source: dict[tuple[str, int], str] = {}  # (tensor, type) -> the name holding it in that type
         self.renamed: dict[str, str] = {}  # graph output -> the name its value now goes by
         self.head: list[onnx.NodeProto] = []
@@ -415,17 +421,6 @@ class _Casts:
         graph.node.extend(nodes)
 
 
-def _all_names(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor and node name in the graph and its subgraphs (a new name must shadow none)."""
-    names = {v.name for v in (*graph.initializer, *graph.input, *graph.output, *graph.value_info)}
-    for node in graph.node:
-        names.add(node.name)
-        names.update(node.output)
-        for g in subgraphs(node):
-            names |= _all_names(g)
-    return names
-
-
 def _retarget(node: onnx.NodeProto) -> None:
     """Point the attributes of an fp16 node that fix a float32 output type at float16."""
     if node.op_type == "Cast":
@@ -442,14 +437,3 @@ def _retarget(node: onnx.NodeProto) -> None:
 
 def _half(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name)
-
-
-def _rewire_subgraphs(node: onnx.NodeProto, rewire: Callable[[str], str]) -> None:
-    """Make the subgraphs of `node` (recursively) read each outer tensor under the name `rewire` gives."""
-    for g in subgraphs(node):
-        for sub in g.node:
-            for i, name in enumerate(sub.input):
-                sub.input[i] = rewire(name)
-            _rewire_subgraphs(sub, rewire)
-        for o in g.output:
-            o.name = rewire(o.name)

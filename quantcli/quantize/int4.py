@@ -30,7 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quantcli.errors import BadPlanError
-from quantcli.graph import GraphIndex, NameAllocator, attr, copy_model
+from quantcli.graph import GraphIndex, NameAllocator, attr, copy_model, remove_unused_initializers
 from quantcli.quantize.blockwise import BITS, block_qparams, n_blocks, pack_nibbles, packed_bytes, to_blocks
 from quantcli.quantize.blockwise import quantize_blocks as quantize_weight_blocks
 from quantcli.quantize.embedding import embedding_table, plan_embedding
@@ -272,16 +272,9 @@ def _bias_vector(
 
 
 def _drop_unused(graph: onnx.GraphProto, weights: set[str]) -> None:
-    """Remove the float weights the MatMulNBits replaced, unless something else still reads them."""
-    index = GraphIndex(graph)
-    kept_inputs = {i.name for i in graph.input} | index.graph_outputs
-    unused = {w for w in weights if not index.consumers.get(w) and w not in kept_inputs}
-    kept = [t for t in graph.initializer if t.name not in unused]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    stale = [v for v in graph.value_info if v.name in unused]
-    for v in stale:
-        graph.value_info.remove(v)
+    """Remove the float weights the MatMulNBits replaced, unless something else still uses them
+    (another node, a subgraph, a graph output)."""
+    remove_unused_initializers(graph, weights)
 
 
 def matmul_weight_bytes(model: onnx.ModelProto) -> int:

@@ -48,14 +48,14 @@ def nhwc_flattens(model: onnx.ModelProto, index: GraphIndex, precision: dict[str
         chw = _static_chw(index, node.input[0])
         if chw is None or not _channels_last(node.input[0], index, precision, memo):
             continue
-        consumers = index.consumers.get(node.output[0], [])
-        if len(consumers) != 1 or node.output[0] in index.graph_outputs:
+        gemm = index.only_reader(node.output[0])
+        if gemm is None or gemm.op_type != "Gemm" or precision.get(gemm.name) != INT8:
             continue
-        gemm = consumers[0]
-        if gemm.op_type != "Gemm" or precision.get(gemm.name) != INT8 or gemm.input[0] != node.output[0]:
+        if gemm.input[0] != node.output[0]:
             continue
         weight = gemm.input[1]
-        if weight not in index.initializers or len(index.consumers.get(weight, [])) != 1:
+        # The weight is permuted in place: nothing else may use it (a subgraph, a graph output).
+        if weight not in index.initializers or index.only_reader(weight) is not gemm:
             continue
         if index.rank(weight) != 2:
             continue

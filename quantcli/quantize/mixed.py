@@ -182,12 +182,13 @@ def plan_mixed(
     for node_plan, node in zip(plan.nodes, model.graph.node, strict=True):
         if node.name in fp16:
             node_plan.precision = FP16
-            # an initializer that is also a graph output keeps float32 (the rewriter Casts it for the node)
+            # An initializer that must keep its float32 form (a graph output) is read through a Cast.
             node_plan.quantized_inputs = [
                 t
                 for t in node.input
                 if types.get(t) == onnx.TensorProto.FLOAT
-                and not (t in index.initializers and t in index.graph_outputs)
+                and (t not in index.initializers or index.storable(t))
+                and t not in index.overridable
             ]
             node_plan.quantized_outputs = [t for t in node.output if types.get(t) == onnx.TensorProto.FLOAT]
             if node.op_type not in FP16_CPU_KERNELS:

@@ -6,7 +6,9 @@ Activations: producer -> T -> QuantizeLinear -> T_quantized -> DequantizeLinear 
 nodes the plan keeps in float read T itself when T's producer is float too (or T is a graph input):
 exact values, and no DequantizeLinear that onnxruntime would run for them alone.
 Initializers (weights, INT32 biases, constants): stored quantized as T_quantized and dequantized
-by a DequantizeLinear whose output keeps the original name T, so consumers are unchanged.
+by a DequantizeLinear whose output keeps the original name T, so consumers are unchanged (reads
+inside subgraphs included). An initializer that is also a graph output stays as it is, for the
+output; its readers read the DequantizeLinear output, T_dequantized.
 
 16-bit tensors (A16W8): ONNX QuantizeLinear/DequantizeLinear take int16/uint16 only from opset 21;
 below it they are written in onnxruntime's `com.microsoft` domain, whose Q/DQ accept 16 bits at any
@@ -22,7 +24,14 @@ from onnx import helper, numpy_helper
 
 from quantcli import __version__
 from quantcli.errors import BadPlanError
-from quantcli.graph import SHAPE_READERS, GraphIndex, NameAllocator, copy_model
+from quantcli.graph import (
+    SHAPE_READERS,
+    GraphIndex,
+    NameAllocator,
+    copy_model,
+    rename_reads,
+    rename_subgraph_reads,
+)
 from quantcli.preprocess.opset import default_opset
 from quantcli.quantize.embedding import gather_rows
 from quantcli.quantize.integer_io import io_tensors, record_io_quantization
@@ -83,9 +92,9 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
     head: list[onnx.NodeProto] = []  # DQ of initializers, Q/DQ of graph inputs
     after: dict[str, list[onnx.NodeProto]] = {}  # producer node name -> Q/DQ that follow it
     rewire: dict[str, tuple[str, str]] = {}  # T -> (T_quantized, T_dequantized)
-    renamed: dict[str, str] = {}  # an initializer that is also a graph output -> its dequantized name
     new_inits: list[onnx.TensorProto] = []
-    drop_inits: set[str] = set()
+    drop_inits: set[str] = set()  # replaced by a DequantizeLinear output of the same name
+    dequantized_inits: dict[str, str] = {}  # initializer that is a graph output -> its readers' name
 
     shared_qparams: dict[tuple, tuple[str, str]] = {}
     contrib = default_opset(out) < 21  # 16-bit Q/DQ need com.microsoft below opset 21
@@ -119,12 +128,13 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
                 q = quantize_array(values, scale, zp, params.dtype, params.axis, symmetric=symmetric)
             q_name = names.new(f"{t}_quantized")
             new_inits.append(numpy_helper.from_array(q, q_name))
+            tables[t] = (q_name, scale_name)
             dq_out = t
-            if t in index.graph_outputs:  # the output keeps the exact values; nodes read them quantized
-                dq_out = renamed[t] = names.new(f"{t}_dequantized")
+            if t in index.graph_outputs:
+                # The graph output keeps the float values; the readers get the dequantized ones.
+                dq_out = dequantized_inits[t] = names.new(f"{t}_dequantized")
             else:
                 drop_inits.add(t)
-            tables[t] = (q_name, scale_name)
             if all(c.name in gathers for c in index.consumers[t]):
                 continue  # only row lookups read it: no DequantizeLinear of the whole table
             head.append(
@@ -186,12 +196,19 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
         else:
             after.setdefault(producer.name, []).extend(pair)
 
+    # Subgraphs read an activation as it was: the float tensor T, except where T itself becomes
+    # integer (--integer-io inputs and outputs): there they read its DequantizeLinear output.
+    integer_reads = {
+        t: rewire[t][1] for t in (*integer_inputs, *integer_outputs) if t in rewire and rewire[t][1]
+    }
     nodes: list[onnx.NodeProto] = list(head)
     for node in graph.node:
+        if node.name not in gathers:
+            rename_reads(node, dequantized_inits)  # node inputs and reads inside its subgraphs
+        if integer_reads:
+            rename_subgraph_reads(node, lambda t: integer_reads.get(t, t))
         for i, name in enumerate(node.input):
-            if name in renamed and node.name not in gathers:
-                node.input[i] = renamed[name]
-            elif name in rewire:
+            if name in rewire:
                 node.input[i] = consumer_reads(
                     node, name, *rewire[name], index, by_name, exact=name not in integer_inputs
                 )

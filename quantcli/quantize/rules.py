@@ -83,7 +83,7 @@ def _float_input(node: onnx.NodeProto, index: GraphIndex, i: int) -> bool:
 
 def _check_conv(node: onnx.NodeProto, index: GraphIndex) -> str | None:
     if node.input[1] not in index.initializers:
-        return "weight is not a constant initializer"
+        return index.why_not_constant(node.input[1])
     if not _float_input(node, index, 0) or index.elem_type(node.input[1]) != TensorProto.FLOAT:
         return "not a float32 Conv"
     return None

@@ -247,6 +247,9 @@ def _decide(
     why_not = rule.check(node, index)
     if why_not:
         return FLOAT, why_not
+    if rule.weight_input is not None and rule.weight_input < len(node.input):
+        if node.input[rule.weight_input] in index.overridable:  # a weight the caller may replace
+            return FLOAT, index.why_not_constant(node.input[rule.weight_input])
     if rule.kind is Kind.ABSORBED:
         producer = index.producer.get(node.input[0])
         why_not = _absorbable(node, producer, index, precision, config)

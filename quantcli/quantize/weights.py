@@ -28,7 +28,7 @@ def weight_of(node: onnx.NodeProto, index: GraphIndex) -> tuple[str | None, str]
         return None, "no weight input"
     name = node.input[rule.weight_input]
     if name not in index.initializers:
-        return None, "weight is not a constant initializer"
+        return None, index.why_not_constant(name)
     if index.initializers[name].data_type != TensorProto.FLOAT:
         return None, "weight is not float32"
     values = index.array(name)
