@@ -53,7 +53,7 @@ from quantcli.quantize.nonfinite import keep_float as keep_nonfinite_float
 from quantcli.quantize.nonfinite import nonfinite_initializers
 from quantcli.quantize.nonfinite import warnings as nonfinite_warnings
 from quantcli.quantize.params import QType
-from quantcli.quantize.plan import FLOAT, FP16, INT4, INT8, NodePlan, QuantConfig, QuantPlan
+from quantcli.quantize.plan import FLOAT, FP16, NodePlan, QuantConfig, QuantPlan
 from quantcli.quantize.plan_check import check_plan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
@@ -192,14 +192,6 @@ class ConvertOptions:
                 raise UsageError(
                     f"{_as_given(option, value)} contradicts the plan {self.plan}, {_made_with(option, planned)}"
                 )
-        writes = _PRECISIONS_WRITTEN[plan.mode]
-        for node in plan.nodes:
-            if node.precision not in writes:
-                hint = '; set "mode": "mixed" to run nodes in FP16' if node.precision == FP16 else ""
-                raise UsageError(
-                    f"{self.plan}: node {node.name} has precision {node.precision}, which --mode {plan.mode} "
-                    f"does not write (it writes {', '.join(writes)}){hint}"
-                )
         for option in _NEW_PLAN_ONLY:
             if _given(self, option):
                 raise UsageError(
@@ -294,16 +286,6 @@ _MODE_OPTIONS: dict[str, tuple[str, ...]] = {
     "percentile": ("static", "mixed"),
     "calib_bins": ("static", "mixed"),
     "calib_memory": ("static", "mixed", "fp16"),
-}
-# The node precisions each mode's rewriter writes: a hand-edited plan asking for another is refused.
-_PRECISIONS_WRITTEN: dict[str, tuple[str, ...]] = {
-    "static": (INT8, FLOAT),
-    "mixed": (INT8, FP16, FLOAT),
-    "dynamic": (INT8, FLOAT),
-    "weights-int8": (INT8, FLOAT),
-    "weights-int4": (INT4, INT8, FLOAT),
-    "fp16": (FP16, FLOAT),
-    "bf16": (FLOAT,),
 }
 # Options a replayed plan records (QuantConfig): allowed when they agree with it.
 _PLAN_FIXED = (

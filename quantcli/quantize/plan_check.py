@@ -157,7 +157,8 @@ def check_plan_dict(data: Any, source: str = "plan") -> None:
             c.fail(
                 where,
                 f"precision {node['precision']} does not exist in --mode {mode} "
-                f"(it takes {', '.join(MODE_PRECISIONS[mode])})",
+                f"(it takes {', '.join(MODE_PRECISIONS[mode])})"
+                + ('; set "mode": "mixed" to run nodes in FP16' if node["precision"] == "fp16" else ""),
             )
         c.value(where, "reason", node.get("reason", ""), "str")
         for key in ("quantized_inputs", "quantized_outputs"):
