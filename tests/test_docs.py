@@ -186,3 +186,35 @@ def test_readme_python_runs_as_written() -> None:
         )
         assert done.returncode == 0, f"README's Python example failed:\n{code}\n{done.stderr}"
     assert _tree(ROOT) == before, "README's Python example wrote into the repository"
+
+
+def _documented_fields(section: str) -> set[str]:
+    """The top-level keys a docs/json.md section's field table names (`file.bytes` -> file)."""
+    text = (ROOT_DOCS / "json.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    fields: set[str] = set()
+    for line in body.splitlines():
+        if line.startswith("| `"):
+            first = line.split("|")[1]
+            for name in re.findall(r"`([^`]+)`", first):
+                fields.add(name.split(".")[0].removesuffix("[]"))
+    return fields
+
+
+ROOT_DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_convert_json_fields_are_the_documented_ones(converted) -> None:  # noqa: ANN001
+    from quantcli.report.convert import convert_to_dict
+
+    printed = set(convert_to_dict(converted["digits_cnn"].result))
+    assert printed == _documented_fields("convert"), "docs/json.md's convert table and convert --json differ"
+
+
+def test_inspect_json_fields_are_the_documented_ones() -> None:
+    from quantcli.inspect import inspect_model
+    from quantcli.report.inspect import inspect_to_dict
+
+    model = Path(__file__).resolve().parent.parent / "sample_models" / "digits_cnn.onnx"
+    printed = set(inspect_to_dict(inspect_model(model, nodes=True, tensors=True, use_ort=False)))
+    assert printed == _documented_fields("inspect"), "docs/json.md's inspect table and inspect --json differ"
