@@ -14,16 +14,22 @@ class _Terminated(BaseException):
 # come out as another exception (pybind11's "ImportError: initialization failed"): the run was
 # interrupted all the same.
 _RECEIVED: list[int] = []
+# While C extensions import (numpy, onnx, onnxruntime), a signal is only recorded and acted on once
+# they are done: an exception raised inside a module's initialisation can crash the interpreter
+# (a SIGINT 0.3 s into a run once ended it with SIGSEGV instead of 130).
+_DEFERRED = [True]
 
 
 def _terminate(signum: int, frame: object) -> None:  # noqa: ARG001
     _RECEIVED.append(signum)
-    raise _Terminated()
+    if not _DEFERRED[0]:
+        raise _Terminated()
 
 
 def _interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
     _RECEIVED.append(signum)
-    raise KeyboardInterrupt
+    if not _DEFERRED[0]:
+        raise KeyboardInterrupt
 
 
 def _exit_if_signalled(command: str, json_output: bool | None = None) -> None:
@@ -78,6 +84,8 @@ except (KeyboardInterrupt, _Terminated) as _exc:
 except Exception:
     _exit_if_signalled("")
     raise
+_DEFERRED[0] = False
+_exit_if_signalled("")
 
 _PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
 _OUT = click.Path(dir_okay=True, file_okay=True)  # text: a trailing slash is still there to refuse
@@ -89,6 +97,14 @@ def _run(command: str, json_output: bool, debug: bool, body: Callable[[], int]) 
 
     signal.signal(signal.SIGTERM, _terminate)
     _RECEIVED.clear()  # a run of its own (tests call the CLI many times in one process)
+    _DEFERRED[0] = True  # the C extensions every command needs, imported with signals deferred
+    try:
+        import numpy  # noqa: F401
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    finally:
+        _DEFERRED[0] = False
+    _exit_if_signalled(command, json_output)
     try:
         code = body()
     except QuantcliError as exc:
