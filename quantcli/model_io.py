@@ -25,6 +25,7 @@ from quantcli.outputs import (
     check_output_path,
     check_outputs,
     fit_name,
+    input_kind,
     name_max,
     same_file,
     signals_deferred,
@@ -46,6 +47,9 @@ def check_model_path(path: str | os.PathLike[str]) -> Path:
         raise BadModelError(f"{p}: no such file")
     if p.is_dir():
         raise BadModelError(f"{p}: is a directory, expected an .onnx file")
+    kind = input_kind(p)
+    if kind is not None:  # reading it could block (a FIFO) or never end (/dev/zero)
+        raise BadModelError(f"{p}: is {kind}, not a regular file; models are read only from regular files")
     if p.stat().st_size == 0:
         raise BadModelError(f"{p}: file is empty")
     return p

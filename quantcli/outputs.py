@@ -61,6 +61,15 @@ def _kind(mode: int) -> str | None:
     return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
 
 
+def input_kind(path: str | os.PathLike[str]) -> str | None:
+    """What an existing input path is when it is not a regular file (links followed): a device, a
+    FIFO or a socket would block or never end a read; None for a regular file."""
+    try:
+        return _kind(os.stat(path).st_mode)
+    except OSError:
+        return None
+
+
 def write_target(path: str | os.PathLike[str]) -> Path:
     """The file a write to `path` replaces: `path`, or the end of the symbolic links it is (a
     link is written through, never replaced: /dev/stdout stays a link)."""

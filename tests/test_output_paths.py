@@ -565,3 +565,30 @@ def test_external_data_inside_the_model_folder_is_still_read(tmp_path: Path) -> 
     code, _, stderr = _run("convert", model, "--mode", "fp16", "-o", tmp_path / "q.onnx", "--quiet")
     assert code == 0, stderr
     assert stat.S_ISREG(os.stat(tmp_path / "q.onnx").st_mode)
+
+
+def test_inputs_that_are_not_regular_files_are_refused(tmp_path: Path) -> None:
+    """A model, plan or labels file that is a device or a FIFO would never end a read (/dev/zero)
+    or block forever (a FIFO with no writer): exit 2 naming what it is, at once."""
+    from conftest import quantcli
+
+    cnn = SAMPLES / "digits_cnn.onnx"
+    fifo = tmp_path / "plan.json"
+    os.mkfifo(fifo)
+    evals = tmp_path / "eval"
+    evals.mkdir()
+    for p in sorted((DATA / "digits_cnn" / "eval").glob("*.npz"))[:3]:
+        (evals / p.name).write_bytes(p.read_bytes())
+    os.mkfifo(evals / "labels.npy")
+    cases = [
+        (["convert", "/dev/zero", "-o", tmp_path / "a.onnx"], "character device"),
+        (["inspect", "/dev/zero"], "character device"),
+        (["convert", cnn, "--plan", "/dev/zero", "-o", tmp_path / "b.onnx"], "character device"),
+        (["convert", cnn, "--plan", fifo, "-o", tmp_path / "c.onnx"], "FIFO"),
+        (["convert", cnn, "--mode", "dynamic", "--eval", evals, "-o", tmp_path / "d.onnx"], "labels.npy"),
+    ]
+    for args, needle in cases:
+        proc = quantcli(*args, cwd=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "plan.json"]

@@ -447,6 +447,8 @@ def read_labels(directory: Path, refs: list[SampleRef], all_refs: list[SampleRef
     path = directory / LABELS_FILE
     if not path.exists():
         return None
+    if not path.is_file():  # a FIFO or device would block or never end a read
+        raise BadDataError(f"{path}: not a regular file; labels are read only from a regular file")
     try:
         labels = native_byte_order(np.load(path, allow_pickle=False))
     except (OSError, ValueError) as exc:

@@ -229,7 +229,12 @@ class QuantPlan:
 
     @classmethod
     def load(cls, path: Path) -> QuantPlan:
+        from quantcli.outputs import input_kind
+
         p = Path(path)
+        kind = input_kind(p)
+        if kind is not None:  # reading it could block (a FIFO) or never end (/dev/zero)
+            raise BadPlanError(f"{p}: is {kind}, not a regular file; plans are read only from regular files")
         try:
             data = json.loads(p.read_text())
         except FileNotFoundError as exc:
