@@ -58,6 +58,7 @@ from quantcli.quantize.plan_check import check_plan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
 from quantcli.quantize.weights import plan_weights_int8
+from quantcli.text import count
 from quantcli.thresholds import Check, Thresholds, evaluate
 from quantcli.verify import (
     Agreement,
@@ -701,7 +702,7 @@ def _plan_mixed(
     sensitivity: dict[str, tuple[float, float]] = {}
     if options.fp16_count:
         refs = split.calib[:SENSITIVITY_SAMPLES]
-        label = f"measuring per-node INT8 error on {_count(len(refs), 'sample')}"
+        label = f"measuring per-node INT8 error on {count(len(refs), 'sample')}"
         sensitivity = node_sensitivity(
             model,
             ranges,
@@ -712,11 +713,6 @@ def _plan_mixed(
             progress=(lambda done, total: progress(label, done, total)) if progress else None,
         )
     return plan_mixed(model, ranges, config, named=named, sensitivity=sensitivity, count=options.fp16_count)
-
-
-def _count(n: int, noun: str) -> str:
-    """'1 sample', '2 samples'."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _calibrate(
@@ -811,7 +807,7 @@ def _sample_warnings(plan: QuantPlan, replayed: bool, split: SampleSplit) -> lis
         warnings.append(
             Notice(
                 "few-calibration-samples",
-                f"calibrated on {_count(n, 'sample')}: ranges from fewer than {MIN_CALIB_SAMPLES} samples "
+                f"calibrated on {count(n, 'sample')}: ranges from fewer than {MIN_CALIB_SAMPLES} samples "
                 "may miss values real inputs reach (100-500 representative samples are typical)",
             )
         )
@@ -819,7 +815,7 @@ def _sample_warnings(plan: QuantPlan, replayed: bool, split: SampleSplit) -> lis
         warnings.append(
             Notice(
                 "few-evaluation-samples",
-                f"evaluated on {_count(len(split.eval), 'sample')}: accuracy figures from fewer than "
+                f"evaluated on {count(len(split.eval), 'sample')}: accuracy figures from fewer than "
                 f"{MIN_EVAL_SAMPLES} samples say little; pass --eval DIR with more",
             )
         )

@@ -53,11 +53,22 @@ def _exit_interrupted(command: str, exc: BaseException, json_output: bool | None
     if json_output:
         import json
 
-        error = {"code": "terminated" if term else "interrupted", "message": message, "exit_code": code}
-        obj = {"schema_version": 1, "command": command or "quantcli", "exit_code": code, "error": error}
+        obj = _error_object(command or "quantcli", code, "terminated" if term else "interrupted", message)
         sys.stdout.write(json.dumps(obj, indent=2) + "\n")
         sys.stdout.flush()
     sys.exit(code)
+
+
+def _error_object(command: str, exit_code: int, code: str, message: str) -> dict:
+    """The `--json` object of a failed run (docs/json.md, "The error object")."""
+    from quantcli.report import SCHEMA_VERSION  # plain Python: safe before the heavy imports
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "exit_code": int(exit_code),
+        "error": {"code": code, "message": message, "exit_code": int(exit_code)},
+    }
 
 
 # Signals are handled from the first line on, before the imports below (a signal in the middle of
@@ -140,14 +151,7 @@ def _fail(command: str, json_output: bool, exit_code: ExitCode, code: str, line:
     prefix = "quantcli" if command == "quantcli" else f"quantcli {command}"
     report.err(f"{prefix}: {line}")  # one line: report.err escapes control characters
     if json_output:
-        report.render_json(
-            {
-                "schema_version": report.SCHEMA_VERSION,
-                "command": command,
-                "exit_code": int(exit_code),
-                "error": {"code": code, "message": message, "exit_code": int(exit_code)},
-            }
-        )
+        report.render_json(_error_object(command, exit_code, code, message))
     sys.exit(int(exit_code))
 
 
@@ -642,7 +646,6 @@ def convert(
         from quantcli.model_io import check_model_path, check_outputs
         from quantcli.outputs import output_path
         from quantcli.quantize.params import QType
-        from quantcli.report.compare import write_report_file
         from quantcli.report.convert import (
             convert_to_dict,
             convert_to_junit,
@@ -714,16 +717,35 @@ def convert(
             report.render_json(convert_to_dict(result))
         else:
             render_convert(result, rich_output=sys.stdout.isatty())
-        if summary is not None:
-            write_report_file(summary, convert_to_markdown(result), append=append)
-        if junit_path is not None:
-            write_report_file(junit_path, convert_to_junit(result))
-        for check in result.checks:
-            if not check.passed:
-                report.err(f"quantcli convert: check failed: {check.message}")
-        return int(result.exit_code)
+        return _gate_outcome(
+            "convert", result, (summary, append), junit_path, convert_to_markdown, convert_to_junit
+        )
 
     _run("convert", json_output, debug, body)
+
+
+def _gate_outcome(
+    command: str,
+    result: Any,  # noqa: ANN401 - a ConvertResult or CompareResult: `checks` and `exit_code`
+    summary: tuple[Path | None, bool],
+    junit: Path | None,
+    to_markdown: Callable[[Any], str],
+    to_junit: Callable[[Any], str],
+) -> int:
+    """What a gate leaves besides stdout: the markdown summary (appended for $GITHUB_STEP_SUMMARY),
+    JUnit XML, a stderr line per missed threshold; its exit code (1 when one was missed)."""
+    from quantcli import report
+    from quantcli.report.compare import write_report_file
+
+    path, append = summary
+    if path is not None:
+        write_report_file(path, to_markdown(result), append=append)
+    if junit is not None:
+        write_report_file(junit, to_junit(result))
+    for check in result.checks:
+        if not check.passed:
+            report.err(f"quantcli {command}: check failed: {check.message}")
+    return int(result.exit_code)
 
 
 def _image_spec(spec: str | None, option: str):  # noqa: ANN202 - an ImagePreprocess, imported late
@@ -858,7 +880,6 @@ def compare(
             compare_to_junit,
             compare_to_markdown,
             render_compare,
-            write_report_file,
         )
 
         thresholds = _thresholds(
@@ -893,14 +914,9 @@ def compare(
             report.render_json(compare_to_dict(result))
         else:
             render_compare(result, rich_output=sys.stdout.isatty())
-        if summary is not None:
-            write_report_file(summary, compare_to_markdown(result), append=append)
-        if junit_path is not None:
-            write_report_file(junit_path, compare_to_junit(result))
-        for check in result.checks:
-            if not check.passed:
-                report.err(f"quantcli compare: check failed: {check.message}")
-        return int(result.exit_code)
+        return _gate_outcome(
+            "compare", result, (summary, append), junit_path, compare_to_markdown, compare_to_junit
+        )
 
     _run("compare", json_output, debug, body)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from quantcli.calibration.data import sample_rows
 from quantcli.errors import Notice, UnsupportedModelError, UsageError
 from quantcli.io_match import IOMatch, match_io
 
@@ -245,10 +246,10 @@ def compare_sessions(
     ref_correct = cand_correct = labelled = 0
     count = rows = 0
     # A model with a free batch axis may be fed a batch per file: each row is a sample.
-    free_batch = all(
-        bool(shape) and not (isinstance(shape[0], int) and shape[0] > 0)
-        for shape in (reference.get_inputs()[k].shape for k in range(len(reference.get_inputs())))
-    ) and bool(reference.get_inputs())
+    inputs = reference.get_inputs()
+    free_batch = bool(inputs) and all(
+        i.shape and not (isinstance(i.shape[0], int) and i.shape[0] > 0) for i in inputs
+    )
     for i, sample in enumerate(samples):
         ref_out = run_session(reference, names, io.feeds(sample, "reference"), "reference", i)
         cand_out = run_session(candidate, names, io.feeds(sample, "candidate"), "candidate", i)
@@ -262,8 +263,7 @@ def compare_sessions(
             cand_correct += int(first_c.argmax(-1)[0] == labels[i])
             labelled += 1
         count += 1
-        first_in = next(iter(sample.values()), None)
-        rows += int(first_in.shape[0]) if free_batch and getattr(first_in, "ndim", 0) else 1
+        rows += sample_rows(sample) if free_batch else 1
         if progress is not None:
             progress(count)
     return Agreement(

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from quantcli.calibration.data import SampleShapes
+from quantcli.calibration.data import SampleShapes, sample_rows
 from quantcli.calibration.memory import check_fits, estimate_bytes
 from quantcli.calibration.observers import DEFAULT_BINS, ChannelMeanObserver
 from quantcli.calibration.ranges import CalibMethod, compute_range, make_observer
@@ -162,7 +162,7 @@ def collect_ranges(
                         obs.update(value)
                         if name in means:
                             means[name].update(value)
-            count += _rows(feeds) if free_batch else n  # a file holding a batch counts its rows
+            count += sample_rows(feeds) if free_batch else n  # a file holding a batch counts its rows
             results = values = value = None  # do not hold this run's outputs while the next run computes
             if progress is not None:
                 progress(g, len(groups), count)
@@ -336,12 +336,6 @@ def _shapes_of(sample: dict[str, np.ndarray]) -> SampleShapes:
     return SampleShapes(
         "the first calibration sample", _nbytes(sample), {k: v.shape for k, v in sample.items()}, detail
     )
-
-
-def _rows(feeds: dict[str, np.ndarray]) -> int:
-    """Samples in a run of a model with a free batch axis: the inputs' leading dimension."""
-    first = next(iter(feeds.values()), None)
-    return int(first.shape[0]) if isinstance(first, np.ndarray) and first.ndim else 1
 
 
 def _has_free_batch_axis(model: onnx.ModelProto) -> bool:

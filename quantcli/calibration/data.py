@@ -25,6 +25,7 @@ import onnx
 from quantcli.calibration.images import IMAGE_SUFFIXES, ImagePreprocess
 from quantcli.calibration.npy import BatchRows, array_headers, nbytes
 from quantcli.errors import BadDataError
+from quantcli.text import count
 
 LABELS_FILE = "labels.npy"
 BATCH_FILE = "batch.npz"
@@ -124,6 +125,13 @@ def native_byte_order(arr: np.ndarray) -> np.ndarray:
     if isinstance(arr, np.ndarray) and not arr.dtype.isnative:
         return arr.astype(arr.dtype.newbyteorder("="))
     return arr
+
+
+def sample_rows(feeds: dict[str, np.ndarray]) -> int:
+    """Samples in one feed of a model with a free batch axis: its first input's leading dimension
+    (a file may hold a batch)."""
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if isinstance(first, np.ndarray) and first.ndim else 1
 
 
 def validate_sample(path: Path | str, feeds: dict[str, np.ndarray], specs: list[InputSpec]) -> None:
@@ -500,7 +508,7 @@ def split_samples(
         if eval_dir is None and len(refs) > 1:
             held = min(100, max(1, len(refs) // 5))
             all_eval, evals, refs = refs, refs[-held:], refs[:-held]
-            source = f"{len(evals)} sample{'' if len(evals) == 1 else 's'} held out from {calib_dir}"
+            source = f"{count(len(evals), 'sample')} held out from {calib_dir}"
             eval_dir = calib_dir
         calib = refs[:calib_samples]
     if eval_dir is not None and not evals:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from quantcli.errors import BadDataError, UsageError
+from quantcli.text import count
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # channels -> Pillow mode
@@ -92,8 +93,8 @@ class ImagePreprocess:
             n = len(getattr(self, name))
             if n not in (1, channels):
                 raise UsageError(
-                    f"{option}: {name} has {n} values, the model's input takes {channels} channel"
-                    f"{'' if channels == 1 else 's'} ({self.layout}): give 1 value or {channels}"
+                    f"{option}: {name} has {n} values, the model's input takes {count(channels, 'channel')} "
+                    f"({self.layout}): give 1 value or {channels}"
                 )
         return replace(self, channels=channels)
 

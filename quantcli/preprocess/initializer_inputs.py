@@ -22,19 +22,25 @@ def overridable_initializers(model: onnx.ModelProto) -> list[str]:
     return [i.name for i in model.graph.input if i.name in inits]
 
 
+def unlist_initializers(graph: onnx.GraphProto) -> int:
+    """Take the initializers out of the graph's input list (in place); how many were listed."""
+    inits = {t.name for t in graph.initializer}
+    kept = [i for i in graph.input if i.name not in inits]
+    dropped = len(graph.input) - len(kept)
+    if dropped:
+        del graph.input[:]
+        graph.input.extend(kept)
+    return dropped
+
+
 class DropInitializerInputs(Pass):
     name = "drop_initializer_inputs"
     in_place = True
 
     def call(self, model: onnx.ModelProto) -> PassResult:
-        graph = model.graph
-        inits = {t.name for t in graph.initializer}
-        kept = [i for i in graph.input if i.name not in inits]
-        dropped = len(graph.input) - len(kept)
+        dropped = unlist_initializers(model.graph)
         if not dropped:
             return PassResult(model, False)
-        del graph.input[:]
-        graph.input.extend(kept)
         return PassResult(
             model,
             True,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import onnx
 
 from quantcli.preprocess.base import Pass, PassResult
+from quantcli.preprocess.initializer_inputs import unlist_initializers
 
 IR_OVERRIDABLE_INITIALIZERS = 4
 
@@ -25,16 +26,13 @@ class NormalizeIR(Pass):
         if model.ir_version >= IR_OVERRIDABLE_INITIALIZERS:
             return PassResult(model, False)
         before = model.ir_version
-        initializers = {t.name for t in model.graph.initializer}
-        listed = [i for i in model.graph.input if i.name in initializers]
-        for i in listed:
-            model.graph.input.remove(i)
+        listed = unlist_initializers(model.graph)
         model.ir_version = IR_OVERRIDABLE_INITIALIZERS
         return PassResult(
             model,
             True,
             [
-                f"IR version {before} read as IR {IR_OVERRIDABLE_INITIALIZERS}: {len(listed)} initializer(s) "
+                f"IR version {before} read as IR {IR_OVERRIDABLE_INITIALIZERS}: {listed} initializer(s) "
                 "no longer listed as graph inputs (constants either way)"
             ],
         )

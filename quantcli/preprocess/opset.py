@@ -15,6 +15,7 @@ from onnx import helper, version_converter
 
 from quantcli.errors import UnsupportedModelError
 from quantcli.preprocess.base import Pass, PassResult
+from quantcli.preprocess.initializer_inputs import unlist_initializers
 
 MIN_OPSET = 13
 # IR 4 made initializers independent of graph inputs (an initializer listed as an input became an
@@ -60,11 +61,7 @@ def upgrade_ir_version(model: onnx.ModelProto) -> list[str]:
     if before >= needed:
         return []
     if before < _INITIALIZERS_AS_DEFAULTS_IR:
-        inits = {t.name for t in model.graph.initializer}
-        kept = [i for i in model.graph.input if i.name not in inits]
-        if len(kept) != len(model.graph.input):
-            del model.graph.input[:]
-            model.graph.input.extend(kept)
+        unlist_initializers(model.graph)
     model.ir_version = needed
     return [f"IR version upgraded from {before} to {needed}"]
 

@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto
 
 from quantcli.graph import COMPUTE_OPS, GraphIndex
+from quantcli.text import count
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # Integer and quantized-weight ops of the ai.onnx and com.microsoft domains (QOperator format).
@@ -70,7 +71,7 @@ def input_kind(model: onnx.ModelProto) -> InputKind:
         found.append("QOperator: " + ", ".join(f"{n} {o}" for o, n in sorted(qop.items())))
     integer = _integer_weights(model)
     if integer and not found:
-        found.append(f"{integer} integer weight initializer{'s' if integer != 1 else ''}")
+        found.append(count(integer, "integer weight initializer"))
     return InputKind("; ".join(found), weights)
 
 

@@ -16,6 +16,7 @@ from onnx import numpy_helper
 
 from quantcli.errors import Notice
 from quantcli.quantize.plan import FLOAT, INT4, INT8, QuantPlan
+from quantcli.text import count
 
 _FLOAT_TYPES = (
     onnx.TensorProto.FLOAT,
@@ -44,7 +45,7 @@ def reason(tensor: str, counts: tuple[int, int]) -> str:
     """The plan reason of a node kept in float32 because it reads `tensor`."""
     bad, total = counts
     return (
-        f"{KEPT}{tensor} holds {bad} NaN/inf value{'s' if bad != 1 else ''} (of {total}); "
+        f"{KEPT}{tensor} holds {count(bad, 'NaN/inf value')} (of {total}); "
         "quantizing would turn them into finite numbers"
     )
 

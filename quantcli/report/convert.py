@@ -22,6 +22,7 @@ from quantcli.report.checks import (
     print_checks,
     verdict,
 )
+from quantcli.text import count
 from quantcli.verify import Agreement
 
 PRECISION_LABEL = {
@@ -194,7 +195,7 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
         for name, q in r.io_quantization.items()
     )
     if r.calibration_samples:
-        rows.append(("calibration", f"{_count(r.calibration_samples, 'sample')}, {r.calib_method}"))
+        rows.append(("calibration", f"{count(r.calibration_samples, 'sample')}, {r.calib_method}"))
     if r.bias_corrected:
         rows.append(
             (
@@ -206,7 +207,7 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
     if a is None:
         rows.append(("accuracy", "not measured (no evaluation samples: pass --eval DIR)"))
     else:
-        rows.append(("evaluated on", f"{_count(a.samples, 'sample')} ({r.eval_source})"))
+        rows.append(("evaluated on", f"{count(a.samples, 'sample')} ({r.eval_source})"))
         for o in a.outputs:
             text = f"cosine {o.cosine_mean:.5f} (min {o.cosine_min:.5f}), max abs error {o.max_abs_error:.4g}"
             if o.top1_agreement is not None:
@@ -306,10 +307,6 @@ def convert_to_junit(r: ConvertResult) -> str:
     """JUnit XML: one test case per threshold, a failure element for each one missed."""
     suite = f"quantcli convert {r.model.name} {r.output.name}"
     return checks_to_junit(r.checks, command="convert", suite=suite, seconds=r.seconds.get("total", 0.0))
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _names(names: list[str], shown: int = 3) -> str:
