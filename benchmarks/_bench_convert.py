@@ -42,6 +42,7 @@ class Tool:
     quantcli_mode: str | None = None  # quantcli tools: the --mode
     args: tuple[str, ...] = ()  # quantcli tools: more CLI arguments, after --mode and --calib
     needs_calib: bool = False  # quantcli tools: pass --calib DIR (the case's calibration samples)
+    ok_exit_codes: tuple[int, ...] = (0,)  # e.g. 3 for `--fallback ... --keep-best` missing its goal
 
     def quantcli_args(self, calib: str) -> list[str]:
         """The arguments after `quantcli convert MODEL`, before --eval/-o/--json."""
@@ -160,7 +161,9 @@ def first_error_line(text: str) -> str:
 
 def child_argv(tool: Tool, case: Case, output: Path) -> list[str]:
     paths = (case.model, case.calib, case.eval, output)
-    return [sys.executable, "-B", str(Path(__file__).resolve()), tool.key, *map(str, paths)]
+    # A quantcli tool made by a script (not in TOOLS_BY_KEY) passes its mode and arguments along.
+    extra = [tool.quantcli_mode or "", *tool.args] if tool.key not in TOOLS_BY_KEY else []
+    return [sys.executable, "-B", str(Path(__file__).resolve()), tool.key, *map(str, paths), *extra]
 
 
 def read_peak_rss(cwd: Path) -> float | None:
@@ -176,7 +179,7 @@ def convert(tool: Tool, case: Case, workdir: Path) -> Conversion:
     cwd = Path(tempfile.mkdtemp(prefix=f"{case.name}.{tool.key}.", dir=workdir))
     child = run_child(child_argv(tool, case, output), cwd=cwd)
     result = Conversion(tool, output, child.wall_s, read_peak_rss(cwd))
-    if child.returncode != 0 or not output.exists():
+    if child.returncode not in tool.ok_exit_codes or not output.exists():
         result.output = None
         result.error = f"exit {child.returncode}: {first_error_line(child.stderr or child.stdout)}"
         return result
@@ -320,8 +323,12 @@ def peak_rss_mb() -> float:
 
 
 def child_main(argv: Sequence[str]) -> int:
-    key, model, calib, eval_dir, output = argv
-    tool = TOOLS_BY_KEY[key]
+    key, model, calib, eval_dir, output, *extra = argv
+    tool = (
+        TOOLS_BY_KEY[key]
+        if key in TOOLS_BY_KEY
+        else Tool(key, key, extra[0], tuple(extra[1:]), needs_calib=True)
+    )
     try:
         if tool.quantcli_mode is not None:
             quantcli_convert(tool, model, calib, eval_dir, output)

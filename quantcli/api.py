@@ -48,6 +48,8 @@ from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
 from quantcli.quantize.already import half_compute_nodes, input_kind, refusal
 from quantcli.quantize.dynamic import OP_TYPES as DYNAMIC_OP_TYPES
 from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
+from quantcli.quantize.fallback import PRECISIONS as FALLBACK_PRECISIONS
+from quantcli.quantize.fallback import SearchResult, excluded_nodes
 from quantcli.quantize.int4 import matmul_weight_bytes, plan_weights_int4, rewrite_int4
 from quantcli.quantize.nonfinite import keep_float as keep_nonfinite_float
 from quantcli.quantize.nonfinite import nonfinite_initializers
@@ -104,6 +106,13 @@ class ConvertOptions:
     integer_io: bool = False
     # Bounds on the evaluation's figures (compare's flags): missed ones make the exit code 1.
     thresholds: Thresholds = field(default_factory=Thresholds)
+    # static: meet the accuracy thresholds by moving the most sensitive nodes to this precision
+    # (quantize/fallback.py): "float" or "fp16"; unreachable is exit 3
+    fallback: str | None = None
+    max_fallback: str | int | None = None  # at most N candidates, or "P%" of them
+    keep_best: bool = False  # write the most accurate model even when the thresholds are unreachable
+    exclude_nodes: tuple[str, ...] = ()  # static/mixed: shell patterns on node names kept float
+    exclude_op_types: tuple[str, ...] = ()  # static/mixed: op types kept float
 
     def __post_init__(self) -> None:
         self._coerce()
@@ -125,6 +134,23 @@ class ConvertOptions:
         if self.fp16_count < 0:
             raise UsageError(f"--fp16-count {self.fp16_count}: must be 0 or more")
         self._check_mode_options()
+        self._check_fallback()
+
+    def _check_fallback(self) -> None:
+        """--fallback searches for a plan meeting accuracy bounds: it needs one; its own options need it."""
+        from quantcli.quantize.fallback import accuracy_bounds, check_limit
+
+        if self.fallback is None:
+            for option in ("max_fallback", "keep_best"):
+                if _given(self, option):
+                    raise UsageError(f"{_flag(option)} applies to --fallback only")
+            return
+        if not any(bounds for _, bounds in accuracy_bounds(self.thresholds).items()):
+            raise UsageError(
+                f"--fallback {self.fallback} needs an accuracy threshold to meet: --min-cosine, "
+                "--min-sqnr, --min-top1-agreement, --max-abs-error or --max-accuracy-drop"
+            )
+        check_limit(self.max_fallback)
 
     def _coerce(self) -> None:
         """The Python API takes what the CLI takes: paths as str or os.PathLike, enums by their
@@ -146,6 +172,10 @@ class ConvertOptions:
         put("int4_compute", _choice(self.int4_compute, "int4_compute", ("float", "int8")))
         put("dynamic_op_types", _names(self.dynamic_op_types, "dynamic_op_types", DYNAMIC_OP_TYPES))
         put("fp16_nodes", _names(self.fp16_nodes, "fp16_nodes"))
+        put("exclude_nodes", _names(self.exclude_nodes, "exclude_nodes"))
+        put("exclude_op_types", _names(self.exclude_op_types, "exclude_op_types"))
+        if self.fallback is not None:
+            put("fallback", _choice(self.fallback, "fallback", FALLBACK_PRECISIONS))
         if isinstance(self.calib_preprocess, str):
             put("calib_preprocess", ImagePreprocess.parse(self.calib_preprocess))
         try:
@@ -287,6 +317,11 @@ _MODE_OPTIONS: dict[str, tuple[str, ...]] = {
     "percentile": ("static", "mixed"),
     "calib_bins": ("static", "mixed"),
     "calib_memory": ("static", "mixed", "fp16"),
+    "fallback": ("static",),
+    "max_fallback": ("static",),
+    "keep_best": ("static",),
+    "exclude_nodes": ("static", "mixed"),
+    "exclude_op_types": ("static", "mixed"),
 }
 # Options a replayed plan records (QuantConfig): allowed when they agree with it.
 _PLAN_FIXED = (
@@ -305,7 +340,19 @@ _PLAN_FIXED = (
     "integer_io",
 )
 # Options that only shape a new plan: a replay reads none of them.
-_NEW_PLAN_ONLY = ("fp16_nodes", "fp16_count", "percentile", "calib_bins", "calib_memory", "calib_samples")
+_NEW_PLAN_ONLY = (
+    "fp16_nodes",
+    "fp16_count",
+    "percentile",
+    "calib_bins",
+    "calib_memory",
+    "calib_samples",
+    "fallback",
+    "max_fallback",
+    "keep_best",
+    "exclude_nodes",
+    "exclude_op_types",
+)
 _CALIBRATION_FIELDS = {
     "calib_method": "method",
     "percentile": "percentile",
@@ -350,11 +397,40 @@ class ConvertResult:
     kernels: KernelCheck | None = None  # which integer kernels the accuracy figures came from
     checks: list[Check] = field(default_factory=list)  # the thresholds, checked on `agreement`
     input_half: dict[str, str] = field(default_factory=dict)  # compute node -> float16/bfloat16 before
+    search: SearchResult | None = None  # --fallback: what the search measured and moved
+    written: bool = True  # False: --fallback could not meet the thresholds (and no --keep-best)
 
     @property
     def exit_code(self) -> int:
-        """0, or 1 when a threshold was missed (the model is written either way)."""
+        """0; 1 when a threshold was missed (the model is written); 3 when --fallback could not meet
+        them (the model is written only with --keep-best)."""
+        if self.search is not None and not self.search.met:
+            return int(ExitCode.CANNOT_DO)
         return int(ExitCode.THRESHOLD_NOT_MET if any(not c.passed for c in self.checks) else ExitCode.OK)
+
+    @property
+    def problem(self) -> str | None:
+        """One line for stderr when --fallback could not meet the thresholds."""
+        search = self.search
+        if search is None or search.met:
+            return None
+        best = search.best()
+        moved = best.moved if best is not None else 0
+        limit = (
+            f"all {count(len(search.candidates), 'candidate')}"
+            if search.limit == len(search.candidates)
+            else f"--max-fallback {search.limit} of {len(search.candidates)} candidates"
+        )
+        failed = "; ".join(c.message for c in (best.checks if best else []) if not c.passed)
+        written = (
+            "the most accurate model was written (--keep-best)"
+            if self.written
+            else ("no model written (--keep-best writes the most accurate one)")
+        )
+        return (
+            f"cannot meet {', '.join(search.goal)} with --fallback {search.precision} and at most {limit}: "
+            f"best with {count(moved, 'node')} moved: {failed}; {written}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The object `quantcli convert --json` prints (docs: the convert JSON fields)."""
@@ -438,6 +514,8 @@ def convert(
     input_half = half_compute_nodes(model)  # compute nodes already float16/bfloat16, for the report
     if plan is not None:  # names, shapes and values the plan refers to, before any work
         check_plan(plan, model, options.plan)
+    # --exclude-nodes/--exclude-op-types: a pattern that matches nothing is said before any work
+    excluded = excluded_nodes(model, options.exclude_nodes, options.exclude_op_types)
     split = split_samples(
         options.calib,
         options.calib_samples,
@@ -477,6 +555,10 @@ def convert(
         integer_io=options.integer_io,
     )
     replayed = plan is not None
+    reference_model, reference_warnings = Path(options.model), []
+    if ComputeInFloat32.name in pre.applied and split.eval:
+        reference_model, reference_warnings = _float_reference(Path(options.model), model)
+    search = None
     if plan is not None:
         options.check_plan_options(plan)
     elif options.mode in ("static", "mixed", None):
@@ -489,10 +571,16 @@ def convert(
         ranges = _calibrate(model, split, specs, options, calibration, progress)
         seconds["calibrate"] = time.perf_counter() - t
         if options.mode == "mixed":
-            plan = _plan_mixed(model, ranges, config, split, specs, options, progress)
+            plan = _plan_mixed(model, ranges, config, split, specs, options, excluded, progress)
             seconds["sensitivity"] = time.perf_counter() - t - seconds["calibrate"]
+        elif options.fallback is not None:
+            t = time.perf_counter()
+            plan, search = _search(
+                model, ranges, config, split, specs, options, excluded, reference_model, progress
+            )
+            seconds["search"] = time.perf_counter() - t
         else:
-            plan = plan_static(model, ranges, config)
+            plan = plan_static(model, ranges, config, keep_float=excluded)
     elif options.mode == "dynamic":
         plan = plan_dynamic(model, config)
     elif options.mode == "weights-int8":
@@ -518,9 +606,6 @@ def convert(
             "fp16", replace(config, calib_method="minmax"), nodes, {}, ranges.samples if ranges else 0
         )
 
-    reference_model, reference_warnings = Path(options.model), []
-    if ComputeInFloat32.name in pre.applied and split.eval:
-        reference_model, reference_warnings = _float_reference(Path(options.model), model)
     nonfinite = nonfinite_initializers(model)
     if not replayed:  # a replayed plan that quantizes one was refused (plan_check.py)
         keep_nonfinite_float(plan, nonfinite)
@@ -609,12 +694,14 @@ def convert(
         if gated:  # before the rename: a bound that cannot be checked leaves nothing behind
             checks = evaluate(
                 options.thresholds,
-                agreement,
+                _on_target(agreement, kernels, plan.config),
                 size_ratio=staged.size / input_bytes if input_bytes else None,
                 latency_ratio=latency.ratio if latency is not None else None,
             )
         if options.save_plan is not None:  # put in place with the model, or not at all
             staged.add(options.save_plan, plan.to_json().encode())
+        written = search is None or search.met or options.keep_best
+        staged.discard = not written  # an unreachable --fallback target: the plan only
         output_bytes = staged.size
     seconds["total"] = time.perf_counter() - t0
     return ConvertResult(
@@ -644,6 +731,81 @@ def convert(
         bias_corrected=sum(t.correction is not None for t in plan.tensors.values())
         if plan.mode in ("static", "mixed")
         else None,
+        search=search,
+        written=written,
+    )
+
+
+def _on_target(agreement: Agreement | None, kernels: KernelCheck, config: QuantConfig) -> Agreement | None:
+    """The figures the thresholds check: those of the target's kernels. A model made for VNNI/ARM
+    (full-range weights) is judged on exact kernels when this CPU's saturate; otherwise this CPU
+    computes what the target's do."""
+    if kernels.exact is not None and not config.saturation_safe:
+        return kernels.exact
+    return agreement
+
+
+def _search(
+    model: onnx.ModelProto,
+    ranges: Ranges,
+    config: QuantConfig,
+    split: SampleSplit,
+    specs: list[InputSpec],
+    options: ConvertOptions,
+    excluded: dict[str, str],
+    reference_model: Path | bytes,
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[QuantPlan, SearchResult]:
+    """--fallback: the static plan with the fewest nodes in the fallback precision that meets the
+    accuracy thresholds on the evaluation samples (quantize/fallback.py)."""
+    from quantcli.quantize.fallback import (
+        SENSITIVITY_SAMPLES,
+        TRIED_ALONE,
+        CachedOutputs,
+        rank,
+        rewrite,
+        search,
+        target_session,
+    )
+
+    reference = CachedOutputs(make_session(reference_model, lean=True))
+    memo: dict = {}  # weight parameters, shared by every plan of the search
+
+    def measure(plan: QuantPlan) -> Agreement:
+        candidate = target_session(rewrite(model, plan), plan.config)
+        return compare_sessions(
+            reference, candidate, iter_samples(split.eval, specs, options.calib_preprocess), split.eval_labels
+        )
+
+    refs = split.calib[:SENSITIVITY_SAMPLES]
+    label = f"ranking nodes on {count(len(refs), 'sample')}"
+
+    def rank_candidates() -> list:
+        return rank(
+            model,
+            ranges,
+            config,
+            lambda: _as_inputs_of(model, iter_samples(refs, specs, options.calib_preprocess)),
+            precision=options.fallback,
+            keep_float=excluded,
+            tried=TRIED_ALONE,
+            memory_budget_bytes=options.calibration.memory_budget_bytes,
+            progress=(lambda done, total: progress(label, done, total)) if progress else None,
+            memo=memo,
+        )
+
+    return search(
+        model,
+        ranges,
+        config,
+        precision=options.fallback,
+        thresholds=options.thresholds,
+        measure=measure,
+        rank_candidates=rank_candidates,
+        keep_float=excluded,
+        max_fallback=options.max_fallback,
+        progress=progress,
+        memo=memo,
     )
 
 
@@ -687,9 +849,10 @@ def _plan_mixed(
     split: SampleSplit,
     specs: list[InputSpec],
     options: ConvertOptions,
+    excluded: dict[str, str],
     progress: Callable[[str, int, int], None] | None,
 ) -> QuantPlan:
-    """The static plan with the named and the most INT8-sensitive nodes in FP16."""
+    """The static plan with the named and the most INT8-sensitive nodes in FP16, the excluded ones in float."""
     from quantcli.quantize.mixed import (
         SENSITIVITY_SAMPLES,
         candidate_count,
@@ -710,9 +873,18 @@ def _plan_mixed(
             lambda: _as_inputs_of(model, iter_samples(refs, specs, options.calib_preprocess)),
             candidates=candidate_count(options.fp16_count),
             memory_budget_bytes=options.calibration.memory_budget_bytes,
+            keep_float=excluded,
             progress=(lambda done, total: progress(label, done, total)) if progress else None,
         )
-    return plan_mixed(model, ranges, config, named=named, sensitivity=sensitivity, count=options.fp16_count)
+    return plan_mixed(
+        model,
+        ranges,
+        config,
+        named=named,
+        sensitivity=sensitivity,
+        count=options.fp16_count,
+        keep_float=excluded,
+    )
 
 
 def _calibrate(

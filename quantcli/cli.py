@@ -271,6 +271,13 @@ CONVERT_SECTIONS: dict[str, list[str]] = {
     ],
     "dynamic": ["dynamic_op_types"],
     "mixed": ["fp16_nodes", "fp16_count"],
+    "Accuracy budget (static; exclusions also mixed)": [
+        "fallback",
+        "max_fallback",
+        "keep_best",
+        "exclude_nodes",
+        "exclude_op_types",
+    ],
     "weights-int4": ["block_size", "weight_symmetric", "int4_compute"],
     "fp16": ["keep_io_types"],
     "Evaluation and CI gate (exit 1 when a threshold is missed; the model is written)": [
@@ -573,6 +580,36 @@ def _summary_target(markdown: str | None) -> tuple[Path | None, bool]:
     show_default=True,
     help="mixed: also run in FP16 the N INT8 nodes whose INT8 error, measured on the calibration samples, is largest.",
 )
+@click.option(
+    "--fallback",
+    type=click.Choice(["float", "fp16"]),
+    help="static: meet the accuracy thresholds (--min-cosine, --min-top1-agreement, ...) by moving the "
+    "most sensitive nodes out of INT8 to this precision, as few as needed; exit 3 when even all of "
+    "them do not.",
+)
+@click.option(
+    "--max-fallback",
+    metavar="N|P%",
+    help="--fallback: move at most N nodes, or P% of the INT8 nodes with arithmetic (default: all).",
+)
+@click.option(
+    "--keep-best",
+    is_flag=True,
+    help="--fallback: when the thresholds cannot be met, still write the most accurate model (exit 3).",
+)
+@click.option(
+    "--exclude-nodes",
+    metavar="PATTERNS",
+    default="",
+    help="static/mixed: comma-separated node names to keep in float; shell patterns allowed "
+    "('/encoder/*/Softmax'), as every node table prints them.",
+)
+@click.option(
+    "--exclude-op-types",
+    metavar="OPS",
+    default="",
+    help="static/mixed: comma-separated op types to keep in float (Softmax,Gemm).",
+)
 @_threshold_options
 @_ci_report_options
 @click.option("--save-plan", type=_OUT, help="Write the QuantPlan (every decision) as JSON.")
@@ -612,6 +649,11 @@ def convert(
     threads: int,
     fp16_nodes: str,
     fp16_count: int,
+    fallback: str | None,
+    max_fallback: str | None,
+    keep_best: bool,
+    exclude_nodes: str,
+    exclude_op_types: str,
     min_cosine: tuple[tuple[str, float], ...],
     max_abs_error: tuple[tuple[str, float], ...],
     min_sqnr: tuple[tuple[str, float], ...],
@@ -701,6 +743,11 @@ def convert(
             plan=plan_path,
             fp16_nodes=tuple(p.strip() for p in fp16_nodes.split(",") if p.strip()),
             fp16_count=fp16_count,
+            fallback=fallback,
+            max_fallback=max_fallback,
+            keep_best=keep_best,
+            exclude_nodes=exclude_nodes,
+            exclude_op_types=exclude_op_types,
             thresholds=_thresholds(
                 min_cosine,
                 max_abs_error,
@@ -745,6 +792,9 @@ def _gate_outcome(
     for check in result.checks:
         if not check.passed:
             report.err(f"quantcli {command}: check failed: {check.message}")
+    problem = getattr(result, "problem", None)  # convert --fallback that could not meet its goal
+    if problem:
+        report.err(f"quantcli {command}: {problem}")
     return int(result.exit_code)
 
 

@@ -133,6 +133,7 @@ class StagedModel:
     data_name: str | None  # external data file name (relative to the model), if any
     # other outputs of the same command (temporary file, destination), put in place with the model
     companions: list[tuple[Path, Path]] = dataclasses.field(default_factory=list)
+    discard: bool = False  # set before the block ends: only the companions are put in place
 
     def add(self, path: str | os.PathLike[str], data: bytes) -> None:
         """Write `data` under a temporary name beside `path` now; it is renamed into place together
@@ -176,16 +177,18 @@ def staged_model(
         yield staged
         try:
             with signals_deferred():  # all outputs in place, or none
-                if staged.data_name is not None:
+                if staged.data_name is not None and not staged.discard:
                     os.replace(stage / staged.data_name, directory / staged.data_name)
-                os.replace(staged.path, final)
+                if not staged.discard:
+                    os.replace(staged.path, final)
                 while staged.companions:
                     tmp, path = staged.companions[0]
                     os.replace(tmp, path)
                     staged.companions.pop(0)
         except OSError as exc:
             raise UsageError(f"{final}: cannot write output: {exc.strerror or exc}") from exc
-        _remove_old_data(final, staged.data_name, keep)
+        if not staged.discard:
+            _remove_old_data(final, staged.data_name, keep)
     finally:
         with signals_deferred():
             for tmp, _ in staged.companions if staged is not None else ():

@@ -304,7 +304,7 @@ def requantized_by_onnxruntime(model: onnx.ModelProto, float_nodes: set[str]) ->
         if node.name not in float_nodes or node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
             continue
         parent = producers.get(node.input[0])
-        if parent is None or parent.op_type != "DequantizeLinear":
+        if parent is None or parent.op_type != "DequantizeLinear" or not _scalar(model, parent.input[1]):
             continue
         current = node
         while len(current.output) == 1 and len(consumers.get(current.output[0], [])) == 1:
@@ -316,6 +316,12 @@ def requantized_by_onnxruntime(model: onnx.ModelProto, float_nodes: set[str]) ->
                 break
             current = nxt
     return found
+
+
+def _scalar(model: onnx.ModelProto, name: str) -> bool:
+    """Whether a DequantizeLinear scale is per tensor (one value), as the transformer requires."""
+    init = next((t for t in model.graph.initializer if t.name == name), None)
+    return init is None or int(np.prod(init.dims)) == 1
 
 
 def exact_kernel_model(model: onnx.ModelProto) -> onnx.ModelProto | None:

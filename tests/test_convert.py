@@ -172,22 +172,29 @@ def test_edited_plan_changes_exactly_the_edited_node(converted: dict[str, Conver
     assert result.agreement.outputs[0].cosine_mean > 0.9995
 
 
-def test_float_conv_between_qdq_is_flagged(converted: dict[str, Converted], tmp_path) -> None:
-    """onnxruntime re-quantizes a float Conv sandwiched by DQ and Q; the report must say so."""
+def test_float_conv_between_qdq_stays_float(converted: dict[str, Converted], tmp_path) -> None:
+    """onnxruntime's WeightBiasQuantization re-quantizes a float Conv that reads a per-tensor
+    DequantizeLinear and feeds a QuantizeLinear (it once ran as a fourth QLinearConv here, with
+    per-tensor weights); the Conv's own per-channel DequantizeLinear keeps it float."""
     c = converted["digits_cnn"]
     target, edited = _edit_plan(
         c.plan, tmp_path, lambda nodes: [n for n in nodes if n["op_type"] == "Conv"][1]
     )
     out = tmp_path / "edited.onnx"
     result = convert(ConvertOptions(model=c.source, output=out, plan=edited))
-    conv = next(n for n in onnx.load(out).graph.node if n.name == target)
-    assert any(
-        i.data_type == onnx.TensorProto.FLOAT and i.name == conv.input[1]
-        for i in onnx.load(out).graph.initializer
+    graph = onnx.load(out).graph
+    conv = next(n for n in graph.node if n.name == target)
+    assert any(i.data_type == onnx.TensorProto.FLOAT and i.name == conv.input[1] for i in graph.initializer)
+    reader = next(n for n in graph.node if conv.input[0] in n.output)
+    assert (
+        reader.op_type == "DequantizeLinear" and next(a.i for a in reader.attribute if a.name == "axis") == 1
     )
-    assert len(result.warnings) == 1 and result.warnings[0].startswith(f"{target}: kept in float")
-    counts, _ = optimized_op_counts(out, tmp_path)
-    assert counts["QLinearConv"] == 3  # what onnxruntime does with it, and why the warning exists
+    assert not result.warnings
+    counts, optimized = optimized_op_counts(out, tmp_path)
+    assert counts["QLinearConv"] == 2 and counts["Conv"] == 1
+    float_conv = next(n for n in optimized.graph.node if n.op_type == "Conv")
+    weight = next(t for t in optimized.graph.initializer if t.name == float_conv.input[1])
+    assert weight.data_type == onnx.TensorProto.FLOAT
 
 
 def test_shape_reads_no_dequantized_tensor(converted: dict[str, Converted], tmp_path) -> None:

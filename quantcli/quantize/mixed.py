@@ -32,7 +32,7 @@ import onnx
 
 from quantcli.calibration.collect import Ranges
 from quantcli.errors import UsageError
-from quantcli.graph import GraphIndex, copy_model, subgraphs
+from quantcli.graph import GraphIndex, subgraphs
 from quantcli.quantize.fp16 import (
     FP16_CPU_KERNELS,
     FP16_MAX,
@@ -40,9 +40,8 @@ from quantcli.quantize.fp16 import (
     elem_types,
     rewrite_fp16,
 )
-from quantcli.quantize.plan import FP16, INT8, QuantConfig, QuantPlan
+from quantcli.quantize.plan import FP16, QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
-from quantcli.quantize.rules import Kind, rule_for
 from quantcli.quantize.static import plan_static
 
 SENSITIVITY_SAMPLES = 32  # calibration samples the sensitivity runs use (each candidate runs them once)
@@ -73,75 +72,33 @@ def node_sensitivity(
     *,
     candidates: int,
     memory_budget_bytes: int,
+    keep_float: dict[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """INT8 node -> (end-to-end SQNR gain in dB with it in FP16, SQNR its own layer loses in INT8),
-    for the nodes whose FP16 form helps, best first.
+    for the nodes whose FP16 form helps, best first: the fallback search's ranking
+    (quantize/fallback.rank) with FP16 as the precision, `candidates` of them tried alone.
 
-    Two steps, both on the samples. The per-layer loss ranks every INT8 node cheaply, but it
-    favours the first layers (their input is exact, so all of their error counts as added) and
-    errors do not add up along a network. So the `candidates` worst nodes are then each tried
-    alone in FP16, and ranked by how much the model's outputs gain: EfficientNet-Lite0's stem
-    Conv loses 21.6 dB in its own layer, yet with it in FP16 the logits lost 0.7 dB.
+    The per-layer loss ranks every INT8 node cheaply, but it favours the first layers (their input
+    is exact, so all of their error counts as added) and errors do not add up along a network:
+    EfficientNet-Lite0's stem Conv loses 21.6 dB in its own layer, yet with it in FP16 the logits
+    lost 0.7 dB. Hence the candidates are ranked by how much the model's outputs gain.
     `progress(done, total)` counts the passes over the samples: per-layer, baseline, each candidate.
     """
-    from quantcli.calibration.collect import make_session
-    from quantcli.io_match import match_io
-    from quantcli.per_layer import per_layer_errors
+    from quantcli.quantize.fallback import rank
 
-    static = plan_static(model, ranges, config)
-    candidate = rewrite_qdq(model, static)
-    reference = make_session(model, lean=True)
-    io = match_io(reference, make_session(candidate, lean=True), strict=False)
-    total = candidates + 2
-    if progress:
-        progress(0, total)
-    result = per_layer_errors(model, candidate, samples, io, memory_budget_bytes=memory_budget_bytes)
-    index = GraphIndex(model.graph)
-    precision = {n.name: n.precision for n in static.nodes}
-    loss: dict[str, float] = {}
-    for layer in result.layers:
-        node = _responsible(index, layer.tensor, precision)
-        if node is not None and layer.added_db > 0:
-            loss[node] = max(loss.get(node, 0.0), layer.added_db)
-    ranked = sorted(loss, key=lambda n: -loss[n])[:candidates]
-    total = len(ranked) + 2
-    if progress:
-        progress(1, total)
-    baseline = _output_sqnr(reference, candidate, samples)
-    gains: dict[str, tuple[float, float]] = {}
-    for done, name in enumerate(ranked, start=2):
-        if progress:
-            progress(done, total)
-        plan = plan_mixed(model, ranges, config, named=[name], sensitivity={}, count=0)
-        if not any(n.precision == FP16 for n in plan.nodes):
-            continue  # it cannot be FP16 (overflow, attributes): plan_mixed says why when named
-        gain = _output_sqnr(reference, rewrite_mixed(copy_model(model), plan), samples) - baseline
-        if gain > 0:
-            gains[name] = (gain, loss[name])
-    if progress:
-        progress(total, total)
-    return dict(sorted(gains.items(), key=lambda kv: -kv[1][0]))
-
-
-def _output_sqnr(reference, candidate: onnx.ModelProto, samples: SampleSource) -> float:  # noqa: ANN001
-    """The worst output's SQNR (dB) of `candidate` against the float session on the samples."""
-    from quantcli.calibration.collect import make_session
-    from quantcli.verify import compare_sessions
-
-    agreement = compare_sessions(reference, make_session(candidate, lean=True), samples())
-    return min(o.sqnr_db for o in agreement.outputs)
-
-
-def _responsible(index: GraphIndex, tensor: str, precision: dict[str, str]) -> str | None:
-    """The INT8 node whose arithmetic produced `tensor`: back through absorbed and shared ops."""
-    node = index.producer.get(tensor)
-    while node is not None and precision.get(node.name) == INT8:
-        rule = rule_for(node)
-        if rule is None or rule.kind not in (Kind.ABSORBED, Kind.SHARED):
-            return node.name
-        node = index.producer.get(node.input[0])
-    return None
+    ranked = rank(
+        model,
+        ranges,
+        config,
+        samples,
+        precision=FP16,
+        keep_float=keep_float or {},
+        tried=candidates,
+        memory_budget_bytes=memory_budget_bytes,
+        progress=progress,
+    )
+    return {c.name: (c.gain_db, c.loss_db) for c in ranked if c.gain_db is not None and c.gain_db > 0}
 
 
 def plan_mixed(
@@ -152,22 +109,28 @@ def plan_mixed(
     named: list[str],
     sensitivity: dict[str, tuple[float, float]],
     count: int,
+    chosen: dict[str, str] | None = None,
+    keep_float: dict[str, str] | None = None,
+    memo: dict | None = None,
 ) -> QuantPlan:
-    """The static plan with the named nodes and the first `count` nodes of `sensitivity` (see
-    node_sensitivity) in FP16."""
+    """The static plan with the named nodes, the first `count` nodes of `sensitivity` (see
+    node_sensitivity) and the `chosen` ones (name -> reason) in FP16, and the `keep_float` ones
+    (name -> reason: --exclude-nodes) in float32."""
     index = GraphIndex(model.graph)
     types = elem_types(model.graph)
-    chosen: dict[str, str] = {}
+    excluded = keep_float or {}
+    chosen = {k: v for k, v in (chosen or {}).items() if k not in excluded}
     for name in named:
-        chosen[name] = "FP16: named by --fp16-nodes"
-    ranked = [name for name in sensitivity if name not in chosen]
+        if name not in excluded:
+            chosen[name] = "FP16: named by --fp16-nodes"
+    ranked = [name for name in sensitivity if name not in chosen and name not in excluded]
     for name in ranked[:count]:
         gain, loss = sensitivity[name]
         chosen[name] = (
             f"FP16: in FP16 it raises the outputs' SQNR on the calibration samples by {gain:.2f} dB "
             f"(its INT8 form loses {loss:.1f} dB in its own layer)"
         )
-    keep_float: dict[str, str] = {}
+    keep_float = dict(excluded)
     fp16: set[str] = set()
     for node in model.graph.node:
         if node.name not in chosen:
@@ -178,7 +141,7 @@ def plan_mixed(
         else:
             keep_float[node.name] = chosen[node.name]
             fp16.add(node.name)
-    plan = plan_static(model, ranges, config, keep_float=keep_float)
+    plan = plan_static(model, ranges, config, keep_float=keep_float, memo=memo)
     for node_plan, node in zip(plan.nodes, model.graph.node, strict=True):
         if node.name in fp16:
             node_plan.precision = FP16

@@ -3,6 +3,8 @@ from the calibrated ranges (activations) or the values (weights, constants, INT3
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
 
@@ -50,10 +52,12 @@ def plan_static(
     config: QuantConfig,
     *,
     keep_float: dict[str, str] | None = None,
+    memo: dict | None = None,
 ) -> QuantPlan:
     """Decide each node's precision and each quantized tensor's parameters; the nodes in
     `keep_float` (name -> reason) stay float and their neighbours are decided accordingly, as do
-    the nodes that read a weight holding NaN or inf (quantize/nonfinite.py)."""
+    the nodes that read a weight holding NaN or inf (quantize/nonfinite.py). `memo`: weight
+    parameters kept between calls on the same model and ranges (a search plans it many times)."""
     keep_float = {**nonfinite_readers(model, nonfinite_initializers(model)), **(keep_float or {})}
     index = GraphIndex(model.graph)
     ranges = _without_sentinels(ranges, index)
@@ -105,6 +109,7 @@ def plan_static(
             config,
             permuted.get(node.name),
             exact is not None,
+            memo,
         )
     if config.integer_io:
         plan_io_tensors(model.graph, ranges, config, tensors)
@@ -325,6 +330,7 @@ def _plan_tensors(
     config: QuantConfig,
     nhwc: tuple[int, int, int] | None = None,
     exact: bool = False,
+    memo: dict | None = None,
 ) -> None:  # noqa: ANN001
     """Parameters of the node's quantized tensors; `nhwc`: C, H, W when the node is a Gemm whose
     weight the rewriter stores in H, W, C order (quantize/layout.py); `exact`: its weight is stored
@@ -385,6 +391,10 @@ def _plan_tensors(
         plan.quantized_inputs.append(name)
 
     if weight_name is not None:
+        source = tensors.get(node.input[0])
+        key = (weight_name, exact, nhwc, None if source is None else (*source.scale, *source.zero_point))
+        if weight_name not in tensors and memo is not None and key in memo:
+            tensors[weight_name] = copy.deepcopy(memo[key])
         if weight_name not in tensors:
             w = index.array(weight_name)
             axis = rule.weight_axis(node, index) if config.per_channel else None
@@ -402,6 +412,8 @@ def _plan_tensors(
                 else:
                     stored = w
                 limit_pairs(tensors[weight_name], stored, layout, tensors[node.input[0]], energy)
+            if memo is not None:
+                memo[key] = copy.deepcopy(tensors[weight_name])
         plan.quantized_inputs.append(weight_name)
         bias_i = rule.bias_input
         # An INT32 bias is what the 8-bit integer kernels need. 16-bit activations have no integer

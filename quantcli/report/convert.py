@@ -11,6 +11,7 @@ from quantcli.cpu import TARGETS
 from quantcli.errors import notice_code
 from quantcli.graph import COMPUTE_OPS
 from quantcli.kernel_check import KernelCheck
+from quantcli.quantize.fallback import SearchResult
 from quantcli.report import SCHEMA_VERSION, number, out
 from quantcli.report.checks import (
     check_dicts,
@@ -58,6 +59,7 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         "quantcli_version": __version__,
         "model": str(r.model),
         "output": str(r.output),
+        "written": r.written,
         "mode": r.mode,
         "activation_type": r.activation_type,
         "bias_corrected": r.bias_corrected,
@@ -112,10 +114,63 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         },
         "kernels": None if r.kernels is None else _kernels_dict(r.kernels),
         "checks": check_dicts(r.checks),
+        "search": _search_dict(r.search),
         "warnings": r.warnings,
         "warning_codes": [notice_code(w) for w in r.warnings],
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
     }
+
+
+def _search_dict(s: SearchResult | None) -> dict[str, Any] | None:
+    """--fallback: the goal, the ranking, every plan measured, the nodes moved and the flag that
+    keeps them in float without searching."""
+    if s is None:
+        return None
+    return {
+        "fallback": s.precision,
+        "goal": s.goal,
+        "met": s.met,
+        "moved": s.moved,
+        "exclude_flag": s.exclude_flag or None,
+        "candidates": len(s.candidates),
+        "max_fallback": s.limit,
+        "ranking": [
+            {
+                "node": c.name,
+                "op_type": c.op_type,
+                "gain_db": number(c.gain_db),
+                "layer_loss_db": number(c.loss_db),
+            }
+            for c in s.candidates
+        ],
+        "steps": [
+            {
+                "moved": st.moved,
+                "met": st.met,
+                "worst_sqnr_db": number(st.worst_sqnr_db),
+                "checks": check_dicts(st.checks),
+            }
+            for st in s.steps
+        ],
+        "seconds": round(s.seconds, 4),
+    }
+
+
+def _search_rows(r: ConvertResult) -> list[tuple[str, str]]:
+    s = r.search
+    if s is None:
+        return []
+    where = "float32" if s.precision == "float" else "FP16"
+    plans = f"{count(len(s.steps), 'plan')} measured in {s.seconds:.1f} s"
+    if s.met:
+        head = f"{count(len(s.moved), 'node')} of {len(s.candidates)} candidates in {where} meet {', '.join(s.goal)} ({plans})"
+    else:
+        head = f"not met: {', '.join(s.goal)} with at most {s.limit} of {len(s.candidates)} candidates in {where} ({plans})"
+    rows = [("fallback", head)]
+    if s.moved:
+        rows.append(("  moved", _names(s.moved, 6)))
+        rows.append(("  as a flag", s.exclude_flag))
+    return rows
 
 
 def _outputs_dict(a: Agreement) -> list[dict[str, Any]]:
@@ -160,7 +215,7 @@ def _pct(x: float | None) -> str:
 def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
     c = r.compute_counts()
     rows = [
-        ("output", str(r.output)),
+        ("output", str(r.output) + ("" if r.written else " (not written: the thresholds were not met)")),
         ("mode", r.mode + (" (plan replayed)" if r.plan_replayed else "")),
         ("size", f"{r.input_bytes:,} B -> {r.output_bytes:,} B (ratio {r.size_ratio:.3f})"),
     ]
@@ -230,6 +285,7 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
                 f"(median of {lat.rounds} interleaved runs, {lat.threads} thread{'s' if lat.threads > 1 else ''})",
             )
         )
+    rows += _search_rows(r)
     rows.append(("time", f"{r.seconds.get('total', 0.0):.2f} s"))
     rows.extend(("warning", w) for w in r.warnings)
     return rows
