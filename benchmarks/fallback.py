@@ -65,7 +65,8 @@ def run_case(case: Case, workdir: Path, rounds: int) -> dict:
     feeds = load_feeds(case.eval)
     labels = load_labels(case)
     fp32 = run_outputs(make_session(case.model), feeds, case.output)
-    rows: dict[str, dict] = {"fp32": {"label": "fp32", "size": 1.0}}
+    own = score(fp32, fp32, labels, case.classifier)
+    rows: dict[str, dict] = {"fp32": {"label": "fp32", "size": 1.0, "host": {"labels": own.labels}}}
     paths = {"fp32": case.model}
     for tool in (QUANTCLI_STATIC, fallback_tool(case), ORT_STATIC):
         done = convert(tool, case, workdir)
@@ -115,17 +116,15 @@ def render(results: list[dict]) -> str:
             host, exact = row.get("host", {}), row.get("exact", {})
 
             def pair(key: str, fmt: str, host=host, exact=exact) -> str:  # noqa: ANN001
-                if host.get(key) is None:
+                if host.get(key) is None or exact.get(key) is None:
                     return "-"
                 return f"{host[key]:{fmt}} / {exact[key]:{fmt}}"
 
             acc = host.get("labels")
             lat = ", ".join(f"b{b} {v:.3f}" for b, v in row.get("latency_ratio", {}).items())
-            fallback = (
-                "-"
-                if row.get("fallback_nodes") is None
-                else f"{row['fallback_nodes']} of {row['candidates']}"
-            )
+            fallback = "-" if row.get("fallback_nodes") is None else str(row["fallback_nodes"])
+            if row.get("candidates"):  # 0: the plan met the goal as it was, nothing was ranked
+                fallback += f" of {row['candidates']}"
             lines.append(
                 f"| {row['label']} | {pair('top1_agree', '.3f')} | {pair('cosine', '.5f')} | "
                 f"{'-' if acc is None else f'{acc:.3f}'} | {fallback} | {row.get('plans_measured') or '-'} | "

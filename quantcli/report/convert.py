@@ -162,7 +162,9 @@ def _search_rows(r: ConvertResult) -> list[tuple[str, str]]:
         return []
     where = "float32" if s.precision == "float" else "FP16"
     plans = f"{count(len(s.steps), 'plan')} measured in {s.seconds:.1f} s"
-    if s.met:
+    if s.met and not s.moved:
+        head = f"the plan meets {', '.join(s.goal)} without moving a node ({plans})"
+    elif s.met:
         head = f"{count(len(s.moved), 'node')} of {len(s.candidates)} candidates in {where} meet {', '.join(s.goal)} ({plans})"
     else:
         head = f"not met: {', '.join(s.goal)} with at most {s.limit} of {len(s.candidates)} candidates in {where} ({plans})"
