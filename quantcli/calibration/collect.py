@@ -59,7 +59,8 @@ def make_session(
 
     Sessions that verify a result run as a deployment would (same kernels, same numerics). `lean`
     sessions (calibration) trade speed for memory: no pre-packed second copy of the weights and no
-    arena holding on to every intermediate buffer of the widest run.
+    arena holding on to every intermediate buffer of the widest run; their threads do not spin
+    between runs.
     """
     import onnxruntime as ort
 
@@ -69,6 +70,9 @@ def make_session(
     if lean:
         opts.add_session_config_entry("session.disable_prepacking", "1")
         opts.enable_cpu_mem_arena = False
+        # Its threads sleep between runs instead of spinning: calibration's observers work between
+        # runs, on the same cores (EfficientNet-Lite0, 64 samples: 20% less CPU time, same values).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if isinstance(model, onnx.ModelProto) and model_size(model) > _SPILL_BYTES:
