@@ -1,7 +1,9 @@
 """Fold a calibration run's outputs into the observers, the tensors spread over a pool of threads.
 
-numpy releases the GIL in the loops that cost (min/max, the histogram's binning and counting, the
-channel sums), so the observers of different tensors update in parallel. Each observer still sees
+numpy releases the GIL in most of the loops that cost (min/max, the histogram's float64 binning
+arithmetic, the channel sums), so the observers of different tensors update largely in parallel;
+np.bincount, the histogram's counting and about half its cost, holds the GIL (measured: no gain
+from a second thread), which bounds the gain for the histogram methods. Each observer still sees
 its tensor's batches one at a time and in the order of the runs, and a batch is finished before the
 next run starts: the statistics, and so the ranges, are the ones a single thread computes, and no
 more outputs are held than before.
