@@ -101,7 +101,16 @@ MODES_TOOLS: tuple[Tool, ...] = (
     QUANTCLI_A16W8,
     QUANTCLI_STATIC,
 )
-ALL_TOOLS: tuple[Tool, ...] = TOOLS + tuple(t for t in MODES_TOOLS if t not in TOOLS)
+# convert_time.py: quantcli's default calibration method and MinMax, the method onnxruntime's row uses
+QUANTCLI_STATIC_MINMAX = Tool(
+    "quantcli-static-minmax",
+    "quantcli static",  # the tables name the method
+    "static",
+    ("--calib-method", "minmax"),
+    needs_calib=True,
+)
+TIME_TOOLS: tuple[Tool, ...] = (QUANTCLI_STATIC, QUANTCLI_STATIC_MINMAX, ORT_STATIC)
+ALL_TOOLS: tuple[Tool, ...] = tuple(dict.fromkeys(TOOLS + MODES_TOOLS + TIME_TOOLS))  # each once
 TOOLS_BY_KEY = {t.key: t for t in ALL_TOOLS}
 PEAK_RSS_FILE = "peak_rss_mb"  # written by the child into its cwd
 
@@ -234,7 +243,10 @@ def ort_static(model: str, calib: str, output: str) -> list[str]:
         def get_next(self) -> Feed | None:
             return next(self._feeds, None)
 
+    start = time.perf_counter()
     source, notes = _preprocess(model, str(Path(output).with_suffix(".pre.onnx")))
+    STAGE_SECONDS["quant_pre_process"] = time.perf_counter() - start
+    start = time.perf_counter()
     reader = NpzReader(load_feeds(Path(calib)))
     quantize_static(
         source,
@@ -246,7 +258,11 @@ def ort_static(model: str, calib: str, output: str) -> list[str]:
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
     )
+    STAGE_SECONDS["quantize_static"] = time.perf_counter() - start  # reading the samples included
     return notes
+
+
+STAGE_SECONDS: dict[str, float] = {}  # a child's stages, timed where a converter has them (ort_static)
 
 
 def ort_dynamic(model: str, calib: str, output: str) -> list[str]:
@@ -337,7 +353,7 @@ def child_main(argv: Sequence[str]) -> int:
 
         warnings.simplefilter("ignore")  # converters warn per node; the parent reads errors from stderr
         notes = CHILD_ENTRIES[key](model, calib, output)
-        print(json.dumps({"notes": notes}))
+        print(json.dumps({"notes": notes, **({"seconds": STAGE_SECONDS} if STAGE_SECONDS else {})}))
         return 0
     finally:
         Path(PEAK_RSS_FILE).write_text(f"{peak_rss_mb():.1f}")

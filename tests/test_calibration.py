@@ -136,6 +136,25 @@ def test_sixteen_bit_levels_keep_the_range_that_eight_bits_clip() -> None:
     assert compute_range(h, CalibMethod.ENTROPY, levels=256)[1] < h.max / 2
 
 
+def reference_counts(x: np.ndarray, lo: float, width: float, bins: int) -> np.ndarray:
+    """The binning rule the histogram has always used: floor((x - lo) / width) in float64 via the
+    reciprocal, the top edge (and anything rounding past it) in the top bin."""
+    index = ((x.astype(np.float64) - lo) * (1.0 / width)).astype(np.intp)
+    return np.bincount(np.minimum(index, bins - 1), minlength=bins)
+
+
+def test_bin_counts_follow_the_binning_rule_exactly() -> None:
+    rng = np.random.default_rng(5)
+    for scale, shift, size in ((1.0, 0.0, 200_001), (1e-3, 7.0, 70_000), (40.0, -3.0, 3)):
+        x = (rng.standard_normal(size) * scale + shift).astype(np.float32)
+        h = HistogramObserver(2048)
+        h.update(x)
+        np.testing.assert_array_equal(h.counts, reference_counts(x, h.lo, h.width, h.bins))
+    h = HistogramObserver(16)
+    h.update(np.array([0.0, 16.0], np.float32))  # the top edge counts in the top bin
+    assert (h.counts[0], h.counts[15], h.counts.sum()) == (1, 1, 2)
+
+
 def test_minmax_is_the_observed_range() -> None:
     obs = MinMaxObserver()
     for x in growing_stream(20):

@@ -106,13 +106,21 @@ class HistogramObserver(MinMaxObserver):
         edges[k] <= v < edges[k + 1], the top bin also its upper edge, as np.histogram counts."""
         counts = np.zeros(self.bins, dtype=np.int64)
         inverse = 1.0 / self.width
+        # One float64 and one index buffer reused by every chunk; the subtraction casts x to float64
+        # on the way (exactly, as astype would), and the top edge's index (the bins past the last,
+        # which rounding can reach) is folded into the top bin after counting, not clamped before.
+        position = np.empty(min(x.size, CHUNK), dtype=np.float64)
+        index = np.empty(position.size, dtype=np.intp)
         for start in range(0, x.size, CHUNK):
-            position = x[start : start + CHUNK].astype(np.float64)
-            position -= self.lo
-            position *= inverse
-            index = position.astype(np.intp)  # >= 0: every value is >= lo
-            np.minimum(index, self.bins - 1, out=index)  # the top edge counts in the top bin
-            counts += np.bincount(index, minlength=self.bins)
+            chunk = x[start : start + CHUNK]
+            p, i = position[: chunk.size], index[: chunk.size]
+            np.subtract(chunk, self.lo, out=p, dtype=np.float64)
+            np.multiply(p, inverse, out=p)
+            np.copyto(i, p, casting="unsafe")  # truncation is floor: every value is >= lo
+            found = np.bincount(i, minlength=self.bins)
+            counts += found[: self.bins]
+            if found.size > self.bins:
+                counts[-1] += found[self.bins :].sum()
         return counts
 
     def _first_range(self, lo: float, hi: float) -> None:
