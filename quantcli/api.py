@@ -853,8 +853,8 @@ def _plan_mixed(
     progress: Callable[[str, int, int], None] | None,
 ) -> QuantPlan:
     """The static plan with the named and the most INT8-sensitive nodes in FP16, the excluded ones in float."""
+    from quantcli.quantize.fallback import SENSITIVITY_SAMPLES
     from quantcli.quantize.mixed import (
-        SENSITIVITY_SAMPLES,
         candidate_count,
         match_patterns,
         node_sensitivity,

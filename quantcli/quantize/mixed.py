@@ -6,7 +6,7 @@ planner then decides every other node again with those kept out of INT8 (a Relu 
 is no longer absorbed, a Reshape after it no longer runs on quantized data). Nodes that neither
 INT8 nor FP16 can run stay float32, with the static planner's reason.
 
-Sensitivity, on up to SENSITIVITY_SAMPLES calibration samples: the all-INT8 model (the static plan,
+Sensitivity, on up to fallback.SENSITIVITY_SAMPLES calibration samples: the all-INT8 model (the static plan,
 rewritten) and the float model run side by side with every layer exposed (per_layer.py); each
 layer's added error (dB of SQNR lost in that layer) is charged to the INT8 node that computes it,
 through Relu/Clip absorbed into a producer and through ops that only move quantized data. The
@@ -43,8 +43,6 @@ from quantcli.quantize.fp16 import (
 from quantcli.quantize.plan import FP16, QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
-
-SENSITIVITY_SAMPLES = 32  # calibration samples the sensitivity runs use (each candidate runs them once)
 
 SampleSource = Callable[[], Iterable[dict[str, np.ndarray]]]
 
