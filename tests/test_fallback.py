@@ -164,6 +164,7 @@ def test_unreachable_goal_exits_3_and_writes_only_the_plan(planted: Path) -> Non
     report = json.loads(r.stdout)
     assert report["exit_code"] == 3 and report["written"] is False
     assert report["search"]["met"] is False and report["search"]["moved"] == [BROKEN]
+    assert report["error"]["code"] == "cannot-do" and report["error"]["message"] in r.stderr
     assert "cannot meet --min-sqnr 60 with --fallback float and at most --max-fallback 1 of" in r.stderr
     plan = json.loads((out / "plan.json").read_text())
     assert next(n for n in plan["nodes"] if n["name"] == BROKEN)["precision"] == FLOAT

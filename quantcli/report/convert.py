@@ -118,6 +118,12 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         "warnings": r.warnings,
         "warning_codes": [notice_code(w) for w in r.warnings],
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
+        # exit 3 from --fallback is a failure like any other: its error object too (docs/json.md)
+        **(
+            {"error": {"code": "cannot-do", "message": r.problem, "exit_code": r.exit_code}}
+            if r.problem
+            else {}
+        ),
     }
 
 
