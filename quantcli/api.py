@@ -759,6 +759,7 @@ def _search(
     """--fallback: the static plan with the fewest nodes in the fallback precision that meets the
     accuracy thresholds on the evaluation samples (quantize/fallback.py)."""
     from quantcli.quantize.fallback import (
+        PER_LAYER_SAMPLES,
         SENSITIVITY_SAMPLES,
         TRIED_ALONE,
         CachedOutputs,
@@ -792,6 +793,7 @@ def _search(
             memory_budget_bytes=options.calibration.memory_budget_bytes,
             progress=(lambda done, total: progress(label, done, total)) if progress else None,
             memo=memo,
+            per_layer_samples=PER_LAYER_SAMPLES,
         )
 
     return search(
