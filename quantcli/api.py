@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_ranges, make_session
+from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_ranges
 from quantcli.calibration.data import (
     LAYOUTS,
     InputSpec,
@@ -25,13 +25,13 @@ from quantcli.calibration.data import (
 )
 from quantcli.calibration.images import ImagePreprocess
 from quantcli.calibration.ranges import CalibMethod
-from quantcli.compare import Latency
 from quantcli.cpu import DEFAULT_TARGET, TARGETS
 from quantcli.errors import BadModelError, ExitCode, InternalError, Notice, UnsupportedModelError, UsageError
 from quantcli.graph import COMPUTE_OPS, set_metadata
 from quantcli.io_match import IOQuantization
 from quantcli.io_match import io_quantization as read_io_quantization
 from quantcli.kernel_check import KernelCheck, Saturation, kernel_check, mismatch_warning, saturation_warning
+from quantcli.latency import Latency
 from quantcli.model_io import (
     check_model_path,
     check_outputs,
@@ -60,6 +60,7 @@ from quantcli.quantize.plan_check import check_plan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
 from quantcli.quantize.weights import plan_weights_int8
+from quantcli.runtime import make_session
 from quantcli.text import count
 from quantcli.thresholds import Check, Thresholds, evaluate
 from quantcli.verify import (
@@ -525,7 +526,7 @@ def convert(
         preprocess=options.calib_preprocess,
     )
     if options.check_latency and not (split.eval or split.calib):  # timed on a random sample
-        from quantcli.compare import random_shapes
+        from quantcli.calibration.synthetic import random_shapes
 
         # one too large to make is reported before converting
         random_shapes(specs, model=options.model, hint=_RANDOM_HINT)
@@ -931,8 +932,8 @@ _RANDOM_HINT = "pass --eval DIR with real samples to time --check-latency on"
 
 def _latency(options: ConvertOptions, candidate_path: Path, candidate, split, specs) -> Latency:  # noqa: ANN001
     """Candidate vs FP32 latency, interleaved in this process (median of 30+ rounds, 1 thread by default)."""
-    from quantcli.compare import measure_latency
     from quantcli.io_match import match_io
+    from quantcli.latency import measure_latency
 
     reference = make_session(Path(options.model))
     io = match_io(reference, candidate, strict=False)
@@ -940,7 +941,7 @@ def _latency(options: ConvertOptions, candidate_path: Path, candidate, split, sp
     if refs:
         sample = next(iter_samples(refs[:1], specs, options.calib_preprocess))
     else:
-        from quantcli.compare import random_samples
+        from quantcli.calibration.synthetic import random_samples
 
         sample = next(random_samples(specs, 1, seed=0, model=options.model, hint=_RANDOM_HINT))
     return measure_latency(Path(options.model), candidate_path, sample, io, threads=options.latency_threads)
@@ -1025,7 +1026,7 @@ def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     if plan.mode == "weights-int4":
         return rewrite_qdq(rewrite_int4(model, plan, in_place=True), plan, in_place=True)
     if plan.mode == "fp16":
-        from quantcli.quantize.fp16 import rewrite_fp16
+        from quantcli.quantize.fp16_rewrite import rewrite_fp16
 
         return rewrite_fp16(model, plan.nodes, keep_io_types=plan.config.keep_io_types)
     return rewrite_qdq(model, plan, in_place=True)

@@ -6,8 +6,6 @@ input and returns a CompareResult of facts; rendering lives in quantcli/report/c
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,20 +15,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from quantcli.calibration.collect import make_session
 from quantcli.calibration.data import InputSpec, find_samples, iter_samples, read_labels
 from quantcli.calibration.images import ImagePreprocess
-from quantcli.errors import BadDataError, ExitCode, Notice, UnsupportedModelError, UsageError
+from quantcli.calibration.synthetic import random_samples, random_shapes
+from quantcli.errors import ExitCode, Notice, UsageError
 from quantcli.io_match import IOMatch, match_io
 from quantcli.kernel_check import KernelCheck, Saturation, kernel_check, mismatch_warning
+from quantcli.latency import MIN_ROUNDS, Latency, measure_latency
 from quantcli.model_io import file_size, load_model
 from quantcli.per_layer import PerLayerResult, per_layer_errors
+from quantcli.runtime import make_session
 from quantcli.thresholds import Check, Thresholds, evaluate
 from quantcli.verify import Agreement, compare_sessions, exact_kernel_model, nonfinite_notices
 
 RANDOM_SAMPLES = 32  # samples generated without --data
-MIN_ROUNDS = 30
-WARMUP_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -81,24 +79,6 @@ class DataSource:
         if self.kind == "random":
             return f"{self.samples} random samples (standard normal, seed {self.seed}; no --data)"
         return f"{self.samples} samples from {self.path}" + (" with labels" if self.labels else "")
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Per-run wall times of both models, measured interleaved in one process (median, fastest)."""
-
-    threads: int
-    rounds: int
-    warmup: int
-    reference_ms: float
-    candidate_ms: float
-    reference_min_ms: float
-    candidate_min_ms: float
-
-    @property
-    def ratio(self) -> float:
-        """Median candidate time / median reference time (below 1: the candidate is faster)."""
-        return self.candidate_ms / self.reference_ms if self.reference_ms else float("inf")
 
 
 @dataclass
@@ -278,77 +258,6 @@ def _exact_session(path: Path):  # noqa: ANN202 - onnxruntime session
     return make_session(Path(path)) if exact is None else make_session(exact)
 
 
-RANDOM_SAMPLE_BYTES = 256 * 2**20  # the most one generated sample may take, its inputs together
-_CHUNK = 1 << 20  # values drawn at a time: no float64 copy of a whole input
-
-
-def random_shapes(
-    specs: list[InputSpec], *, model: str | Path = "", hint: str = "pass --data DIR with real samples"
-) -> dict[str, tuple[int, ...]]:
-    """The shape each input gets in random samples (symbolic dimensions 1), checked before any is
-    made: an input without a shape, or a sample over RANDOM_SAMPLE_BYTES (a declared
-    [1, 3, 100000, 100000] would be 112 GiB), is a BadDataError that names `model` and says `hint`."""
-    where = f"{model}: " if str(model) else ""
-    shapes = {}
-    for spec in specs:
-        if spec.shape is None:
-            raise BadDataError(f"{where}input '{spec.name}' has no shape in the model: {hint}")
-        shapes[spec.name] = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
-    sizes = {s.name: math.prod(shapes[s.name]) * s.dtype.itemsize for s in specs}
-    if sum(sizes.values()) > RANDOM_SAMPLE_BYTES:
-        name = max(sizes, key=sizes.__getitem__)
-        dtype = next(s.dtype for s in specs if s.name == name)
-        total = sum(sizes.values())
-        together = "" if sizes[name] > RANDOM_SAMPLE_BYTES else f" ({_gib(total)} with the other inputs)"
-        raise BadDataError(
-            f"{where}input '{name}' declares shape {list(shapes[name])} ({dtype}, symbolic dimensions as 1): it "
-            f"would take {_gib(sizes[name])} per random sample{together}, more than the "
-            f"{_gib(RANDOM_SAMPLE_BYTES)} quantcli generates without data; {hint}"
-        )
-    return shapes
-
-
-def _gib(nbytes: int) -> str:
-    return f"{nbytes / 2**30:,.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:,.1f} MiB"
-
-
-def random_samples(
-    specs: list[InputSpec],
-    count: int,
-    seed: int,
-    *,
-    model: str | Path = "",
-    hint: str = "pass --data DIR with real samples",
-) -> Iterator[dict[str, np.ndarray]]:
-    """`count` samples from a fixed seed: float inputs standard normal, integer inputs 0, bool True;
-    symbolic dimensions are 1. The same seed gives the same samples. Shapes are checked when this
-    is called (random_shapes), before any sample is made."""
-    return _random_samples(specs, random_shapes(specs, model=model, hint=hint), count, seed)
-
-
-def _random_samples(
-    specs: list[InputSpec], shapes: dict[str, tuple[int, ...]], count: int, seed: int
-) -> Iterator[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    for _ in range(count):
-        sample = {}
-        for spec in specs:
-            shape = shapes[spec.name]
-            if spec.dtype.kind == "f":
-                # drawn in chunks: the same values as one standard_normal(shape) call, without its
-                # float64 copy of the whole input
-                array = np.empty(shape, spec.dtype)
-                flat = array.reshape(-1)
-                for start in range(0, flat.size, _CHUNK):
-                    flat[start : start + _CHUNK] = rng.standard_normal(min(_CHUNK, flat.size - start))
-                sample[spec.name] = array
-            elif spec.dtype.kind == "b":
-                sample[spec.name] = np.ones(shape, spec.dtype)
-            else:
-                sample[spec.name] = np.zeros(shape, spec.dtype)
-        yield sample
-
-
 def parameter_bytes(model: onnx.ModelProto) -> dict[str, int]:
     """Bytes of the initializers (and Constant node tensors) per element type, largest first."""
     totals: Counter[str] = Counter()
@@ -371,56 +280,3 @@ def _element(data_type: int) -> tuple[str, int]:
     except (KeyError, TypeError, ValueError):
         return onnx.TensorProto.DataType.Name(data_type).lower(), 8
     return dtype.name, bits.get(data_type, dtype.itemsize * 8)
-
-
-def measure_latency(
-    reference: Path,
-    candidate: Path,
-    sample: dict[str, np.ndarray],
-    io: IOMatch,
-    *,
-    threads: int = 1,
-    rounds: int = MIN_ROUNDS,
-    warmup: int = WARMUP_RUNS,
-) -> Latency:
-    """Median time of one run of each model on onnxruntime's CPU provider, in the same conditions:
-    sessions with the same options, `warmup` runs each, then `rounds` rounds that run both models
-    one after the other, alternating which goes first."""
-    sessions = [_timing_session(reference, threads), _timing_session(candidate, threads)]
-    feeds = [io.feeds(sample, "reference"), io.feeds(sample, "candidate")]
-    for s, f in zip(sessions, feeds, strict=True):
-        for _ in range(warmup):
-            s.run(None, f)
-    times: list[list[int]] = [[], []]
-    for k in range(rounds):
-        for which in (0, 1) if k % 2 == 0 else (1, 0):
-            start = time.perf_counter_ns()
-            sessions[which].run(None, feeds[which])
-            times[which].append(time.perf_counter_ns() - start)
-    ms = [[x / 1e6 for x in t] for t in times]
-    return Latency(
-        threads=threads,
-        rounds=rounds,
-        warmup=warmup,
-        reference_ms=statistics.median(ms[0]),
-        candidate_ms=statistics.median(ms[1]),
-        reference_min_ms=min(ms[0]),
-        candidate_min_ms=min(ms[1]),
-    )
-
-
-def _timing_session(path: Path, threads: int):  # noqa: ANN202 - onnxruntime session
-    """A session as a deployment would make it (all graph optimizations, pre-packed weights),
-    with a fixed number of intra-op threads and sequential execution."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedModelError(f"{path}: onnxruntime cannot load the model: {first}") from exc

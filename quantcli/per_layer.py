@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from quantcli.calibration.collect import estimated_bytes, exposing_session, tensor_groups
+from quantcli.calibration.collect import estimated_bytes, tensor_groups
 from quantcli.calibration.memory import tensor_bytes
 from quantcli.graph import GraphIndex, node_label
 from quantcli.io_match import IOMatch, TensorIO
+from quantcli.runtime import exposing_session
 from quantcli.verify import ErrorAccumulator, OutputMetrics, run_session
 
 DATA_MOVEMENT_OPS = frozenset(

@@ -21,7 +21,7 @@ from conftest import (
 from onnx import TensorProto, helper, numpy_helper
 
 from quantcli.api import ConvertOptions, convert
-from quantcli.calibration.collect import collect_ranges, make_session
+from quantcli.calibration.collect import collect_ranges
 from quantcli.calibration.data import list_samples
 from quantcli.cli import main
 from quantcli.errors import UnsupportedModelError
@@ -32,6 +32,7 @@ from quantcli.quantize.plan import QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
 from quantcli.report.convert import convert_to_dict, render_convert
+from quantcli.runtime import make_session
 from quantcli.verify import checker_error
 
 # Measured with 64 calibration samples (MSE) on the 300 eval samples; each floor a little below.

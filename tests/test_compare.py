@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from conftest import DATA, SAMPLES
 from onnx import helper, numpy_helper
 
-from quantcli.calibration.collect import make_session
 from quantcli.calibration.data import find_samples, iter_samples
 from quantcli.cli import main
 from quantcli.compare import CompareOptions, compare
@@ -24,6 +23,7 @@ from quantcli.errors import UsageError
 from quantcli.graph import GraphIndex
 from quantcli.io_match import IO_QUANTIZATION_KEY
 from quantcli.report.compare import COMPARE_JSON_SCHEMA
+from quantcli.runtime import make_session
 from quantcli.thresholds import Thresholds, evaluate
 from quantcli.verify import Agreement, ErrorAccumulator, OutputMetrics
 

@@ -6,11 +6,12 @@ import numpy as np
 import onnx
 from conftest import DATA, SAMPLES
 
-from quantcli.calibration.collect import exposing_session, float_tensors, weighted_inputs
+from quantcli.calibration.collect import float_tensors, weighted_inputs
 from quantcli.calibration.data import InputSpec, iter_samples, list_samples
 from quantcli.calibration.fold import PARALLEL_VALUES, observe, observer_pool
 from quantcli.calibration.observers import ChannelMeanObserver, HistogramObserver
 from quantcli.preprocess import preprocess
+from quantcli.runtime import exposing_session
 
 
 def cnn_runs(batches: int = 3):

@@ -16,7 +16,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantcli.preprocess import preprocess
-from quantcli.quantize.fp16 import FP16, FP16_CPU_KERNELS, SMALL_CONSTANT, elem_types, plan_fp16, rewrite_fp16
+from quantcli.quantize.fp16 import FP16, FP16_CPU_KERNELS, SMALL_CONSTANT, elem_types, plan_fp16
+from quantcli.quantize.fp16_rewrite import rewrite_fp16
 from quantcli.quantize.plan import FLOAT, NodePlan
 
 ROOT = Path(__file__).resolve().parent.parent

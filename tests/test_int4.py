@@ -11,12 +11,12 @@ from conftest import DATA, SAMPLE_NAMES, SAMPLES, quantcli
 from onnx import TensorProto, helper, numpy_helper
 
 from quantcli.api import ConvertOptions, convert
-from quantcli.calibration.collect import make_session
 from quantcli.errors import BadPlanError, UsageError
 from quantcli.inspect import inspect_model
 from quantcli.quantize import blockwise
 from quantcli.quantize.int4 import plan_weights_int4, rewrite_int4
 from quantcli.quantize.plan import QuantConfig, QuantPlan
+from quantcli.runtime import make_session
 from quantcli.verify import checker_error
 
 RNG = np.random.default_rng(4)

@@ -10,13 +10,14 @@ import pytest
 from conftest import optimized_op_counts
 from onnx import TensorProto, helper, numpy_helper
 
-from quantcli.calibration.collect import collect_ranges, make_session
+from quantcli.calibration.collect import collect_ranges
 from quantcli.errors import BadPlanError
 from quantcli.preprocess import preprocess
 from quantcli.quantize.params import QType
 from quantcli.quantize.plan import QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
+from quantcli.runtime import make_session
 from quantcli.verify import checker_error
 
 RNG = np.random.default_rng(1)

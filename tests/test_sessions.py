@@ -6,10 +6,11 @@ import numpy as np
 import onnx
 from conftest import DATA, SAMPLES
 
-from quantcli.calibration.collect import exposing_session, float_tensors
+from quantcli.calibration.collect import float_tensors
 from quantcli.calibration.data import InputSpec, iter_samples, list_samples
 from quantcli.calibration.sessions import exposing_sessions
 from quantcli.preprocess import preprocess
+from quantcli.runtime import exposing_session
 
 
 def test_spilled_sessions_match_inline_ones_and_leave_the_model_as_it_was() -> None:

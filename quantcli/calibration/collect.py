@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,7 +17,6 @@ from quantcli.calibration.ranges import CalibMethod, compute_range, make_observe
 from quantcli.calibration.sessions import SessionFor, exposing_sessions
 from quantcli.errors import UnsupportedModelError
 from quantcli.graph import attr
-from quantcli.model_io import model_size, serialize_model, staged_model
 
 
 @dataclass
@@ -50,52 +47,6 @@ def float_tensors(model: onnx.ModelProto) -> list[str]:
     names = [i.name for i in model.graph.input if i.name not in inits]
     names += [o for n in model.graph.node for o in n.output if o]
     return [n for n in names if known.get(n, onnx.TensorProto.FLOAT) in (onnx.TensorProto.FLOAT, 0)]
-
-
-def make_session(
-    model: onnx.ModelProto | bytes | Path, *, threads: int = 0, optimize: bool = True, lean: bool = False
-):  # noqa: ANN201
-    """An onnxruntime CPU session over a model, its serialised bytes or its path; a load failure is exit 3.
-
-    Sessions that verify a result run as a deployment would (same kernels, same numerics). `lean`
-    sessions (calibration) trade speed for memory: no pre-packed second copy of the weights and no
-    arena holding on to every intermediate buffer of the widest run; their threads do not spin
-    between runs.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    if lean:
-        opts.add_session_config_entry("session.disable_prepacking", "1")
-        opts.enable_cpu_mem_arena = False
-        # Its threads sleep between runs instead of spinning: calibration's observers work between
-        # runs, on the same cores (EfficientNet-Lite0, 64 samples: 20% less CPU time, same values).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if isinstance(model, onnx.ModelProto) and model_size(model) > _SPILL_BYTES:
-        # A big model goes through a private temporary file (its weights as external data above
-        # 2 GB), so that no serialised copy is held while onnxruntime builds its own.
-        with (
-            tempfile.TemporaryDirectory(prefix="quantcli-") as tmp,
-            staged_model(model, Path(tmp) / "model.onnx") as staged,
-        ):
-            return _session(ort, str(staged.path), opts)
-    source = serialize_model(model) if isinstance(model, onnx.ModelProto) else model
-    return _session(ort, str(source) if isinstance(source, Path) else source, opts)
-
-
-_SPILL_BYTES = 64 * 2**20
-
-
-def _session(ort, source: str | bytes, opts):  # noqa: ANN001, ANN202
-    try:
-        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedModelError(f"onnxruntime cannot load the model: {first}") from exc
 
 
 @dataclass(frozen=True)
@@ -317,20 +268,6 @@ def estimated_bytes(model: onnx.ModelProto) -> dict[str, int]:
             n *= d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
         out[vi.name] = 4 * n
     return out
-
-
-def exposing_session(model: onnx.ModelProto, names: list[str], *, optimize: bool = True, lean: bool = True):  # noqa: ANN201
-    """A session with `names` as extra graph outputs. They are added just long enough to build the
-    session and the model is restored after, so no second copy of its weights is made."""
-    n_outputs = len(model.graph.output)
-    existing = {o.name for o in model.graph.output}
-    try:
-        for name in names:
-            if name not in existing:
-                model.graph.output.append(onnx.ValueInfoProto(name=name))
-        return make_session(model, optimize=optimize, lean=lean)
-    finally:
-        del model.graph.output[n_outputs:]
 
 
 def _nbytes(sample: dict[str, np.ndarray]) -> int:

@@ -1,6 +1,6 @@
 """Calibration's sessions: the model with a group of its tensors exposed as extra graph outputs.
 
-A model that onnxruntime is given as bytes (up to `collect._SPILL_BYTES`) is serialised for each
+A model that onnxruntime is given as bytes (up to `runtime.SPILL_BYTES`) is serialised for each
 session, as `exposing_session` does. A bigger one has its weights written once, as external data,
 into a private temporary directory, and each session then writes only the graph, with that
 session's outputs, beside them: the weights are not serialised, written and synced again for every
@@ -27,9 +27,9 @@ def exposing_sessions(model: onnx.ModelProto, *, spill_bytes: int | None = None)
     """A function building lean sessions of `model` that expose the tensors it is given; the weights
     go to a file once when the model is over `spill_bytes` (default: where make_session spills). The
     files are removed on the way out (the sessions no longer need them once built)."""
-    from quantcli.calibration.collect import _SPILL_BYTES, exposing_session, make_session
+    from quantcli.runtime import SPILL_BYTES, exposing_session, make_session
 
-    if model_size(model) <= (_SPILL_BYTES if spill_bytes is None else spill_bytes):
+    if model_size(model) <= (SPILL_BYTES if spill_bytes is None else spill_bytes):
         yield lambda names: exposing_session(model, names)
         return
     with (

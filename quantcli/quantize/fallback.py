@@ -226,8 +226,8 @@ def target_session(model: onnx.ModelProto, config: QuantConfig, *, lean: bool = 
     """A session computing what the target's CPUs compute: exact integer kernels unless the target
     includes x86 CPUs without VNNI (whose weights the planner keeps safe, so exact there too); on a
     host whose U8S8 kernels saturate, full-range weights are stored UINT8 (verify.exact_kernel_model)."""
-    from quantcli.calibration.collect import make_session
     from quantcli.cpu import host_features
+    from quantcli.runtime import make_session
     from quantcli.verify import exact_kernel_model
 
     if not config.saturation_safe and host_features().u8s8_saturates is not False:
@@ -297,9 +297,9 @@ def rank(
     outputs' SQNR they gain; then the rest by per-layer loss. A node that cannot be FP16 is dropped
     (plan_mixed says why when named). `progress(done, total)` counts passes over the samples.
     """
-    from quantcli.calibration.collect import make_session
     from quantcli.io_match import match_io
     from quantcli.per_layer import per_layer_errors
+    from quantcli.runtime import make_session
 
     memo = {} if memo is None else memo
     base = plan_with(model, ranges, config, float_nodes=keep_float, fp16_nodes={}, memo=memo)

@@ -15,7 +15,7 @@ gain; a node whose FP16 form does not help is never chosen (node_sensitivity).
 
 An FP16 node reads its activations through a Cast to float16, its float weights are stored as
 float16, and its outputs are Cast back to float32 for their INT8 or float32 consumers (the fp16
-rewriter, quantize/fp16.py). onnxruntime's x86 CPU provider has no float16 Conv/MatMul/Gemm
+rewriter, quantize/fp16_rewrite.py). onnxruntime's x86 CPU provider has no float16 Conv/MatMul/Gemm
 kernel: it computes such a node in float32 on the float16-rounded values, which is the accuracy of
 FP16 without its speed. The Cast also keeps the node out of onnxruntime's WeightBiasQuantization,
 which would otherwise quantize a float Conv/Gemm that reads a DequantizeLinear output per tensor
@@ -38,8 +38,8 @@ from quantcli.quantize.fp16 import (
     FP16_MAX,
     attribute_forbids_fp16,
     elem_types,
-    rewrite_fp16,
 )
+from quantcli.quantize.fp16_rewrite import rewrite_fp16
 from quantcli.quantize.plan import FP16, QuantConfig, QuantPlan
 from quantcli.quantize.qdq import rewrite_qdq
 from quantcli.quantize.static import plan_static
@@ -186,7 +186,7 @@ def _why_not_fp16(
 
 
 def rewrite_mixed(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
-    """Q/DQ for the INT8 nodes (qdq.py), then float16 for the FP16 nodes (fp16.py)."""
+    """Q/DQ for the INT8 nodes (qdq.py), then float16 for the FP16 nodes (fp16_rewrite.py)."""
     from quantcli.preprocess.shapes import infer_shapes
 
     fp16_nodes = [n for n in plan.nodes if n.precision == FP16]
