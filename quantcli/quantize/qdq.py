@@ -268,7 +268,7 @@ def keep_float_in_onnxruntime(model: onnx.ModelProto, float_nodes: set[str], nam
         if node.name in found:
             dq = producers[node.input[0]]
             channels = _input_channels(node, inits)
-            if channels is not None and all(i in inits for i in dq.input[1:3]):
+            if channels is not None and len(dq.input) == 3 and all(i in inits for i in dq.input[1:]):
                 scale = numpy_helper.to_array(inits[dq.input[1]]).reshape(-1)[0]
                 zp = numpy_helper.to_array(inits[dq.input[2]]).reshape(-1)[0]
                 scale_name = names.new(f"{node.name}_input_scale")
