@@ -307,11 +307,13 @@ def test_plans_without_int4_options_load_with_defaults() -> None:
 
 
 def embedding_model() -> onnx.ModelProto:
+    """The same model on every call, whichever tests ran before (its own generator)."""
+    rng = np.random.default_rng(1)
     table = numpy_helper.from_array(
-        RNG.normal(size=(500, 32)).astype(np.float32) * RNG.uniform(0.1, 3, (500, 1)).astype(np.float32),
+        rng.normal(size=(500, 32)).astype(np.float32) * rng.uniform(0.1, 3, (500, 1)).astype(np.float32),
         "table",
     )
-    w = numpy_helper.from_array(RNG.normal(size=(32, 8)).astype(np.float32), "w")
+    w = numpy_helper.from_array(rng.normal(size=(32, 8)).astype(np.float32), "w")
     graph = helper.make_graph(
         [
             helper.make_node("Gather", ["table", "ids"], ["emb"], name="lookup"),
@@ -333,8 +335,9 @@ def test_embedding_tables_are_stored_int8_per_row(tmp_path, mode: str) -> None:
     onnx.save(model, tmp_path / "emb.onnx")
     data = tmp_path / "data"
     data.mkdir()
+    rng = np.random.default_rng(2)
     for i in range(20):
-        np.savez(data / f"s{i:02d}.npz", ids=RNG.integers(0, 500, size=(1, 6)))
+        np.savez(data / f"s{i:02d}.npz", ids=rng.integers(0, 500, size=(1, 6)))
     result = convert(
         ConvertOptions(
             model=tmp_path / "emb.onnx",
