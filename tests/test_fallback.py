@@ -224,3 +224,28 @@ def test_search_options_refused_with_a_plan(planted: Path, tmp_path: Path) -> No
         cwd=tmp_path,
     )
     assert r.returncode == 2 and "--fallback shapes a new plan" in r.stderr
+
+
+def test_per_layer_json_gives_the_flag_that_excludes_the_worst_layer(planted: Path, tmp_path: Path) -> None:
+    """compare --per-layer's worst layer, pasted into convert as its exclude_flag, stays float."""
+    import shlex
+
+    static, _, _ = _convert_kw(planted, "static")
+    r = quantcli(
+        *("compare", planted / "planted.onnx", static, "--data", planted / "eval", "--per-layer", "--json"),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    layers = json.loads(r.stdout)["per_layer"]["layers"]
+    worst = next(row for row in layers if row["exclude_flag"])
+    assert worst["node"] == BROKEN and worst["exclude_flag"] == f"--exclude-nodes {BROKEN}"
+    assert all(row["exclude_flag"] is None for row in layers if row["op_type"] == "graph input")
+    result = convert(
+        ConvertOptions(
+            model=planted / "planted.onnx",
+            output=tmp_path / "q.onnx",
+            calib=planted / "calib",
+            exclude_nodes=shlex.split(worst["exclude_flag"])[1],
+        )
+    )
+    assert {n.name for n in result.nodes if n.precision == FLOAT and n.op_type == "Conv"} == {BROKEN}

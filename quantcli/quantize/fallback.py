@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import shlex
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -39,6 +38,7 @@ from quantcli.graph import GraphIndex, copy_model
 from quantcli.quantize.plan import FLOAT, FP16, INT8, QuantConfig, QuantPlan
 from quantcli.quantize.rules import Kind, rule_for
 from quantcli.text import count as count_of
+from quantcli.text import exclude_flag
 from quantcli.thresholds import Check, Thresholds, evaluate
 from quantcli.verify import Agreement
 
@@ -88,7 +88,7 @@ class SearchResult:
     @property
     def exclude_flag(self) -> str:
         """The --exclude-nodes flag that keeps the moved nodes in float without searching."""
-        return f"--exclude-nodes {shlex.quote(','.join(self.moved))}" if self.moved else ""
+        return exclude_flag(self.moved) if self.moved else ""
 
     def best(self) -> Step | None:
         """The measured plan that met the bounds with the fewest nodes moved, else the most accurate."""

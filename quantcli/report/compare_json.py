@@ -7,8 +7,10 @@ from typing import Any
 from quantcli import __version__
 from quantcli.compare import CompareResult, ModelFacts
 from quantcli.errors import notice_code
+from quantcli.per_layer import GRAPH_INPUT
 from quantcli.report import SCHEMA_VERSION, number
 from quantcli.report.checks import check_dicts
+from quantcli.text import exclude_flag
 
 
 def compare_to_dict(r: CompareResult) -> dict[str, Any]:
@@ -130,6 +132,8 @@ def _per_layer(r: CompareResult) -> dict[str, Any]:
                 "max_abs_error": number(e.metrics.max_abs_error),
                 "mean_abs_error": number(e.metrics.mean_abs_error),
                 "inputs": e.inputs,
+                # convert keeps this layer's node in float with it (null for a graph input)
+                "exclude_flag": exclude_flag([e.node]) if e.op_type != GRAPH_INPUT else None,
             }
             for k, e in enumerate(p.layers, start=1)
         ],
@@ -248,6 +252,7 @@ COMPARE_JSON_SCHEMA: dict[str, Any] = {
                                     "max_abs_error": _FIGURE,
                                     "mean_abs_error": _FIGURE,
                                     "inputs": {"type": "array", "items": _STR},
+                                    "exclude_flag": {"type": ["string", "null"]},
                                 }
                             ),
                         },
