@@ -252,7 +252,7 @@ COMPARE_JSON_SCHEMA: dict[str, Any] = {
                                     "max_abs_error": _FIGURE,
                                     "mean_abs_error": _FIGURE,
                                     "inputs": {"type": "array", "items": _STR},
-                                    "exclude_flag": {"type": ["string", "null"]},
+                                    "exclude_flag": _nullable(_STR),
                                 }
                             ),
                         },
