@@ -138,6 +138,29 @@ def check_limit(text: object) -> None:
     parse_limit(text, 0)
 
 
+def match_nodes(
+    model: onnx.ModelProto, patterns: tuple[str, ...], flag: str, *, labels: bool = False
+) -> dict[str, str]:
+    """Node name -> the first of the shell-style `patterns` it matches, in graph order; with `labels`
+    a node also matches by the `OpType(first output)` label reports give unnamed nodes. A pattern
+    that matches nothing is a UsageError naming `flag` (a typo should not silently change nothing)."""
+    names = {
+        n.name: (n.name, f"{n.op_type}({n.output[0] if n.output else ''})") if labels else (n.name,)
+        for n in model.graph.node
+    }
+    unmatched = [
+        p for p in patterns if not any(fnmatch.fnmatchcase(x, p) for xs in names.values() for x in xs)
+    ]
+    if unmatched:
+        raise UsageError(f"{flag} {','.join(unmatched)}: matches no node of the model")
+    matched = {}
+    for name, xs in names.items():
+        pattern = next((p for p in patterns if any(fnmatch.fnmatchcase(x, p) for x in xs)), None)
+        if pattern is not None:
+            matched[name] = pattern
+    return matched
+
+
 def excluded_nodes(
     model: onnx.ModelProto, patterns: tuple[str, ...], op_types: tuple[str, ...]
 ) -> dict[str, str]:
@@ -145,12 +168,7 @@ def excluded_nodes(
     `OpType(first output)` label reports give unnamed nodes) and `--exclude-op-types` name; a
     pattern or op type matching no node is a UsageError (a typo should not silently change nothing)."""
     nodes = list(model.graph.node)
-    labels = [(n, (n.name, f"{n.op_type}({n.output[0] if n.output else ''})")) for n in nodes]
-    unmatched = [
-        p for p in patterns if not any(fnmatch.fnmatchcase(x, p) for _, names in labels for x in names)
-    ]
-    if unmatched:
-        raise UsageError(f"--exclude-nodes {','.join(unmatched)}: matches no node of the model")
+    matched = match_nodes(model, patterns, "--exclude-nodes", labels=True)
     present = {n.op_type for n in nodes}
     missing = [t for t in op_types if t not in present]
     if missing:
@@ -159,10 +177,9 @@ def excluded_nodes(
             f"(its op types: {', '.join(sorted(present))})"
         )
     reasons: dict[str, str] = {}
-    for node, names in labels:
-        pattern = next((p for p in patterns if any(fnmatch.fnmatchcase(x, p) for x in names)), None)
-        if pattern is not None:
-            reasons[node.name] = f"float: excluded by --exclude-nodes {pattern}"
+    for node in nodes:
+        if node.name in matched:
+            reasons[node.name] = f"float: excluded by --exclude-nodes {matched[node.name]}"
         elif node.op_type in op_types:
             reasons[node.name] = f"float: excluded by --exclude-op-types {node.op_type}"
     return reasons
@@ -222,19 +239,23 @@ def rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     return rewrite_qdq(model, plan)
 
 
-def target_session(model: onnx.ModelProto, config: QuantConfig, *, lean: bool = True):  # noqa: ANN201
-    """A session computing what the target's CPUs compute: exact integer kernels unless the target
-    includes x86 CPUs without VNNI (whose weights the planner keeps safe, so exact there too); on a
-    host whose U8S8 kernels saturate, full-range weights are stored UINT8 (verify.exact_kernel_model)."""
+def on_target(model: onnx.ModelProto, config: QuantConfig) -> onnx.ModelProto:
+    """The model as this CPU must run it to compute what the target's CPUs compute: as it is, unless
+    its full-range weights (a target without x86 CPUs lacking VNNI) meet a host whose U8S8 kernels
+    saturate; then with those weights stored UINT8, on exact kernels (verify.exact_kernel_model)."""
     from quantcli.cpu import host_features
-    from quantcli.runtime import make_session
     from quantcli.verify import exact_kernel_model
 
     if not config.saturation_safe and host_features().u8s8_saturates is not False:
-        exact = exact_kernel_model(model)
-        if exact is not None:
-            return make_session(exact, lean=lean)
-    return make_session(model, lean=lean)
+        return exact_kernel_model(model) or model
+    return model
+
+
+def target_session(model: onnx.ModelProto, config: QuantConfig, *, lean: bool = True):  # noqa: ANN201
+    """A session computing what the target's CPUs compute (on_target)."""
+    from quantcli.runtime import make_session
+
+    return make_session(on_target(model, config), lean=lean)
 
 
 def output_sqnr(reference, candidate, samples: SampleSource) -> float:  # noqa: ANN001 - sessions
@@ -303,17 +324,12 @@ def rank(
 
     memo = {} if memo is None else memo
     base = plan_with(model, ranges, config, float_nodes=keep_float, fp16_nodes={}, memo=memo)
-    quantized = rewrite(model, base)
+    measured = on_target(rewrite(model, base), config)  # per-layer figures on the target's kernels too
     reference = CachedOutputs(make_session(model, lean=True))
-    candidate_session = target_session(quantized, config)
+    candidate_session = make_session(measured, lean=True)
     io = match_io(reference, candidate_session, strict=False)
     if progress:
         progress(0, tried + 2)
-    from quantcli.verify import exact_kernel_model
-
-    measured = quantized
-    if not config.saturation_safe:  # the per-layer figures on the target's kernels too
-        measured = exact_kernel_model(quantized) or quantized
     layer_samples = samples if per_layer_samples is None else lambda: islice(samples(), per_layer_samples)
     layers = per_layer_errors(model, measured, layer_samples, io, memory_budget_bytes=memory_budget_bytes)
     del measured
@@ -331,7 +347,7 @@ def rank(
     if progress:
         progress(1, total)
     baseline = output_sqnr(reference, candidate_session, samples)
-    del candidate_session, quantized
+    del candidate_session
     op_types = {n.name: n.op_type for n in model.graph.node}
     result: list[Candidate] = []
     for done, name in enumerate(chosen, start=2):

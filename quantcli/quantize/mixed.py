@@ -24,14 +24,12 @@ at load (measured: the node ran as QLinearConv), and with it the node's accuracy
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx
 
 from quantcli.calibration.collect import Ranges
-from quantcli.errors import UsageError
 from quantcli.graph import GraphIndex, subgraphs
 from quantcli.quantize.fp16 import (
     FP16_CPU_KERNELS,
@@ -55,11 +53,9 @@ def candidate_count(count: int) -> int:
 def match_patterns(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
     """The node names that the shell-style `patterns` match, in graph order; a pattern matching
     nothing is a UsageError naming it (a typo should not silently change nothing)."""
-    names = [n.name for n in model.graph.node]
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-    if unmatched:
-        raise UsageError(f"--fp16-nodes {','.join(unmatched)}: matches no node of the model")
-    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+    from quantcli.quantize.fallback import match_nodes
+
+    return list(match_nodes(model, patterns, "--fp16-nodes"))
 
 
 def node_sensitivity(
