@@ -110,7 +110,17 @@ QUANTCLI_STATIC_MINMAX = Tool(
     needs_calib=True,
 )
 TIME_TOOLS: tuple[Tool, ...] = (QUANTCLI_STATIC, QUANTCLI_STATIC_MINMAX, ORT_STATIC)
-ALL_TOOLS: tuple[Tool, ...] = tuple(dict.fromkeys(TOOLS + MODES_TOOLS + TIME_TOOLS))  # each once
+# issue #18: static without the speed plan (every node INT8 that accuracy allows), beside the default
+QUANTCLI_STATIC_ALL_INT8 = Tool(
+    "quantcli-static-all-int8",
+    "quantcli static --no-speed-plan",
+    "static",
+    ("--no-speed-plan",),
+    needs_calib=True,
+)
+ALL_TOOLS: tuple[Tool, ...] = tuple(
+    dict.fromkeys((*TOOLS, *MODES_TOOLS, *TIME_TOOLS, QUANTCLI_STATIC_ALL_INT8))
+)  # each once
 TOOLS_BY_KEY = {t.key: t for t in ALL_TOOLS}
 PEAK_RSS_FILE = "peak_rss_mb"  # written by the child into its cwd
 

@@ -26,12 +26,21 @@ from quantcli.calibration.data import (
 from quantcli.calibration.images import ImagePreprocess
 from quantcli.calibration.ranges import CalibMethod
 from quantcli.cpu import DEFAULT_TARGET, TARGETS
-from quantcli.errors import BadModelError, ExitCode, InternalError, Notice, UnsupportedModelError, UsageError
+from quantcli.errors import (
+    BadDataError,
+    BadModelError,
+    ExitCode,
+    InternalError,
+    Notice,
+    QuantcliError,
+    UnsupportedModelError,
+    UsageError,
+)
 from quantcli.graph import COMPUTE_OPS, set_metadata
 from quantcli.io_match import IOQuantization
 from quantcli.io_match import io_quantization as read_io_quantization
 from quantcli.kernel_check import KernelCheck, Saturation, kernel_check, mismatch_warning, saturation_warning
-from quantcli.latency import Latency
+from quantcli.latency import BUDGET_MIN_ROUNDS, Latency, OpTime
 from quantcli.model_io import (
     check_model_path,
     check_outputs,
@@ -58,6 +67,7 @@ from quantcli.quantize.params import QType
 from quantcli.quantize.plan import FLOAT, FP16, NodePlan, QuantConfig, QuantPlan
 from quantcli.quantize.plan_check import check_plan
 from quantcli.quantize.qdq import rewrite_qdq
+from quantcli.quantize.speed import SpeedPlan, plan_speed
 from quantcli.quantize.static import plan_static
 from quantcli.quantize.weights import plan_weights_int8
 from quantcli.runtime import make_session
@@ -94,7 +104,9 @@ class ConvertOptions:
     dynamic_op_types: tuple[str, ...] = ("MatMul", "Gemm")
     calib_preprocess: ImagePreprocess | None = None
     keep_io_types: bool = True
-    check_latency: bool = False
+    # time the result against FP32 on this CPU and say where the time goes when it is slower:
+    # None (default) where it takes a few seconds at most, True always, False never
+    check_latency: bool | None = None
     latency_threads: int = 1
     save_plan: Path | None = None
     plan: Path | None = None
@@ -114,6 +126,9 @@ class ConvertOptions:
     keep_best: bool = False  # write the most accurate model even when the thresholds are unreachable
     exclude_nodes: tuple[str, ...] = ()  # static/mixed: shell patterns on node names kept float
     exclude_op_types: tuple[str, ...] = ()  # static/mixed: op types kept float
+    # static/mixed: keep in float the nodes the target's cost table says run slower in integer
+    # (quantize/speed.py)
+    speed_plan: bool = True
 
     def __post_init__(self) -> None:
         self._coerce()
@@ -323,6 +338,7 @@ _MODE_OPTIONS: dict[str, tuple[str, ...]] = {
     "keep_best": ("static",),
     "exclude_nodes": ("static", "mixed"),
     "exclude_op_types": ("static", "mixed"),
+    "speed_plan": ("static", "mixed"),
 }
 # Options a replayed plan records (QuantConfig): allowed when they agree with it.
 _PLAN_FIXED = (
@@ -353,6 +369,7 @@ _NEW_PLAN_ONLY = (
     "keep_best",
     "exclude_nodes",
     "exclude_op_types",
+    "speed_plan",
 )
 _CALIBRATION_FIELDS = {
     "calib_method": "method",
@@ -364,6 +381,7 @@ _FLAGS = {
     "weight_symmetric": "--weight-symmetric",
     "keep_io_types": "--no-keep-io-types",
     "bias_correction": "--no-bias-correction",
+    "speed_plan": "--no-speed-plan",
     "per_channel": "--per-tensor",
     "eval": "--eval",
     "model": "MODEL",
@@ -390,6 +408,8 @@ class ConvertResult:
     plan_replayed: bool = False
     warnings: list[str] = field(default_factory=list)
     latency: Latency | None = None
+    latency_ops: dict[str, list[OpTime]] | None = None  # slower than FP32: where each model's time goes
+    latency_skipped: str | None = None  # why the default latency check did not run
     weight_bytes: dict[str, int] | None = None  # MatMul/Gemm weights {"before", "after"} (weights-int4)
     activation_type: str | None = None  # static mode: uint8, int8 or int16
     io_quantization: dict[str, IOQuantization] = field(default_factory=dict)  # --integer-io
@@ -399,6 +419,7 @@ class ConvertResult:
     checks: list[Check] = field(default_factory=list)  # the thresholds, checked on `agreement`
     input_half: dict[str, str] = field(default_factory=dict)  # compute node -> float16/bfloat16 before
     search: SearchResult | None = None  # --fallback: what the search measured and moved
+    speed: SpeedPlan | None = None  # static/mixed: the nodes kept in float for speed (quantize/speed.py)
     written: bool = True  # False: --fallback could not meet the thresholds (and no --keep-best)
 
     @property
@@ -525,11 +546,25 @@ def convert(
         layout=options.calib_layout,
         preprocess=options.calib_preprocess,
     )
-    if options.check_latency and not (split.eval or split.calib):  # timed on a random sample
+    # the latency check: asked for (--check-latency, --max-latency-ratio) it runs or fails; by
+    # default it runs where it costs a few seconds at most and says why where it does not
+    timed = options.check_latency is not False or options.thresholds.needs_latency
+    asked = options.check_latency is True or options.thresholds.needs_latency
+    latency_skipped = None
+    if timed and not asked and input_bytes > AUTO_LATENCY_MAX_BYTES:
+        latency_skipped = (
+            f"the default check skips models over {AUTO_LATENCY_MAX_BYTES >> 20} MiB (a run takes long): "
+            "--check-latency times it"
+        )
+    elif timed and not (split.eval or split.calib):  # timed on a random sample
         from quantcli.calibration.synthetic import random_shapes
 
-        # one too large to make is reported before converting
-        random_shapes(specs, model=options.model, hint=_RANDOM_HINT)
+        try:  # one too large to make is said before converting
+            random_shapes(specs, model=options.model, hint=_RANDOM_HINT)
+        except BadDataError as exc:
+            if asked:
+                raise
+            latency_skipped = exc.message
     seconds["preprocess"] = time.perf_counter() - t0
     gated = any(bounds for _, bounds in options.thresholds.items())
     if gated:
@@ -559,7 +594,8 @@ def convert(
     reference_model, reference_warnings = Path(options.model), []
     if ComputeInFloat32.name in pre.applied and split.eval:
         reference_model, reference_warnings = _float_reference(Path(options.model), model)
-    search = None
+    search = speed = None
+    memo: dict = {}  # weight parameters shared by the plans made of this model
     if plan is not None:
         options.check_plan_options(plan)
     elif options.mode in ("static", "mixed", None):
@@ -571,9 +607,19 @@ def convert(
         )
         ranges = _calibrate(model, split, specs, options, calibration, progress)
         seconds["calibrate"] = time.perf_counter() - t
+        if options.speed_plan:  # the float nodes for speed, then the accuracy plan around them
+            t = time.perf_counter()
+            speed = plan_speed(model, plan_static(model, ranges, config, keep_float=excluded, memo=memo))
+            if options.mode == "mixed" and options.fp16_nodes:  # what the user names comes first
+                from quantcli.quantize.mixed import match_patterns
+
+                speed = speed.without(match_patterns(model, options.fp16_nodes))
+            excluded = {**speed.keep_float, **excluded}
+            seconds["speed_plan"] = time.perf_counter() - t
         if options.mode == "mixed":
+            t = time.perf_counter()
             plan = _plan_mixed(model, ranges, config, split, specs, options, excluded, progress)
-            seconds["sensitivity"] = time.perf_counter() - t - seconds["calibrate"]
+            seconds["sensitivity"] = time.perf_counter() - t
         elif options.fallback is not None:
             t = time.perf_counter()
             plan, search = _search(
@@ -581,7 +627,7 @@ def convert(
             )
             seconds["search"] = time.perf_counter() - t
         else:
-            plan = plan_static(model, ranges, config, keep_float=excluded)
+            plan = plan_static(model, ranges, config, keep_float=excluded, memo=memo)
     elif options.mode == "dynamic":
         plan = plan_dynamic(model, config)
     elif options.mode == "weights-int8":
@@ -687,10 +733,17 @@ def convert(
                 del exact
         seconds["verify"] = time.perf_counter() - t
         warnings += _agreement_warnings(plan, agreement) + mismatch_warning(agreement, kernels)
-        latency = None
-        if options.check_latency or options.thresholds.needs_latency:
-            latency = _latency(options, staged.path, candidate, split, specs)
-        del candidate
+        del candidate  # the latency check makes sessions of its own
+        latency = latency_ops = None
+        if timed and latency_skipped is None:
+            t = time.perf_counter()
+            try:
+                latency, latency_ops = _latency(options, reference_model, staged.path, split, specs, asked)
+            except QuantcliError as exc:
+                if asked:
+                    raise
+                latency_skipped = exc.message
+            seconds["latency"] = time.perf_counter() - t
         checks = []
         if gated:  # before the rename: a bound that cannot be checked leaves nothing behind
             checks = evaluate(
@@ -723,6 +776,8 @@ def convert(
         warnings=warnings,
         input_half=input_half,
         latency=latency,
+        latency_ops=latency_ops,
+        latency_skipped=latency_skipped,
         weight_bytes=weight_bytes,
         activation_type=plan.config.activation_type.value if plan.mode in ("static", "mixed") else None,
         io_quantization=io_quantization,
@@ -733,6 +788,7 @@ def convert(
         if plan.mode in ("static", "mixed")
         else None,
         search=search,
+        speed=speed,
         written=written,
     )
 
@@ -928,15 +984,30 @@ def _as_inputs_of(
 
 
 _RANDOM_HINT = "pass --eval DIR with real samples to time --check-latency on"
+LATENCY_BUDGET_S = 2.0  # the latency check's timed rounds (a median of at least BUDGET_MIN_ROUNDS)
+AUTO_LATENCY_MAX_BYTES = 256 << 20  # the default check skips larger models (one run takes long)
+TOP_OPS = 5  # op types a slower result names, for each model
 
 
-def _latency(options: ConvertOptions, candidate_path: Path, candidate, split, specs) -> Latency:  # noqa: ANN001
-    """Candidate vs FP32 latency, interleaved in this process (median of 30+ rounds, 1 thread by default)."""
+def _latency(
+    options: ConvertOptions,
+    reference: Path | bytes,
+    candidate_path: Path,
+    split: SampleSplit,
+    specs: list[InputSpec],
+    asked: bool,
+) -> tuple[Latency, dict[str, list[OpTime]] | None]:
+    """Candidate vs FP32 (`reference`: the input model, or its float32 computation where
+    onnxruntime cannot run it) latency, interleaved in this process: a median over at most about
+    LATENCY_BUDGET_S of rounds, 1 thread by default. Not `asked`, a model whose one run takes
+    longer than the budget allows is a QuantcliError (the check is skipped). When the candidate is
+    slower, where each model's time goes (onnxruntime's profiler, per op type)."""
     from quantcli.io_match import match_io
-    from quantcli.latency import measure_latency
+    from quantcli.latency import measure_latency, op_times, timing_session
 
-    reference = make_session(Path(options.model))
-    io = match_io(reference, candidate, strict=False)
+    threads = options.latency_threads
+    sessions = (timing_session(reference, threads), timing_session(candidate_path, threads))
+    io = match_io(sessions[0], sessions[1], strict=False)
     refs = split.eval or split.calib
     if refs:
         sample = next(iter_samples(refs[:1], specs, options.calib_preprocess))
@@ -944,7 +1015,23 @@ def _latency(options: ConvertOptions, candidate_path: Path, candidate, split, sp
         from quantcli.calibration.synthetic import random_samples
 
         sample = next(random_samples(specs, 1, seed=0, model=options.model, hint=_RANDOM_HINT))
-    return measure_latency(Path(options.model), candidate_path, sample, io, threads=options.latency_threads)
+    latency = measure_latency(
+        reference,
+        candidate_path,
+        sample,
+        io,
+        threads=threads,
+        budget_s=LATENCY_BUDGET_S,
+        sessions=sessions,
+        give_up_s=None if asked else LATENCY_BUDGET_S / BUDGET_MIN_ROUNDS,
+    )
+    del sessions
+    if latency.ratio <= 1.0:
+        return latency, None
+    return latency, {
+        "candidate": op_times(candidate_path, io.feeds(sample, "candidate"), threads=threads)[:TOP_OPS],
+        "reference": op_times(reference, io.feeds(sample, "reference"), threads=threads)[:TOP_OPS],
+    }
 
 
 def _warnings(plan: QuantPlan, quantized: onnx.ModelProto) -> list[str]:

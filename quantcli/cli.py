@@ -268,6 +268,7 @@ CONVERT_SECTIONS: dict[str, list[str]] = {
         "reduce_range",
         "bias_correction",
         "integer_io",
+        "speed_plan",
     ],
     "dynamic": ["dynamic_op_types"],
     "mixed": ["fp16_nodes", "fp16_count"],
@@ -550,22 +551,32 @@ def _summary_target(markdown: str | None) -> tuple[Path | None, bool]:
     "(measured on --calib); no cost at inference.",
 )
 @click.option(
+    "--speed-plan/--no-speed-plan",
+    default=True,
+    show_default=True,
+    help="static/mixed: keep in float the Conv/MatMul/Gemm nodes that the --target-cpu's shipped cost "
+    "table says run slower in integer (with the Q/DQ and layout conversions each choice brings); the "
+    "reason is in the plan.",
+)
+@click.option(
     "--integer-io",
     is_flag=True,
     help="static: the model takes and returns the quantized tensors (uint8/int8) instead of float; "
     "each one's scale and zero point are in the report and the model's metadata.",
 )
 @click.option(
-    "--check-latency",
-    is_flag=True,
-    help="Time the result against the FP32 model (onnxruntime CPU, interleaved, median) and report the ratio.",
+    "--check-latency/--no-check-latency",
+    default=None,
+    help="Time the result against the FP32 model on this CPU (onnxruntime, interleaved, median; about 2 s "
+    "of runs) and, when it is slower, say which op types take the time. By default where that takes a "
+    "few seconds (not on models over 256 MiB, or whose one run takes over 0.2 s); --check-latency always.",
 )
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Intra-op threads for --check-latency.",
+    help="Intra-op threads for the latency check.",
 )
 @click.option(
     "--fp16-nodes",
@@ -645,7 +656,7 @@ def convert(
     int4_compute: str,
     bias_correction: bool,
     integer_io: bool,
-    check_latency: bool,
+    check_latency: bool | None,
     threads: int,
     fp16_nodes: str,
     fp16_count: int,
@@ -654,6 +665,7 @@ def convert(
     keep_best: bool,
     exclude_nodes: str,
     exclude_op_types: str,
+    speed_plan: bool,
     min_cosine: tuple[tuple[str, float], ...],
     max_abs_error: tuple[tuple[str, float], ...],
     min_sqnr: tuple[tuple[str, float], ...],
@@ -748,6 +760,7 @@ def convert(
             keep_best=keep_best,
             exclude_nodes=exclude_nodes,
             exclude_op_types=exclude_op_types,
+            speed_plan=speed_plan,
             thresholds=_thresholds(
                 min_cosine,
                 max_abs_error,

@@ -34,7 +34,8 @@ def test_convert_reports_in_plain_text_when_piped(tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
     proc = quantcli("convert", CNN, "--calib", CALIB, "--calib-samples", 16, "-o", out, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "ratio" in proc.stdout and "compute nodes" in proc.stdout and "5 of 5 in INT8" in proc.stdout
+    assert "ratio" in proc.stdout and "compute nodes" in proc.stdout and " of 5 in INT8" in proc.stdout
+    assert "of 5 Conv/MatMul/Gemm nodes kept in float" in proc.stdout  # the speed plan's row
     assert "\x1b[" not in proc.stdout + proc.stderr  # no colour or progress bar off a terminal
     assert proc.stderr == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]  # nothing else in the cwd
@@ -49,7 +50,13 @@ def test_convert_json(tmp_path: Path) -> None:
     data = json.loads(proc.stdout)
     assert data["schema_version"] == 1 and data["command"] == "convert"
     assert data["size"]["output_bytes"] == out.stat().st_size
-    assert data["compute_nodes"] == {"quantized": 5, "float": 0, "total": 5}
+    # the speed plan keeps in float what the AVX2 table prices slower in integer at batch 1 (the
+    # 128x10 head Gemm among them): every float compute node is one it kept, with its reason
+    kept = data["speed_plan"]["kept_float"]
+    assert "/head/head.3/Gemm" in kept and data["speed_plan"]["candidates"] == 5
+    assert data["compute_nodes"] == {"quantized": 5 - len(kept), "float": len(kept), "total": 5}
+    reasons = {n["name"]: n["reason"] for n in data["nodes"]}
+    assert all(reasons[k].startswith("float for speed: ") for k in kept)
     assert data["accuracy"]["outputs"][0]["name"] == "logits"
     assert 0.99 < data["accuracy"]["outputs"][0]["cosine_mean"] <= 1.0
 

@@ -24,6 +24,7 @@ MIN_SQNR_DB = {"digits_cnn": 45.4, "digits_vit": 41.3, "digits_mlp": 53.4}
 @cache
 def mixed(name: str, out_dir: str, **kwargs) -> tuple[Path, Path, ConvertResult]:  # noqa: ANN003
     tag = "mixed_" + "_".join(f"{k}-{v}" for k, v in sorted(kwargs.items())).replace("/", "").replace("*", "")
+    kwargs.setdefault("speed_plan", False)  # beside `converted`, which quantizes every node it can
     c = convert_sample(name, Path(out_dir), tag, mode="mixed", **kwargs)
     return c.output, c.plan, c.result
 

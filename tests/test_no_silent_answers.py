@@ -132,7 +132,9 @@ def saved_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     model = mlp(d / "m.onnx")
     calib = samples(d / "calib")
     plan = d / "plan.json"
-    run = quantcli("convert", model, "--calib", calib, "-o", d / "q.onnx", "--save-plan", plan, cwd=d)
+    run = quantcli(
+        "convert", model, "--calib", calib, "-o", d / "q.onnx", "--save-plan", plan, "--no-speed-plan", cwd=d
+    )
     assert run.returncode == 0, run.stderr
     return model, json.loads(plan.read_text())
 
@@ -348,7 +350,9 @@ def test_degenerate_models_and_data_keep_stderr_clean(tmp_path: Path, mode: str,
 def qdq_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("qdq")
     model = mlp(d / "m.onnx")
-    run = quantcli("convert", model, "--calib", samples(d / "calib"), "-o", d / "qdq.onnx", cwd=d)
+    run = quantcli(
+        "convert", model, "--calib", samples(d / "calib"), "-o", d / "qdq.onnx", "--no-speed-plan", cwd=d
+    )
     assert run.returncode == 0, run.stderr
     run = quantcli("convert", model, "--mode", "dynamic", "-o", d / "dyn.onnx", cwd=d)
     assert run.returncode == 0, run.stderr

@@ -12,6 +12,7 @@ from quantcli.errors import notice_code
 from quantcli.graph import COMPUTE_OPS
 from quantcli.kernel_check import KernelCheck
 from quantcli.quantize.fallback import SearchResult
+from quantcli.quantize.speed import SpeedPlan
 from quantcli.report import SCHEMA_VERSION, number, out
 from quantcli.report.checks import (
     check_dicts,
@@ -98,6 +99,12 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
             "reference_ms": r.latency.reference_ms,
             "candidate_ms": r.latency.candidate_ms,
             "ratio": r.latency.ratio,
+            "op_times": None
+            if r.latency_ops is None
+            else {
+                which: [{"op_type": t.op_type, "nodes": t.nodes, "ms": round(t.ms, 4)} for t in ops]
+                for which, ops in r.latency_ops.items()
+            },
         },
         "io_quantization": {
             name: {"scale": q.scale, "zero_point": q.zero_point, "dtype": q.dtype}
@@ -115,6 +122,8 @@ def convert_to_dict(r: ConvertResult) -> dict[str, Any]:
         "kernels": None if r.kernels is None else _kernels_dict(r.kernels),
         "checks": check_dicts(r.checks),
         "search": _search_dict(r.search),
+        "latency_skipped": r.latency_skipped,
+        "speed_plan": _speed_dict(r.speed),
         "warnings": r.warnings,
         "warning_codes": [notice_code(w) for w in r.warnings],
         "seconds": {k: round(v, 4) for k, v in r.seconds.items()},
@@ -160,6 +169,50 @@ def _search_dict(s: SearchResult | None) -> dict[str, Any] | None:
         ],
         "seconds": round(s.seconds, 4),
     }
+
+
+def _op_times(ops: list) -> str:
+    return ", ".join(f"{t.op_type} x{t.nodes} {t.ms:.3g} ms" for t in ops)
+
+
+def _speed_dict(s: SpeedPlan | None) -> dict[str, Any] | None:
+    """static/mixed: what the cost tables kept in float for speed (quantize/speed.py)."""
+    if s is None:
+        return None
+    return {
+        "tables": s.tables,
+        "no_table_for": s.unplanned,
+        "skipped": s.skipped,
+        "candidates": s.candidates,
+        "kept_float": sorted(s.keep_float),
+        "estimate_us": {k: {"all_int8": a, "planned": b} for k, (a, b) in s.estimate_us.items()},
+    }
+
+
+def _speed_rows(r: ConvertResult) -> list[tuple[str, str]]:
+    s = r.speed
+    if s is None:
+        return []
+    if s.skipped:
+        return [("speed plan", f"not applied: {s.skipped}")]
+    if not s.tables:
+        return [
+            (
+                "speed plan",
+                f"no cost table for {', '.join(s.unplanned)}: every node quantized as accuracy allows",
+            )
+        ]
+    kept = f"{len(s.keep_float)} of {count(s.candidates, 'Conv/MatMul/Gemm node')} kept in float"
+    estimates = "; ".join(
+        f"{kind} estimate {b / 1e3:.3g} ms vs {a / 1e3:.3g} ms all INT8"
+        for kind, (a, b) in s.estimate_us.items()
+    )
+    rows = [("speed plan", f"{kept}: slower in integer ({estimates}); cost table {', '.join(s.tables)}")]
+    if s.unplanned:
+        rows.append(("  no table for", ", ".join(s.unplanned)))
+    if s.keep_float:
+        rows.append(("  in float", _names(sorted(s.keep_float), 6)))
+    return rows
 
 
 def _search_rows(r: ConvertResult) -> list[tuple[str, str]]:
@@ -293,6 +346,15 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
                 f"(median of {lat.rounds} interleaved runs, {lat.threads} thread{'s' if lat.threads > 1 else ''})",
             )
         )
+        if r.latency_ops is not None:
+            rows.append(
+                ("  slower", f"{lat.ratio - 1:.0%} slower than FP32 on this CPU; where the time goes:")
+            )
+            rows.append(("    converted", _op_times(r.latency_ops["candidate"])))
+            rows.append(("    FP32", _op_times(r.latency_ops["reference"])))
+    elif r.latency_skipped is not None:
+        rows.append(("latency", f"not measured: {r.latency_skipped}"))
+    rows += _speed_rows(r)
     rows += _search_rows(r)
     rows.append(("time", f"{r.seconds.get('total', 0.0):.2f} s"))
     rows.extend(("warning", w) for w in r.warnings)
