@@ -266,3 +266,41 @@ def test_entropy_keeps_the_range_of_saturating_activations() -> None:
     r = collect_ranges(model, lambda: samples, CalibrationConfig(method=CalibMethod.ENTROPY))
     assert r.ranges["r6"][1] == 6.0 and r.ranges["padded"][1] == 6.0
     assert r.ranges["y"][1] < 12.0  # an ordinary tensor is still clipped by KL
+
+
+def test_large_batches_are_binned_from_a_strided_subset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch over HISTOGRAM_VALUES is binned from an odd-strided subset counted stride times: the
+    mass is the batch's within one stride, the extremes and the bins exact. On ReLU'd heavy-tailed
+    values (Student t, 4 degrees of freedom: a sparse tail, where the choice is least stable), the
+    ranges chosen from the subset quantize every value about as well as those from all of them
+    (measured: MSE 0.95x, entropy 1.13x, percentile 1.0005x the quantization MSE)."""
+    from quantcli.calibration import observers
+
+    rng = np.random.default_rng(0)
+    batches = [np.maximum(rng.standard_t(4, 1_500_000), 0).astype(np.float32) * s for s in (1.0, 1.3, 0.8)]
+    values = np.concatenate(batches)
+
+    def observe() -> HistogramObserver:
+        h = HistogramObserver(2048)
+        for x in batches:
+            h.update(x)
+        return h
+
+    def error(lo: float, hi: float) -> float:
+        scale = (hi - lo) / 255
+        q = np.clip(np.round((values - lo) / scale), 0, 255) * scale + lo
+        return float(np.mean((values - q) ** 2))
+
+    sampled = observe()
+    monkeypatch.setattr(observers, "HISTOGRAM_VALUES", 1 << 30)
+    full = observe()
+    assert abs(sampled.counts.sum() - values.size) <= 3 * 7  # strides of 7 (1.5M values / 2^18)
+    assert (sampled.min, sampled.max) == (full.min, full.max)
+    assert sampled.width == full.width and sampled.lo == full.lo
+    for method, bound in (
+        (CalibMethod.MSE, 1.02),
+        (CalibMethod.ENTROPY, 1.2),
+        (CalibMethod.PERCENTILE, 1.01),
+    ):
+        ratio = error(*compute_range(sampled, method)) / error(*compute_range(full, method))
+        assert ratio <= bound, (method, ratio)

@@ -19,6 +19,12 @@ DEFAULT_BINS = 2048
 # 2.3x faster than np.histogram on the same 4M values (7.7 vs 17.6 ms), and on EfficientNet-Lite0
 # np.histogram was 10.4 s of a 14.0 s conversion (cProfile).
 CHUNK = 1 << 16
+# A larger batch is binned from an evenly strided subset of this many values or fewer (an odd
+# stride, so that it walks across power-of-two rows and channels), each counted stride times; the
+# extremes stay exact (they come from every value). Binning costs ~2 ns a value (np.bincount), as
+# much as a forward pass on EfficientNet-Lite0's 12M activation values a sample; 2^18 values a
+# tensor a sample still give the clipping search tens of millions over a calibration set.
+HISTOGRAM_VALUES = 1 << 18
 
 
 class MinMaxObserver:
@@ -88,18 +94,22 @@ class HistogramObserver(MinMaxObserver):
                 return
             bmin, bmax = float(x.min()), float(x.max())
         self.finite_max = max(self.finite_max, bmax)
+        weight = 1
+        if x.size > HISTOGRAM_VALUES:
+            weight = math.ceil(x.size / HISTOGRAM_VALUES) | 1
+            x = x[::weight]
         if self.width == 0.0:
             lo = min(bmin, self.lo) if self.counts[0] else bmin
             hi = max(bmax, self.lo) if self.counts[0] else bmax
             if lo == hi:
                 # Constant so far: remember the mass at that value until a range appears.
                 self.lo = lo
-                self.counts[0] += x.size
+                self.counts[0] += x.size * weight
                 return
             self._first_range(lo, hi)
         elif bmin < self.lo or bmax > self.hi:
             self._grow(bmin, bmax)
-        self.counts += self._bin_counts(x)
+        self.counts += self._bin_counts(x) * weight
 
     def _bin_counts(self, x: np.ndarray) -> np.ndarray:
         """How many of `x` (all within the histogram's range) fall in each bin: bin k holds
