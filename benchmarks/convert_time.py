@@ -10,14 +10,14 @@ directory), the tools in turn, `--rounds` times:
 
 - `quantcli convert MODEL --mode static --calib DIR --eval DIR -o OUT --json` with quantcli's
   default calibration method, and again with `--calib-method minmax`; the stage seconds are the
-  report's `seconds` (preprocess, calibrate, rewrite, verify, total);
+  report's `seconds` (preprocess, calibrate, speed_plan, rewrite, verify, latency, total);
 - onnxruntime's `quant_pre_process` then `quantize_static` (QDQ, per-channel, UInt8 activations, Int8
   weights, MinMax) on the same calibration files, each step timed.
 
 The table gives the child's wall time (Python start and imports included), its peak RSS (VmHWM), the
 stages, and the wall time as a ratio to onnxruntime's; with several rounds, the medians. quantcli's
-wall time includes its accuracy check on the eval samples, which onnxruntime's quantizer does not do
-(the `verify` column). The header records the CPU and its ISA flags, the versions and the load.
+wall time includes its accuracy check on the eval samples and its latency check against FP32, which
+onnxruntime's quantizer does not do (the `verify` and `latency` columns). The header records the CPU and its ISA flags, the versions and the load.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from _bench_cases import REAL_NAMES, SAMPLE_NAMES, all_cases
 from _bench_convert import ORT_STATIC, TIME_TOOLS, Conversion, Tool, convert
 from _bench_report import cpu_name, quantcli_revision
 
-QUANTCLI_STAGES = ("preprocess", "calibrate", "rewrite", "verify", "total")
+QUANTCLI_STAGES = ("preprocess", "calibrate", "speed_plan", "rewrite", "verify", "latency", "total")
 ORT_STAGES = ("quant_pre_process", "quantize_static")
 
 
