@@ -94,8 +94,8 @@ def measure_latency(
 def op_times(
     model: Path | bytes, sample: dict[str, np.ndarray], *, threads: int = 1, runs: int = 10
 ) -> list[OpTime]:
-    """Where one model's time goes: onnxruntime's profiler over `runs` runs (after 2 unprofiled),
-    kernel time per op type of the graph it optimized, most first."""
+    """Where one model's time goes: onnxruntime's profiler over `runs` runs (the first, which
+    allocates, included), kernel time per op type of the graph it optimized, most first."""
     import json
     import os
 

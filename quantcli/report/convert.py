@@ -202,12 +202,20 @@ def _speed_rows(r: ConvertResult) -> list[tuple[str, str]]:
                 f"no cost table for {', '.join(s.unplanned)}: every node quantized as accuracy allows",
             )
         ]
-    kept = f"{len(s.keep_float)} of {count(s.candidates, 'Conv/MatMul/Gemm node')} kept in float"
     estimates = "; ".join(
         f"{kind} estimate {b / 1e3:.3g} ms vs {a / 1e3:.3g} ms all INT8"
         for kind, (a, b) in s.estimate_us.items()
     )
-    rows = [("speed plan", f"{kept}: slower in integer ({estimates}); cost table {', '.join(s.tables)}")]
+    nodes = count(s.candidates, "Conv/MatMul/Gemm node")
+    if s.keep_float:
+        head = f"{len(s.keep_float)} of {nodes} kept in float: slower in integer ({estimates})"
+    else:
+        head = (
+            f"all {nodes} faster in integer ({estimates})"
+            if s.candidates
+            else "no Conv/MatMul/Gemm node to price"
+        )
+    rows = [("speed plan", f"{head}; cost table {', '.join(s.tables)}")]
     if s.unplanned:
         rows.append(("  no table for", ", ".join(s.unplanned)))
     if s.keep_float:
