@@ -211,7 +211,7 @@ def _speed_rows(r: ConvertResult) -> list[tuple[str, str]]:
         head = f"{len(s.keep_float)} of {nodes} kept in float: slower in integer ({estimates})"
     else:
         head = (
-            f"all {nodes} faster in integer ({estimates})"
+            f"all {nodes} stay INT8: no float choice is faster ({estimates})"
             if s.candidates
             else "no Conv/MatMul/Gemm node to price"
         )
