@@ -206,7 +206,11 @@ def fit_scales(
     the limit); all groups at once, rows in chunks. On a layer above _EXACT_ELEMENTS weights the
     error is summed over an evenly strided sample of the pairs."""
     scale = np.asarray(scale, dtype=np.float64)
-    rows = kernel_rows(np.asarray(w, dtype=np.float64), layout)
+    w = np.asarray(w)
+    # The weight's rows in its own precision (float64 per chunk: exact for float32 weights), so
+    # that no float64 copy of the whole weight and its temporaries is held at once (a 4096x4096
+    # layer's were ~0.7 GB).
+    rows = kernel_rows(w if w.dtype in (np.float32, np.float64) else w.astype(np.float32), layout)
     importance = k_importance(channel_weights, layout, np.shape(w))
     if importance is None:
         importance = np.ones(rows.shape[1])
@@ -216,11 +220,20 @@ def fit_scales(
     else:
         groups = np.arange(rows.shape[0])
         per_group = scale.reshape(-1)
-    x = np.clip(rows / per_group[groups][:, None], -qmax, qmax)  # code units at the plain scale
-    k_even = x.shape[1] // 2 * 2
-    pos, neg = same_sign_sums(x)
-    worst_row = np.maximum(pos.max(axis=1, initial=0), neg.max(axis=1, initial=0))
-    over_row = pair_excess(np.round(x), limit).max(axis=1, initial=0) > 0
+
+    def codes(r: np.ndarray, g: np.ndarray) -> np.ndarray:  # code units at the plain scale
+        return np.clip(r.astype(np.float64) / per_group[g][:, None], -qmax, qmax)
+
+    n_rows = rows.shape[0]
+    k_even = rows.shape[1] // 2 * 2
+    worst_row = np.zeros(n_rows)
+    over_row = np.zeros(n_rows, dtype=bool)
+    step_rows = max(1, _EXACT_ELEMENTS // max(1, rows.shape[1]))
+    for a in range(0, n_rows, step_rows):
+        x = codes(rows[a : a + step_rows], groups[a : a + step_rows])
+        pos, neg = same_sign_sums(x)
+        worst_row[a : a + step_rows] = np.maximum(pos.max(axis=1, initial=0), neg.max(axis=1, initial=0))
+        over_row[a : a + step_rows] = pair_excess(np.round(x), limit).max(axis=1, initial=0) > 0
     n_groups = per_group.size
     worst = np.zeros(n_groups)
     np.maximum.at(worst, groups, worst_row)
@@ -229,13 +242,14 @@ def fit_scales(
     if not at_risk.any():
         return scale
     f_max = np.maximum(1.0, (worst + 0.5) / (limit - 0.5))  # round(worst / f) <= limit
-    keep = at_risk[groups]
-    x, g = x[keep], groups[keep]
-    x, imp = x[:, :k_even], importance[:k_even]  # an odd K's last column: plain rounding at any f
-    if x.size > _EXACT_ELEMENTS:  # a strided sample of the pairs: the same columns for every f
-        step = x.size // _EXACT_ELEMENTS + 1
+    kept = np.flatnonzero(at_risk[groups])
+    g = groups[kept]
+    cols, imp = np.arange(k_even), importance[:k_even]  # an odd K's last column: plain rounding at any f
+    if kept.size * k_even > _EXACT_ELEMENTS:  # a strided sample of the pairs: the same columns for every f
+        step = kept.size * k_even // _EXACT_ELEMENTS + 1
         cols = (np.arange(0, k_even // 2, step)[:, None] * 2 + np.arange(2)).reshape(-1)
-        x, imp = x[:, cols], imp[cols]
+        imp = imp[cols]
+    x = codes(rows[np.ix_(kept, cols)], g)
     chunk = max(1, _EXACT_ELEMENTS // (8 * max(1, x.shape[1])))
     best_err = np.full(n_groups, np.inf)
     best_f = np.ones(n_groups)
