@@ -10,8 +10,8 @@ convolutions, channel shuffles, depthwise 3x3) at 224x224. Each is converted by
 - onnxruntime quantize_static (quant_pre_process, QDQ, per-channel, MinMax),
 
 on the same 64 random calibration samples, then timed against FP32: onnxruntime CPU provider,
-1 intra-op thread, batch 1, every model in one process, one run each per round in a rotating order,
-medians. The CPU's flags head the output.
+1 intra-op thread, batch 1, every model in one process, one run each per round in a fresh seeded
+random order, medians (_bench_measure.median_latencies, as compare_ort.py). The CPU's flags head the output.
 
     python benchmarks/speed_plan.py [--rounds 400] [--markdown FILE]
 
@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_convert import ort_static  # noqa: E402
+from _bench_measure import make_session, median_latencies, run_outputs, score  # noqa: E402
 from _bench_report import cpu_name  # noqa: E402
 
 SAMPLES = 64
@@ -139,44 +138,14 @@ def _export(module, shape: tuple[int, ...], path: Path) -> None:  # noqa: ANN001
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def _sessions(paths: list[Path]):  # noqa: ANN202
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    return [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in paths]
-
-
-def _latency(paths: list[Path], x: np.ndarray, rounds: int) -> list[float]:
-    sessions = _sessions(paths)
-    for s in sessions:
-        for _ in range(10):
-            s.run(None, {"x": x})
-    times: list[list[float]] = [[] for _ in sessions]
-    for r in range(rounds):
-        order = list(range(len(sessions)))
-        order = order[r % len(order) :] + order[: r % len(order)]
-        for i in order:
-            t0 = time.perf_counter_ns()
-            sessions[i].run(None, {"x": x})
-            times[i].append((time.perf_counter_ns() - t0) / 1e6)
-    return [statistics.median(t) for t in times]
-
-
-def _cosine(paths: list[Path], xs: list[np.ndarray]) -> list[float]:
-    sessions = _sessions(paths)
-    ref = [sessions[0].run(None, {"x": x})[0].ravel() for x in xs]
-    out = []
-    for s in sessions:
-        c = [
-            float(np.dot(r, y) / (np.linalg.norm(r) * np.linalg.norm(y) + 1e-12))
-            for r, y in zip(ref, (s.run(None, {"x": x})[0].ravel() for x in xs), strict=True)
-        ]
-        out.append(float(np.mean(c)))
-    return out
+def _measure(paths: list[Path], xs: list[np.ndarray], rounds: int) -> tuple[list[float], list[float]]:
+    """Median ms per run at batch 1 of each model (compare_ort.py's timing: one session per model,
+    every round in a fresh seeded random order) and the mean cosine of its output vs the first's."""
+    sessions = {str(p): make_session(p) for p in paths}
+    seconds = median_latencies(sessions, {"x": xs[0]}, rounds)
+    outputs = [run_outputs(s, [{"x": x} for x in xs], None) for s in sessions.values()]
+    cosines = [score(o, outputs[0], None, classifier=False).cosine for o in outputs]
+    return [seconds[str(p)] * 1e3 for p in paths], cosines
 
 
 def _quantcli(model: Path, calib: Path, out: Path, *extra: str) -> dict:
@@ -227,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             o = root / f"{name}.ort.onnx"
             ort_static(str(model), str(calib), str(o))
             paths = [model, q, q_all, o]
-            ms = _latency(paths, xs[0], args.rounds)
-            cos = _cosine(paths, xs[:16])
+            ms, cos = _measure(paths, xs[:16], args.rounds)
             sp = report.get("speed_plan") or {}
             kept = f"{len(sp.get('kept_float', []))} of {sp.get('candidates', '?')}"
             est = "; ".join(
