@@ -139,7 +139,10 @@ def tables_for(target: str) -> tuple[list[CostTable], list[str]]:
     tables, missing = [], []
     for kind in KINDS_OF_TARGET.get(target, ()):
         table = load_table(kind)
-        (tables.append(table) if table is not None else missing.append(kind))
+        if table is None:
+            missing.append(kind)
+        else:
+            tables.append(table)
     return tables, missing
 
 
