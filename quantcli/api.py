@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
-from quantcli.calibration.collect import CalibrationConfig, Ranges, collect_ranges
-from quantcli.calibration.data import (
-    LAYOUTS,
-    InputSpec,
-    SampleSplit,
-    iter_samples,
-    measure_samples,
-    split_samples,
-)
+from quantcli.calibration.collect import CalibrationConfig
+from quantcli.calibration.data import LAYOUTS, InputSpec, SampleSplit, iter_samples, split_samples
 from quantcli.calibration.images import ImagePreprocess
 from quantcli.calibration.ranges import CalibMethod
 from quantcli.cpu import DEFAULT_TARGET, TARGETS
@@ -53,23 +45,20 @@ from quantcli.model_io import (
 from quantcli.preprocess import preprocess
 from quantcli.preprocess.float32 import LIFTED, ComputeInFloat32
 from quantcli.preprocess.initializer_inputs import overridable_initializers
-from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
+from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, modes
 from quantcli.quantize.already import half_compute_nodes, input_kind, refusal
 from quantcli.quantize.dynamic import OP_TYPES as DYNAMIC_OP_TYPES
-from quantcli.quantize.dynamic import plan_dynamic, rewrite_dynamic
 from quantcli.quantize.fallback import PRECISIONS as FALLBACK_PRECISIONS
 from quantcli.quantize.fallback import SearchResult, excluded_nodes
-from quantcli.quantize.int4 import matmul_weight_bytes, plan_weights_int4, rewrite_int4
+from quantcli.quantize.int4 import matmul_weight_bytes
+from quantcli.quantize.modes import DEFAULT_MODE, Mode, PlanJob
 from quantcli.quantize.nonfinite import keep_float as keep_nonfinite_float
 from quantcli.quantize.nonfinite import nonfinite_initializers
 from quantcli.quantize.nonfinite import warnings as nonfinite_warnings
 from quantcli.quantize.params import QType
-from quantcli.quantize.plan import FLOAT, FP16, NodePlan, QuantConfig, QuantPlan
+from quantcli.quantize.plan import FLOAT, NodePlan, QuantConfig, QuantPlan
 from quantcli.quantize.plan_check import check_plan
-from quantcli.quantize.qdq import rewrite_qdq
-from quantcli.quantize.speed import SpeedPlan, plan_speed
-from quantcli.quantize.static import plan_static
-from quantcli.quantize.weights import plan_weights_int8
+from quantcli.quantize.speed import SpeedPlan
 from quantcli.runtime import make_session
 from quantcli.text import count
 from quantcli.thresholds import Check, Thresholds, evaluate
@@ -120,7 +109,7 @@ class ConvertOptions:
     # Bounds on the evaluation's figures (compare's flags): missed ones make the exit code 1.
     thresholds: Thresholds = field(default_factory=Thresholds)
     # static: meet the accuracy thresholds by moving the most sensitive nodes to this precision
-    # (quantize/fallback.py): "float" or "fp16"; unreachable is exit 3
+    # (quantize/fallback.py): one of fallback.PRECISIONS; unreachable is exit 3
     fallback: str | None = None
     max_fallback: str | int | None = None  # at most N candidates, or "P%" of them
     keep_best: bool = False  # write the most accurate model even when the thresholds are unreachable
@@ -135,18 +124,18 @@ class ConvertOptions:
         check_model_path(self.model)  # a missing model is the first thing to say, before option errors
         if self.block_size not in BLOCK_SIZES:
             raise UsageError(f"--block-size {self.block_size}: not one of {', '.join(map(str, BLOCK_SIZES))}")
-        if self.integer_io and self.mode not in ("static", None):
+        if self.integer_io and self.mode is not None and not modes.get(self.mode).reads("integer_io"):
             raise UsageError(
-                f"--integer-io needs --mode static (quantized inputs/outputs), not --mode {self.mode}"
+                f"--integer-io needs {_modes_text(modes.readers('integer_io'))} (quantized inputs/outputs), "
+                f"not --mode {self.mode}"
             )
         if self.calib_samples < 1:
             raise UsageError(f"--calib-samples {self.calib_samples}: must be at least 1")
         if self.eval_samples is not None and self.eval_samples < 1:
             raise UsageError(f"--eval-samples {self.eval_samples}: must be at least 1")
-        if self.mode in ("static", "mixed", None) and self.calib is None and self.plan is None:
-            raise UsageError(
-                f"--mode {self.mode or 'static'} needs calibration data: pass --calib DIR (or --plan FILE)"
-            )
+        mode = self.mode or DEFAULT_MODE
+        if modes.get(mode).calibration == "required" and self.calib is None and self.plan is None:
+            raise UsageError(f"--mode {mode} needs calibration data: pass --calib DIR (or --plan FILE)")
         if self.fp16_count < 0:
             raise UsageError(f"--fp16-count {self.fp16_count}: must be 0 or more")
         self._check_mode_options()
@@ -180,7 +169,7 @@ class ConvertOptions:
             value = getattr(self, name)
             if isinstance(value, (str, os.PathLike)):
                 put(name, Path(value))
-        put("mode", None if self.mode is None else _choice(self.mode, "mode", MODES))
+        put("mode", None if self.mode is None else _choice(self.mode, "mode", modes.names()))
         put("activation_type", QType(_choice(self.activation_type, "activation_type", _ACTIVATION_TYPES)))
         put("target_cpu", _choice(self.target_cpu, "target_cpu", TARGETS))
         put("weight_calibration", _choice(self.weight_calibration, "weight_calibration", ("minmax", "mse")))
@@ -206,12 +195,13 @@ class ConvertOptions:
     def _check_mode_options(self) -> None:
         """A mode-specific option given with another mode would silently change nothing: refuse it.
         Without --mode a plan's mode decides (checked once the plan is read), or the mode is static."""
-        mode = self.mode or ("static" if self.plan is None else None)
+        mode = self.mode or (DEFAULT_MODE if self.plan is None else None)
         if mode is not None:
-            for option, modes in _MODE_OPTIONS.items():
-                if _given(self, option) and mode not in modes:
-                    needs = " or ".join(f"--mode {m}" for m in modes)
-                    raise UsageError(f"{_flag(option)} applies to {needs} only, not --mode {mode}")
+            for option, readers in _mode_options().items():
+                if _given(self, option) and mode not in readers:
+                    raise UsageError(
+                        f"{_flag(option)} applies to {_modes_text(readers)} only, not --mode {mode}"
+                    )
         method = self.calibration.method
         if _given(self, "percentile") and method is not CalibMethod.PERCENTILE:
             raise UsageError(f"--percentile applies to --calib-method percentile only, not {method.value}")
@@ -227,11 +217,10 @@ class ConvertOptions:
             raise UsageError(
                 f"--mode {self.mode} contradicts the plan {self.plan}, made for --mode {plan.mode}"
             )
-        for option, modes in _MODE_OPTIONS.items():
-            if _given(self, option) and plan.mode not in modes:
-                needs = " or ".join(f"--mode {m}" for m in modes)
+        for option, readers in _mode_options().items():
+            if _given(self, option) and plan.mode not in readers:
                 raise UsageError(
-                    f"{_flag(option)} applies to {needs} only; the plan {self.plan} is --mode {plan.mode}"
+                    f"{_flag(option)} applies to {_modes_text(readers)} only; the plan {self.plan} is --mode {plan.mode}"
                 )
         for option in _PLAN_FIXED:
             value, planned = _value(self, option), getattr(plan.config, option)
@@ -314,32 +303,16 @@ def _made_with(option: str, value: object) -> str:
     return f"made with {_as_given(option, value)}"
 
 
-# Options only some modes read, and those modes: given with another mode they would change nothing.
-_MODE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "activation_type": ("static", "mixed"),
-    "fp16_nodes": ("mixed",),
-    "fp16_count": ("mixed",),
-    "block_size": ("weights-int4",),
-    "weight_symmetric": ("weights-int4",),
-    "int4_compute": ("weights-int4",),
-    "bias_correction": ("static", "mixed"),
-    "dynamic_op_types": ("dynamic",),
-    "keep_io_types": ("fp16",),
-    "target_cpu": ("static", "mixed", "dynamic"),
-    "per_channel": ("static", "mixed", "dynamic", "weights-int8"),
-    "reduce_range": ("static", "mixed", "dynamic", "weights-int8"),
-    "weight_calibration": ("static", "mixed", "dynamic", "weights-int8"),
-    "calib_method": ("static", "mixed"),  # fp16 observes plain min/max (overflow is about the extremes)
-    "percentile": ("static", "mixed"),
-    "calib_bins": ("static", "mixed"),
-    "calib_memory": ("static", "mixed", "fp16"),
-    "fallback": ("static",),
-    "max_fallback": ("static",),
-    "keep_best": ("static",),
-    "exclude_nodes": ("static", "mixed"),
-    "exclude_op_types": ("static", "mixed"),
-    "speed_plan": ("static", "mixed"),
-}
+def _mode_options() -> dict[str, tuple[str, ...]]:
+    """Options only some modes read, and those modes (their declarations, quantize/modes.py): given
+    with another mode they would change nothing. --integer-io is checked on its own, first."""
+    return {o: m for o, m in modes.mode_options().items() if o != "integer_io"}
+
+
+def _modes_text(names: tuple[str, ...]) -> str:
+    return " or ".join(f"--mode {m}" for m in names)
+
+
 # Options a replayed plan records (QuantConfig): allowed when they agree with it.
 _PLAN_FIXED = (
     "per_channel",
@@ -518,7 +491,8 @@ def convert(
             f"{options.model}: the graph has no nodes (its outputs are its inputs or initializers): "
             "nothing to quantize"
         )
-    refused = refusal(input_kind(source), options.mode or (plan.mode if plan is not None else "static"))
+    mode = modes.get(options.mode or (plan.mode if plan is not None else DEFAULT_MODE))
+    refused = refusal(input_kind(source), mode.name)
     if refused:
         raise UnsupportedModelError(f"{options.model}: {refused}")
     input_bytes = sum(f.stat().st_size for f in input_files)
@@ -526,10 +500,9 @@ def convert(
     source_value_info = {v.name for v in source.graph.value_info}
     specs = InputSpec.from_model(source)  # the samples' types: the model's own inputs
     overridable = overridable_initializers(source)
-    mode = options.mode or (plan.mode if plan is not None else "static")
     integer_io = options.integer_io or (plan is not None and plan.config.integer_io)
     pre = preprocess(  # loaded from the file here: ours to change
-        source, in_place=True, float32_from=FLOAT32_FROM.get(mode, LIFTED), float32_interface=integer_io
+        source, in_place=True, float32_from=mode.float32_from or LIFTED, float32_interface=integer_io
     )
     del source
     model = pre.model
@@ -595,70 +568,20 @@ def convert(
     if ComputeInFloat32.name in pre.applied and split.eval:
         reference_model, reference_warnings = _float_reference(Path(options.model), model)
     search = speed = None
-    memo: dict = {}  # weight parameters shared by the plans made of this model
     if plan is not None:
         options.check_plan_options(plan)
-    elif options.mode in ("static", "mixed", None):
-        t = time.perf_counter()
-        calibration = replace(
-            options.calibration,
-            symmetric=config.symmetric_activations,
-            levels=2**config.activation_type.bits,
-        )
-        ranges = _calibrate(model, split, specs, options, calibration, progress)
-        seconds["calibrate"] = time.perf_counter() - t
-        if options.speed_plan:  # the float nodes for speed, then the accuracy plan around them
-            t = time.perf_counter()
-            speed = plan_speed(model, plan_static(model, ranges, config, keep_float=excluded, memo=memo))
-            if options.mode == "mixed" and options.fp16_nodes:  # what the user names comes first
-                from quantcli.quantize.mixed import match_patterns
-
-                speed = speed.without(match_patterns(model, options.fp16_nodes))
-            excluded = {**speed.keep_float, **excluded}
-            seconds["speed_plan"] = time.perf_counter() - t
-        if options.mode == "mixed":
-            t = time.perf_counter()
-            plan = _plan_mixed(model, ranges, config, split, specs, options, excluded, progress)
-            seconds["sensitivity"] = time.perf_counter() - t
-        elif options.fallback is not None:
-            t = time.perf_counter()
-            plan, search = _search(
-                model, ranges, config, split, specs, options, excluded, reference_model, progress
-            )
-            seconds["search"] = time.perf_counter() - t
-        else:
-            plan = plan_static(model, ranges, config, keep_float=excluded, memo=memo)
-    elif options.mode == "dynamic":
-        plan = plan_dynamic(model, config)
-    elif options.mode == "weights-int8":
-        plan = plan_weights_int8(model, config)
-    elif options.mode == "weights-int4":
-        plan = plan_weights_int4(model, config)
-    elif options.mode == "bf16":
-        from quantcli.quantize.bf16 import plan_bf16
-
-        plan = QuantPlan("bf16", config, plan_bf16(model), {}, 0)
     else:
-        from quantcli.calibration.ranges import CalibMethod
-        from quantcli.quantize.fp16 import plan_fp16
-
-        ranges = None
-        if split.calib:  # observed ranges protect activations that would overflow float16
-            t = time.perf_counter()
-            calibration = replace(options.calibration, method=CalibMethod.MINMAX, symmetric=False)
-            ranges = _calibrate(model, split, specs, options, calibration, progress)
-            seconds["calibrate"] = time.perf_counter() - t
-        nodes = plan_fp16(model, ranges.ranges if ranges else None)
-        plan = QuantPlan(
-            "fp16", replace(config, calib_method="minmax"), nodes, {}, ranges.samples if ranges else 0
-        )
+        job = PlanJob(model, config, options, split, specs, excluded, reference_model, progress, seconds)
+        planned = mode.plan(job)
+        plan, search, speed = planned.plan, planned.search, planned.speed
+    mode = modes.get(plan.mode)  # a plan may be another mode's: --fallback fp16 makes a mixed one
 
     nonfinite = nonfinite_initializers(model)
     if not replayed:  # a replayed plan that quantizes one was refused (plan_check.py)
         keep_nonfinite_float(plan, nonfinite)
     t = time.perf_counter()
-    before = matmul_weight_bytes(model) if plan.mode == "weights-int4" else None
-    quantized = _rewrite(model, plan)
+    before = matmul_weight_bytes(model) if mode.measures_weight_bytes else None
+    quantized = mode.rewrite(model, plan)
     weight_bytes = None if before is None else {"before": before, "after": matmul_weight_bytes(quantized)}
     applied, notes = pre.applied, pre.notes
     del model, pre
@@ -672,7 +595,7 @@ def convert(
 
     t = time.perf_counter()
     saturation = None
-    if plan.mode in ("static", "mixed", "dynamic"):
+    if mode.integer_kernels:
         from quantcli.inspect.saturation import u8s8_layers
 
         exact_layers = sum(p.role == "weight" and p.dtype is QType.UINT8 for p in plan.tensors.values())
@@ -680,7 +603,7 @@ def convert(
         set_metadata(quantized, TARGET_CPU_KEY, plan.config.target_cpu)
     warnings = (
         nonfinite_warnings(plan, nonfinite)
-        + _warnings(plan, quantized)
+        + _warnings(mode, plan, quantized)
         + saturation_warning(saturation)
         + reference_warnings
         + _sample_warnings(plan, replayed, split)
@@ -732,7 +655,7 @@ def convert(
                     )
                 del exact
         seconds["verify"] = time.perf_counter() - t
-        warnings += _agreement_warnings(plan, agreement) + mismatch_warning(agreement, kernels)
+        warnings += _agreement_warnings(mode, plan, agreement) + mismatch_warning(agreement, kernels)
         del candidate  # the latency check makes sessions of its own
         latency = latency_ops = None
         if timed and latency_skipped is None:
@@ -779,13 +702,13 @@ def convert(
         latency_ops=latency_ops,
         latency_skipped=latency_skipped,
         weight_bytes=weight_bytes,
-        activation_type=plan.config.activation_type.value if plan.mode in ("static", "mixed") else None,
+        activation_type=plan.config.activation_type.value if mode.quantizes_activations else None,
         io_quantization=io_quantization,
         saturation=saturation,
         kernels=kernels,
         checks=checks,
         bias_corrected=sum(t.correction is not None for t in plan.tensors.values())
-        if plan.mode in ("static", "mixed")
+        if mode.quantizes_activations
         else None,
         search=search,
         speed=speed,
@@ -800,72 +723,6 @@ def _on_target(agreement: Agreement | None, kernels: KernelCheck, config: QuantC
     if kernels.exact is not None and not config.saturation_safe:
         return kernels.exact
     return agreement
-
-
-def _search(
-    model: onnx.ModelProto,
-    ranges: Ranges,
-    config: QuantConfig,
-    split: SampleSplit,
-    specs: list[InputSpec],
-    options: ConvertOptions,
-    excluded: dict[str, str],
-    reference_model: Path | bytes,
-    progress: Callable[[str, int, int], None] | None,
-) -> tuple[QuantPlan, SearchResult]:
-    """--fallback: the static plan with the fewest nodes in the fallback precision that meets the
-    accuracy thresholds on the evaluation samples (quantize/fallback.py)."""
-    from quantcli.quantize.fallback import (
-        PER_LAYER_SAMPLES,
-        SENSITIVITY_SAMPLES,
-        TRIED_ALONE,
-        CachedOutputs,
-        rank,
-        rewrite,
-        search,
-        target_session,
-    )
-
-    reference = CachedOutputs(make_session(reference_model, lean=True))
-    memo: dict = {}  # weight parameters, shared by every plan of the search
-
-    def measure(plan: QuantPlan) -> Agreement:
-        candidate = target_session(rewrite(model, plan), plan.config)
-        return compare_sessions(
-            reference, candidate, iter_samples(split.eval, specs, options.calib_preprocess), split.eval_labels
-        )
-
-    refs = split.calib[:SENSITIVITY_SAMPLES]
-    label = f"ranking nodes on {count(len(refs), 'sample')}"
-
-    def rank_candidates() -> list:
-        return rank(
-            model,
-            ranges,
-            config,
-            lambda: _as_inputs_of(model, iter_samples(refs, specs, options.calib_preprocess)),
-            precision=options.fallback,
-            keep_float=excluded,
-            tried=TRIED_ALONE,
-            memory_budget_bytes=options.calibration.memory_budget_bytes,
-            progress=(lambda done, total: progress(label, done, total)) if progress else None,
-            memo=memo,
-            per_layer_samples=PER_LAYER_SAMPLES,
-        )
-
-    return search(
-        model,
-        ranges,
-        config,
-        precision=options.fallback,
-        thresholds=options.thresholds,
-        measure=measure,
-        rank_candidates=rank_candidates,
-        keep_float=excluded,
-        max_fallback=options.max_fallback,
-        progress=progress,
-        memo=memo,
-    )
 
 
 def _float_reference(path: Path, lifted: onnx.ModelProto) -> tuple[Path | bytes, list[str]]:
@@ -899,88 +756,6 @@ def _candidate_session(candidate: Path, source: Path):  # noqa: ANN202 - an onnx
             f"{source}: the quantized model fails to load in onnxruntime ({exc.message}) while the input "
             "model loads; this is a quantcli bug, please report it"
         ) from exc
-
-
-def _plan_mixed(
-    model: onnx.ModelProto,
-    ranges: Ranges,
-    config: QuantConfig,
-    split: SampleSplit,
-    specs: list[InputSpec],
-    options: ConvertOptions,
-    excluded: dict[str, str],
-    progress: Callable[[str, int, int], None] | None,
-) -> QuantPlan:
-    """The static plan with the named and the most INT8-sensitive nodes in FP16, the excluded ones in float."""
-    from quantcli.quantize.fallback import SENSITIVITY_SAMPLES
-    from quantcli.quantize.mixed import (
-        candidate_count,
-        match_patterns,
-        node_sensitivity,
-        plan_mixed,
-    )
-
-    named = match_patterns(model, options.fp16_nodes)
-    sensitivity: dict[str, tuple[float, float]] = {}
-    if options.fp16_count:
-        refs = split.calib[:SENSITIVITY_SAMPLES]
-        label = f"measuring per-node INT8 error on {count(len(refs), 'sample')}"
-        sensitivity = node_sensitivity(
-            model,
-            ranges,
-            config,
-            lambda: _as_inputs_of(model, iter_samples(refs, specs, options.calib_preprocess)),
-            candidates=candidate_count(options.fp16_count),
-            memory_budget_bytes=options.calibration.memory_budget_bytes,
-            keep_float=excluded,
-            progress=(lambda done, total: progress(label, done, total)) if progress else None,
-        )
-    return plan_mixed(
-        model,
-        ranges,
-        config,
-        named=named,
-        sensitivity=sensitivity,
-        count=options.fp16_count,
-        keep_float=excluded,
-    )
-
-
-def _calibrate(
-    model: onnx.ModelProto,
-    split: SampleSplit,
-    specs: list[InputSpec],
-    options: ConvertOptions,
-    calibration: CalibrationConfig,
-    progress: Callable[[str, int, int], None] | None,
-) -> Ranges:
-    """Observed ranges of the model's float tensors over the calibration samples."""
-    total = len(split.calib)
-
-    def report_progress(group: int, groups: int, done: int) -> None:
-        label = "calibrating" + (f" (pass {group + 1} of {groups})" if groups > 1 else "")
-        progress(label, done, total)
-
-    return collect_ranges(
-        model,
-        lambda: _as_inputs_of(model, iter_samples(split.calib, specs, options.calib_preprocess)),
-        calibration,
-        progress=report_progress if progress else None,
-        sample_shapes=measure_samples(split.calib, specs),  # from the headers, before any is read
-    )
-
-
-def _as_inputs_of(
-    model: onnx.ModelProto, samples: Iterator[dict[str, np.ndarray]]
-) -> Iterator[dict[str, np.ndarray]]:
-    """Samples in the float types of the preprocessed model's inputs: under --integer-io a
-    float16/float64 model's inputs are float32 from preprocessing on (preprocess/float32.py)."""
-    types = {s.name: s.dtype for s in InputSpec.from_model(model)}
-    for feeds in samples:
-        yield {
-            k: v.astype(types[k]) if v.dtype.kind == "f" and types.get(k, v.dtype) != v.dtype else v
-            for k, v in feeds.items()
-        }
 
 
 _RANDOM_HINT = "pass --eval DIR with real samples to time --check-latency on"
@@ -1034,7 +809,7 @@ def _latency(
     }
 
 
-def _warnings(plan: QuantPlan, quantized: onnx.ModelProto) -> list[str]:
+def _warnings(mode: Mode, plan: QuantPlan, quantized: onnx.ModelProto) -> list[str]:
     """What the user should know about how onnxruntime will run the result."""
     float_nodes = {n.name for n in plan.nodes if n.precision == FLOAT}
     warnings = [
@@ -1043,18 +818,7 @@ def _warnings(plan: QuantPlan, quantized: onnx.ModelProto) -> list[str]:
         "set its neighbours to float too to keep it in float"
         for name in requantized_by_onnxruntime(quantized, float_nodes)
     ]
-    if plan.mode == "fp16" and not plan.calibration_samples and any(n.precision == FP16 for n in plan.nodes):
-        warnings.append(
-            "activations were not checked for float16 overflow (|x| > 65504): pass --calib to keep "
-            "the nodes of overflowing activations in float32"
-        )
-    sixteen_bit = plan.mode in ("static", "mixed") and plan.config.activation_type.bits == 16
-    if sixteen_bit:
-        warnings.append(
-            "16-bit activations are an accuracy option, not a speed one: onnxruntime has no 16-bit "
-            "integer kernels and runs each quantized op as DequantizeLinear -> float op -> QuantizeLinear"
-        )
-    return warnings
+    return warnings + mode.warnings(plan)
 
 
 MIN_CALIB_SAMPLES = 32  # below this, calibrated ranges are a guess (typical: 100-500)
@@ -1084,45 +848,12 @@ def _sample_warnings(plan: QuantPlan, replayed: bool, split: SampleSplit) -> lis
     return warnings
 
 
-def _agreement_warnings(plan: QuantPlan, agreement: Agreement | None) -> list[str]:
+def _agreement_warnings(mode: Mode, plan: QuantPlan, agreement: Agreement | None) -> list[str]:
     """What the evaluation showed that the user must not miss: outputs gone inf/NaN."""
     if agreement is None:
         return []
-    hint = ""
-    if plan.mode == "fp16":
-        hint = (
-            "; an activation overflows float16: pass --calib so that overflowing activations stay float32"
-            if not plan.calibration_samples
-            else "; an activation outside the calibrated range overflows float16: calibrate on more representative samples"
-        )
-    return nonfinite_notices(agreement, hint=hint)
+    return nonfinite_notices(agreement, hint=mode.overflow_hint(plan))
 
-
-def _rewrite(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
-    """The plan's rewriter, in place on the pipeline's own preprocessed copy."""
-    if plan.mode == "dynamic":
-        return rewrite_dynamic(model, plan, in_place=True)
-    if plan.mode == "mixed":
-        from quantcli.quantize.mixed import rewrite_mixed
-
-        return rewrite_mixed(model, plan)
-    if plan.mode == "bf16":
-        from quantcli.quantize.bf16 import rewrite_bf16
-
-        return rewrite_bf16(model, plan.nodes, in_place=True)
-    if plan.mode == "weights-int4":
-        return rewrite_qdq(rewrite_int4(model, plan, in_place=True), plan, in_place=True)
-    if plan.mode == "fp16":
-        from quantcli.quantize.fp16_rewrite import rewrite_fp16
-
-        return rewrite_fp16(model, plan.nodes, keep_io_types=plan.config.keep_io_types)
-    return rewrite_qdq(model, plan, in_place=True)
-
-
-# Element types computed in float32 before planning (preprocess/float32.py): the integer modes
-# need float32 around their Q/DQ and integer kernels; fp16 and bf16 convert float32 values, so a
-# float64 model goes through float32, and a float16 one has nothing for them to convert.
-FLOAT32_FROM = {"fp16": (onnx.TensorProto.DOUBLE,), "bf16": (onnx.TensorProto.DOUBLE,)}
 
 TARGET_CPU_KEY = "quantcli.target_cpu"  # metadata_props: the CPU kind the model was made for
 

@@ -89,7 +89,7 @@ try:
     from quantcli import __version__
     from quantcli.cpu import DEFAULT_TARGET, TARGETS
     from quantcli.errors import ExitCode, QuantcliError
-    from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, MODES
+    from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, modes
 except (KeyboardInterrupt, _Terminated) as _exc:
     _exit_interrupted("", _exc)
 except Exception:
@@ -249,7 +249,7 @@ THRESHOLD_PARAMS = [
     "max_size_ratio",
     "max_latency_ratio",
 ]
-CONVERT_SECTIONS: dict[str, list[str]] = {
+_CONVERT_SECTIONS_START: dict[str, list[str]] = {
     "Input and output": ["output", "mode", "target_cpu", "save_plan", "plan_path"],
     "Calibration (static, mixed; fp16 to keep overflowing activations in float32)": [
         "calib",
@@ -270,8 +270,6 @@ CONVERT_SECTIONS: dict[str, list[str]] = {
         "integer_io",
         "speed_plan",
     ],
-    "dynamic": ["dynamic_op_types"],
-    "mixed": ["fp16_nodes", "fp16_count"],
     "Accuracy budget (static; exclusions also mixed)": [
         "fallback",
         "max_fallback",
@@ -279,8 +277,8 @@ CONVERT_SECTIONS: dict[str, list[str]] = {
         "exclude_nodes",
         "exclude_op_types",
     ],
-    "weights-int4": ["block_size", "weight_symmetric", "int4_compute"],
-    "fp16": ["keep_io_types"],
+}
+_CONVERT_SECTIONS_END: dict[str, list[str]] = {
     "Evaluation and CI gate (exit 1 when a threshold is missed; the model is written)": [
         "eval_dir",
         "eval_samples",
@@ -291,6 +289,23 @@ CONVERT_SECTIONS: dict[str, list[str]] = {
         "junit",
     ],
     "Output": ["json_output", "quiet", "debug", "help"],
+}
+
+
+def _own_options(placed: set[str]) -> dict[str, list[str]]:
+    """The options only one mode reads (its declaration, quantize/modes.py) and no shared section
+    lists, under that mode's name."""
+    own: dict[str, list[str]] = {}
+    for option, readers in modes.mode_options().items():
+        if len(readers) == 1 and option not in placed:
+            own.setdefault(readers[0], []).append(option)
+    return own
+
+
+CONVERT_SECTIONS: dict[str, list[str]] = {
+    **_CONVERT_SECTIONS_START,
+    **_own_options({n for names in _CONVERT_SECTIONS_START.values() for n in names}),
+    **_CONVERT_SECTIONS_END,
 }
 COMPARE_SECTIONS: dict[str, list[str]] = {
     "Data": ["data", "samples", "data_preprocess"],
@@ -419,7 +434,7 @@ def _summary_target(markdown: str | None) -> tuple[Path | None, bool]:
 @click.option("-o", "--output", type=_OUT, required=True, help="Where to write the quantized model.")
 @click.option(
     "--mode",
-    type=click.Choice(list(MODES)),
+    type=click.Choice(list(modes.names())),
     show_default="static, or the plan's with --plan",
     help="static (default): INT8 weights and activations, calibrated on --calib; dynamic: INT8 MatMul/Gemm "
     "weights, activations quantized at run time; weights-int8: INT8 weights, float compute; weights-int4: "

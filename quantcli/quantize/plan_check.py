@@ -19,22 +19,12 @@ import onnx
 from quantcli.cpu import TARGETS
 from quantcli.errors import BadPlanError
 from quantcli.graph import GraphIndex
-from quantcli.quantize import BLOCK_SIZES, MODES
+from quantcli.quantize import BLOCK_SIZES, modes
 from quantcli.quantize.params import QType
 
 SCHEMA_VERSIONS = (1,)
 from quantcli.quantize.plan import PRECISIONS  # noqa: E402
 
-# The precisions each mode's rewriter acts on: any other would be silently ignored.
-MODE_PRECISIONS = {
-    "static": ("int8", "float"),
-    "dynamic": ("int8", "float"),
-    "weights-int8": ("int8", "float"),
-    "weights-int4": ("int4", "int8", "float"),  # int8: embedding tables stored per row
-    "fp16": ("fp16", "float"),
-    "bf16": ("float",),
-    "mixed": ("int8", "fp16", "float"),
-}
 ROLES = ("activation", "weight", "bias", "constant")
 ROLE_DTYPES = {
     "activation": ("uint8", "int8", "int16"),
@@ -129,7 +119,7 @@ def check_plan_dict(data: Any, source: str = "plan") -> None:
         if key not in data:
             c.fail("", f"not a valid quantcli plan: field '{key}' is missing")
     c.keys("", data, _TOP, ())
-    c.value("", "mode", data["mode"], "str", MODES)
+    c.value("", "mode", data["mode"], "str", modes.names())
     mode = data["mode"]
     c.keys("config", data["config"], tuple(_CONFIG), tuple(k for k, v in _CONFIG.items() if v[2]))
     for key, value in data["config"].items():
@@ -153,11 +143,11 @@ def check_plan_dict(data: Any, source: str = "plan") -> None:
         seen.add(node["name"])
         c.value(where, "op_type", node["op_type"], "str")
         c.value(where, "precision", node["precision"], "str", PRECISIONS)
-        if node["precision"] not in MODE_PRECISIONS[mode]:
+        if node["precision"] not in modes.get(mode).precisions:
             c.fail(
                 where,
                 f"precision {node['precision']} does not exist in --mode {mode} "
-                f"(it takes {', '.join(MODE_PRECISIONS[mode])})"
+                f"(it takes {', '.join(modes.get(mode).precisions)})"
                 + ('; set "mode": "mixed" to run nodes in FP16' if node["precision"] == "fp16" else ""),
             )
         c.value(where, "reason", node.get("reason", ""), "str")

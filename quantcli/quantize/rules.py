@@ -123,6 +123,19 @@ def _check_data_input(node: onnx.NodeProto, index: GraphIndex) -> str | None:
     return None
 
 
+def _check_resize(node: onnx.NodeProto, index: GraphIndex) -> str | None:
+    # onnxruntime 1.32 drops the DequantizeLinear/QuantizeLinear around a nearest Resize (it runs
+    # on the quantized data), but keeps them around a linear or cubic one, which then runs in float
+    # between them: Q/DQ that only add cost (measured on a Conv -> Resize -> Conv graph).
+    mode = attr(node, "mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "nearest":
+        return (
+            f"onnxruntime runs a {mode} Resize in float between Q/DQ (only a nearest one on quantized data)"
+        )
+    return _check_data_input(node, index)
+
+
 def _check_maxpool(node: onnx.NodeProto, index: GraphIndex) -> str | None:
     if len(node.output) > 1 and node.output[1]:
         return "MaxPool with an Indices output has no quantized form"
@@ -202,6 +215,11 @@ for _rule in (
     OpRule("Flatten", Kind.SHARED, "Flatten on quantized data", check=_check_data_input),
     OpRule("Squeeze", Kind.SHARED, "Squeeze on quantized data", check=_check_data_input),
     OpRule("Unsqueeze", Kind.SHARED, "Unsqueeze on quantized data", check=_check_data_input),
+    OpRule("Slice", Kind.SHARED, "Slice on quantized data", check=_check_data_input),
+    OpRule("Expand", Kind.SHARED, "Expand on quantized data", check=_check_data_input),
+    OpRule("Tile", Kind.SHARED, "Tile on quantized data", check=_check_data_input),
+    OpRule("DepthToSpace", Kind.SHARED, "DepthToSpace on quantized data", check=_check_data_input),
+    OpRule("Resize", Kind.SHARED, "Resize (nearest) on quantized data", check=_check_resize),
     OpRule("Relu", Kind.ABSORBED, "absorbed into the producer's output range"),
     OpRule("Clip", Kind.ABSORBED, "absorbed into the producer's output range", check=_check_clip),
 ):

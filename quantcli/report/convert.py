@@ -9,8 +9,8 @@ from quantcli import __version__
 from quantcli.api import ConvertResult
 from quantcli.cpu import TARGETS
 from quantcli.errors import notice_code
-from quantcli.graph import COMPUTE_OPS
 from quantcli.kernel_check import KernelCheck
+from quantcli.quantize import modes
 from quantcli.quantize.fallback import SearchResult
 from quantcli.quantize.speed import SpeedPlan
 from quantcli.report import SCHEMA_VERSION, number, out
@@ -26,16 +26,6 @@ from quantcli.report.checks import (
 )
 from quantcli.text import count
 from quantcli.verify import Agreement
-
-PRECISION_LABEL = {
-    "static": "in INT8",
-    "dynamic": "in INT8 (activations quantized at run time)",
-    "weights-int8": "with INT8 weights (float compute)",
-    "weights-int4": "with INT4 weights (MatMulNBits, float compute)",
-    "fp16": "in FP16",
-    "bf16": "in BF16",
-    "mixed": "in INT8 or FP16",
-}
 
 
 def _already_half(r: ConvertResult) -> str:
@@ -274,7 +264,7 @@ def _kernels_dict(k: KernelCheck) -> dict[str, Any]:
 def _precision_label(r: ConvertResult) -> str:
     if r.activation_type == "int16":
         return "with INT16 activations and INT8 weights (float compute in onnxruntime)"
-    return PRECISION_LABEL[r.mode]
+    return modes.get(r.mode).label
 
 
 def _pct(x: float | None) -> str:
@@ -300,20 +290,7 @@ def _convert_rows(r: ConvertResult) -> list[tuple[str, str]]:
             f"{c['float'] - r.half_as_input()} in float32" + _already_half(r),
         ),
     ]
-    if r.mode == "mixed":
-        chosen = [n for n in r.nodes if n.precision == "fp16"]
-        int8 = sum(n.precision == "int8" and n.op_type in COMPUTE_OPS for n in r.nodes)
-        rows.append(("int8 compute", f"{int8} of {c['total']} compute nodes"))
-        rows.append(("fp16 nodes", f"{len(chosen)}" + (":" if chosen else "")))
-        rows.extend((f"  {n.name}", f"{n.op_type}: {n.reason}") for n in chosen)
-    if r.mode in ("fp16", "bf16"):
-        dtype = "float16" if r.mode == "fp16" else "bfloat16"
-        rows.append(
-            (
-                "weights",
-                f"{r.stored_weight_nodes()} of {c['total']} compute nodes read {dtype}-stored weights through a Cast to float32",
-            )
-        )
+    rows += modes.get(r.mode).report_rows(r)
     rows.extend(
         (f"integer I/O {name}", f"{q.dtype}, scale {q.scale:.9g}, zero point {q.zero_point}")
         for name, q in r.io_quantization.items()
