@@ -97,11 +97,7 @@ def plan_dynamic(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
             continue
         weight = node.input[1]
         if weight not in tensors:
-            axis = (
-                (0 if attr(node, "transB", 0) or node.op_type == "Conv" else 1)
-                if config.per_channel
-                else None
-            )
+            axis = rule_for(node).weight_axis(node, index) if config.per_channel else None
             tensors[weight] = TensorParams.for_weight(index.array(weight), axis, config)
             if config.saturation_safe and node.op_type != "Conv":  # ConvInteger never saturates
                 w = index.array(weight)

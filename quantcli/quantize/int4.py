@@ -37,6 +37,7 @@ from quantcli.quantize.embedding import embedding_table, plan_embedding
 from quantcli.quantize.nonfinite import KEPT as NONFINITE
 from quantcli.quantize.params import QType
 from quantcli.quantize.plan import FLOAT, INT4, NodePlan, QuantConfig, QuantPlan, TensorParams
+from quantcli.quantize.rules import rule_for
 from quantcli.quantize.weights import weight_of
 
 MS_DOMAIN = "com.microsoft"
@@ -44,10 +45,12 @@ OP_TYPES = ("MatMul", "Gemm")
 MIN_FEATURES = 16
 
 
-def k_axis(node: onnx.NodeProto) -> int:
-    """The axis of the weight initializer that runs along K: 0 for MatMul's [K, N], 1 for a Gemm
-    with transB = 1 ([N, K])."""
-    return 1 if node.op_type == "Gemm" and attr(node, "transB", 0) else 0
+def k_axis(node: onnx.NodeProto, index: GraphIndex) -> int:
+    """The axis of the weight initializer that runs along K (its op's rule, quantize/rules.py): 0
+    for MatMul's [K, N], 1 for a Gemm with transB = 1 ([N, K])."""
+    rule = rule_for(node)
+    axis = rule.k_axis(node, index) if rule is not None else None
+    return 0 if axis is None else axis
 
 
 def _why_not(node: onnx.NodeProto, index: GraphIndex, config: QuantConfig) -> str | None:
@@ -73,8 +76,8 @@ def _why_not(node: onnx.NodeProto, index: GraphIndex, config: QuantConfig) -> st
         if len(node.input) > 2 and node.input[2] and attr(node, "beta", 1.0) != 1.0:
             return "Gemm with beta != 1"
     dims = list(index.initializers[weight].dims)
-    k = dims[k_axis(node)]
-    n = dims[1 - k_axis(node)]
+    k = dims[k_axis(node, index)]
+    n = dims[1 - k_axis(node, index)]
     if k < MIN_FEATURES or n < MIN_FEATURES:
         return f"weight is {k}x{n} (K x N): fewer than {MIN_FEATURES} features, too small to gain from INT4"
     if packed_bytes(k, n, config.block_size, config.weight_symmetric) >= 4 * k * n:
@@ -119,7 +122,7 @@ def plan_weights_int4(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
             continue
         why = _why_not(node, index, config)
         weight = node.input[1]
-        axis = k_axis(node)
+        axis = k_axis(node, index)
         if why is None and weight in tensors and tensors[weight].axis != axis:
             why = "weight shared with another node that reads it transposed"
         if why is None and weight in tables:
@@ -201,7 +204,7 @@ def rewrite_int4(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fa
             )
         if weight not in index.initializers:
             raise BadPlanError(f"plan gives node '{node.name}' INT4, but its weight is not a constant")
-        if params.axis != k_axis(node):
+        if params.axis != k_axis(node, index):
             raise BadPlanError(f"plan's blocks of '{weight}' run along axis {params.axis}, not along K")
         if weight not in packed:
             inits, k, n, has_zp = _packed_weight(weight, index.array(weight), params, block_size, names)

@@ -29,9 +29,19 @@ class Kind(str, Enum):
 
 
 Check = Callable[[onnx.NodeProto, GraphIndex], "str | None"]
+Axis = Callable[[onnx.NodeProto, GraphIndex], "int | None"]
+PairLayout = Callable[[onnx.NodeProto, Sequence[int]], "str | None"]
 
 
 def _no_check(node: onnx.NodeProto, index: GraphIndex) -> str | None:
+    return None
+
+
+def _no_axis(node: onnx.NodeProto, index: GraphIndex) -> int | None:
+    return None
+
+
+def _no_pairs(node: onnx.NodeProto, weight_dims: Sequence[int]) -> str | None:
     return None
 
 
@@ -48,32 +58,59 @@ class OpRule:
     float_output_ok: bool = False  # the integer kernel may return float (MatMulIntegerToFloat)
     fixed_range: tuple[float, float] | None = None
     check: Check = _no_check
+    # The weight's output-channel axis for per-channel scales (None: per tensor).
+    channel_axis: Axis = _no_axis
+    # A 2-D weight's axis along K, the axis its products are summed over (None: not a 2-D weight).
+    reduction_axis: Axis = _no_axis
+    # How onnxruntime's x86 U8S8 kernel pairs the weight (of shape `weight_dims`) along K
+    # (quantize/saturation.py), or None when its integer kernel cannot saturate (depthwise
+    # QLinearConv) or it has none. The planner asks it of the float graph, inspect of the QDQ one.
+    pairs: PairLayout = _no_pairs
 
     def weight_axis(self, node: onnx.NodeProto, index: GraphIndex) -> int | None:
         """Output-channel axis of the weight for per-channel scales, or None for per-tensor."""
-        if self.op_type == "Conv":
-            return 0
-        if self.op_type == "ConvTranspose":
-            return 1 if attr(node, "group", 1) == 1 else None
-        if self.op_type == "Gemm":
-            return 0 if attr(node, "transB", 0) else 1
-        if self.op_type == "MatMul":
-            return 1 if index.rank(node.input[1]) == 2 else None
-        return None
+        return self.channel_axis(node, index)
+
+    def k_axis(self, node: onnx.NodeProto, index: GraphIndex) -> int | None:
+        """The axis of a 2-D weight that runs along K (MatMul's [K, N]: 0; Gemm transB's [N, K]: 1)."""
+        return self.reduction_axis(node, index)
 
     def pair_layout(self, node: onnx.NodeProto, weight_dims: Sequence[int]) -> str | None:
-        """How onnxruntime's x86 U8S8 kernel pairs this node's weight (of shape `weight_dims`) along
-        K (quantize/saturation.py), or None when its integer kernel cannot saturate (depthwise
-        QLinearConv) or it has none. The planner asks it of the float graph, inspect of the QDQ one."""
-        if self.op_type == "Conv":
-            dims = list(weight_dims)
-            depthwise = len(dims) > 2 and dims[1] == 1 and dims[0] == attr(node, "group", 1)
-            return None if depthwise else "conv"
-        if self.op_type == "Gemm":
-            return "nk" if attr(node, "transB", 0) else "kn"
-        if self.op_type == "MatMul":
-            return "kn"
-        return None  # ConvTranspose: onnxruntime's CPU provider runs it in float
+        return self.pairs(node, weight_dims)
+
+
+def _gemm_axis(node: onnx.NodeProto, index: GraphIndex) -> int:
+    return 0 if attr(node, "transB", 0) else 1
+
+
+def _gemm_k_axis(node: onnx.NodeProto, index: GraphIndex) -> int:
+    return 1 - _gemm_axis(node, index)
+
+
+def _matmul_axis(node: onnx.NodeProto, index: GraphIndex) -> int | None:
+    return 1 if index.rank(node.input[1]) == 2 else None
+
+
+def _matmul_k_axis(node: onnx.NodeProto, index: GraphIndex) -> int:
+    return 0
+
+
+def _conv_transpose_axis(node: onnx.NodeProto, index: GraphIndex) -> int | None:
+    return 1 if attr(node, "group", 1) == 1 else None
+
+
+def _conv_pairs(node: onnx.NodeProto, weight_dims: Sequence[int]) -> str | None:
+    dims = list(weight_dims)
+    depthwise = len(dims) > 2 and dims[1] == 1 and dims[0] == attr(node, "group", 1)
+    return None if depthwise else "conv"
+
+
+def _gemm_pairs(node: onnx.NodeProto, weight_dims: Sequence[int]) -> str:
+    return "nk" if attr(node, "transB", 0) else "kn"
+
+
+def _matmul_pairs(node: onnx.NodeProto, weight_dims: Sequence[int]) -> str:
+    return "kn"
 
 
 def _float_input(node: onnx.NodeProto, index: GraphIndex, i: int) -> bool:
@@ -169,14 +206,24 @@ def register(rule: OpRule) -> OpRule:
 
 
 for _rule in (
-    OpRule("Conv", Kind.COMPUTE, "QLinearConv", weight_input=1, bias_input=2, check=_check_conv),
     OpRule(
+        "Conv",
+        Kind.COMPUTE,
+        "QLinearConv",
+        weight_input=1,
+        bias_input=2,
+        check=_check_conv,
+        channel_axis=lambda node, index: 0,
+        pairs=_conv_pairs,
+    ),
+    OpRule(  # no pairs: onnxruntime's CPU provider runs it in float
         "ConvTranspose",
         Kind.COMPUTE,
         "QLinearConvTranspose",
         weight_input=1,
         bias_input=2,
         check=_check_conv,
+        channel_axis=_conv_transpose_axis,
     ),
     OpRule(
         "Gemm",
@@ -186,6 +233,9 @@ for _rule in (
         bias_input=2,
         float_output_ok=True,
         check=_check_gemm,
+        channel_axis=_gemm_axis,
+        reduction_axis=_gemm_k_axis,
+        pairs=_gemm_pairs,
     ),
     OpRule(
         "MatMul",
@@ -195,6 +245,9 @@ for _rule in (
         weight_input=1,
         float_output_ok=True,
         check=_check_matmul,
+        channel_axis=_matmul_axis,
+        reduction_axis=_matmul_k_axis,
+        pairs=_matmul_pairs,
     ),
     OpRule("Add", Kind.ELEMENTWISE, "QLinearAdd", (0, 1), check=_check_float_inputs),
     OpRule("Mul", Kind.ELEMENTWISE, "QLinearMul", (0, 1), check=_check_float_inputs),
