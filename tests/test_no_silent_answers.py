@@ -178,7 +178,12 @@ def _weight(d: dict) -> dict:
         (lambda d: _weight(d).update(dtype="int64"), ["tensor 'w1'", "dtype", "'int64'"]),
         (lambda d: _weight(d).update(role="kernel"), ["tensor 'w1'", "role", "'kernel'"]),
         (lambda d: d.update(mode="turbo"), ["mode must be one of", "'turbo'"]),
-        (lambda d: d.update(schema_version=2), ["schema_version 2"]),
+        (lambda d: d.update(schema_version=3), ["schema_version 3"]),
+        (
+            lambda d: d["nodes"][0].update(form="rows"),
+            ["node 'mm1'", "form rows is for int8 Gather nodes only"],
+        ),
+        (lambda d: d["nodes"][0].update(form="zigzag"), ["node 'mm1'", "form", "'zigzag'"]),
         (lambda d: d["config"].update(per_channel="yes"), ["config.per_channel", "true or false"]),
         (lambda d: d["config"].update(turbo=True), ["config", "unknown field 'turbo'"]),
         (lambda d: d.pop("tensors"), ["field 'tensors' is missing"]),

@@ -251,6 +251,60 @@ def test_flatten_after_integer_convs_reads_nhwc_order(tmp_path) -> None:
     assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
 
 
+def _flatten_plan() -> tuple[onnx.ModelProto, QuantPlan, onnx.ModelProto]:
+    model = preprocess(conv_flatten_gemm_model()).model
+    x = RNG.normal(size=(8, 3, 4, 4)).astype(np.float32)
+    plan = plan_static(
+        model, collect_ranges(model, lambda: [{"x": x[i : i + 1]} for i in range(8)]), QuantConfig()
+    )
+    return model, plan, rewrite_qdq(model, plan)
+
+
+def _replayed(model: onnx.ModelProto, data: dict) -> onnx.ModelProto:
+    return rewrite_qdq(model, QuantPlan.from_dict(json.loads(json.dumps(data))))
+
+
+def test_the_plan_states_the_nhwc_flatten_and_the_rewriter_follows_it() -> None:
+    """Schema 2: the Flatten's NHWC form is in the plan; without it the rewriter writes the plain
+    Flatten (no Transpose, the Gemm weight as it was); a version-1 plan gets the form where the
+    rule holds, as its rewriter did."""
+    model, plan, q = _flatten_plan()
+    data = plan.to_dict()
+    flatten = next(n for n in data["nodes"] if n["op_type"] == "Flatten")
+    assert data["schema_version"] == 2 and flatten["form"] == "nhwc"
+    assert all("form" not in n for n in data["nodes"] if n is not flatten)  # only where there is one
+    assert _replayed(model, data).SerializeToString() == q.SerializeToString()
+
+    v1 = json.loads(json.dumps(data))
+    v1["schema_version"] = 1
+    del next(n for n in v1["nodes"] if n["op_type"] == "Flatten")["form"]
+    assert _replayed(model, v1).SerializeToString() == q.SerializeToString()
+
+    # The form taken away by hand: a plain Flatten and the Gemm weight in its own order. (Its
+    # parameters, fitted for the NHWC order, then fit less well: a new plan is the way to change it.)
+    plain = json.loads(json.dumps(data))
+    del next(n for n in plain["nodes"] if n["op_type"] == "Flatten")["form"]
+    written = _replayed(model, plain)
+    assert not [n for n in written.graph.node if n.op_type == "Transpose"]
+    assert checker_error(written) is None
+    wg = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "wg").ravel()
+
+    def weight_order(m: onnx.ModelProto) -> float:  # correlation of the stored INT8 Gemm weight with wg
+        stored = next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == "wg_quantized")
+        return float(np.corrcoef(stored.astype(np.float64).ravel(), wg)[0, 1])
+
+    assert weight_order(written) > 0.9 and abs(weight_order(q)) < 0.3  # measured 0.97-0.98 and 0.005
+
+
+def test_a_form_the_graph_cannot_take_is_refused() -> None:
+    model, plan, _ = _flatten_plan()
+    data = plan.to_dict()
+    gemm = next(n for n in data["nodes"] if n["op_type"] == "Gemm")
+    gemm.update(precision="float", quantized_inputs=[], quantized_outputs=[])
+    with pytest.raises(BadPlanError, match="plan writes Flatten .* in NHWC order, but"):
+        _replayed(model, data)
+
+
 def test_plan_json_round_trip(tmp_path) -> None:
     plan, _ = quantize(conv_relu_model(), RNG.normal(size=(2, 3, 16, 16)).astype(np.float32))
     plan.save(tmp_path / "plan.json")

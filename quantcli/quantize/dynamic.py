@@ -23,7 +23,7 @@ from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
 from quantcli.quantize.embedding import embedding_table, gather_rows
 from quantcli.quantize.nonfinite import KEPT as NONFINITE
 from quantcli.quantize.params import QType, quantize_array
-from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
+from quantcli.quantize.plan import FLOAT, INT8, ROWS, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import rule_for
 from quantcli.quantize.saturation import limit_pairs, quantize_weight
 from quantcli.quantize.weights import weight_of
@@ -88,7 +88,7 @@ def plan_dynamic(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
         if table is not None:
             tensors.setdefault(table, TensorParams.for_weight(index.array(table), 0, config))
             nodes[node.name] = NodePlan(
-                node.name, node.op_type, INT8, EMBEDDING_REASON, quantized_inputs=[table]
+                node.name, node.op_type, INT8, EMBEDDING_REASON, quantized_inputs=[table], form=ROWS
             )
             continue
         why = _why_not(node, index, config.dynamic_op_types)
@@ -130,7 +130,7 @@ def rewrite_dynamic(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool =
     tables: dict[str, tuple[str, str]] = {}
     for node in graph.node:
         decision = by_name.get(node.name)
-        if decision is not None and decision.precision == INT8 and node.op_type == "Gather":
+        if decision is not None and decision.precision == INT8 and decision.form == ROWS:
             table = node.input[0]
             params = plan.tensors.get(table)
             if params is None or table not in index.initializers:

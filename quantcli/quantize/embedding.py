@@ -16,7 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quantcli.graph import GraphIndex, NameAllocator, attr
-from quantcli.quantize.plan import INT8, NodePlan, QuantConfig, TensorParams
+from quantcli.quantize.plan import INT8, ROWS, NodePlan, QuantConfig, TensorParams
 
 REASON = "embedding table stored INT8 with one scale per row; only the gathered rows are dequantized"
 
@@ -41,7 +41,7 @@ def plan_embedding(
     if table is None:
         return None
     tensors.setdefault(table, TensorParams.for_weight(index.array(table), 0, config))
-    return NodePlan(node.name, node.op_type, INT8, REASON, quantized_inputs=[table])
+    return NodePlan(node.name, node.op_type, INT8, REASON, quantized_inputs=[table], form=ROWS)
 
 
 def gather_rows(

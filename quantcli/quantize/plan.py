@@ -19,12 +19,18 @@ from quantcli.errors import BadPlanError
 from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
 from quantcli.quantize.params import QType, weight_qparams, weight_qparams_mse
 
-PLAN_SCHEMA_VERSION = 1
+# 2: nodes state their form ("form": rows, nhwc); plans of version 1 load with the forms their
+# rewriter used to infer (QuantPlan.from_dict)
+PLAN_SCHEMA_VERSION = 2
 INT8 = "int8"
 INT4 = "int4"
 FP16 = "fp16"
 FLOAT = "float"
 PRECISIONS = (INT8, INT4, FP16, FLOAT)
+# How a node is written, where its precision alone does not say it ("" : the precision's QDQ form).
+ROWS = "rows"  # an INT8 Gather on a constant table: the table stored INT8 per row, rows dequantized
+NHWC = "nhwc"  # an INT8 Flatten before an INT8 Gemm: a Transpose to NHWC before it, the Gemm weight permuted
+FORMS = {ROWS: ("Gather", (INT8,)), NHWC: ("Flatten", (INT8,))}  # form -> (op type, precisions)
 ACTIVATION_TYPES = (QType.UINT8, QType.INT8, QType.INT16)
 
 
@@ -134,6 +140,15 @@ class NodePlan:
     reason: str
     quantized_inputs: list[str] = field(default_factory=list)
     quantized_outputs: list[str] = field(default_factory=list)
+    form: str = ""  # how the rewriter writes it, beyond its precision (FORMS); "" for the plain form
+
+
+def _node_dict(node: NodePlan) -> dict:
+    """A node as JSON; its form only where it has one."""
+    d = asdict(node)
+    if not node.form:
+        del d["form"]
+    return d
 
 
 def _tensor_dict(params: TensorParams) -> dict:
@@ -152,6 +167,9 @@ class QuantPlan:
     nodes: list[NodePlan]
     tensors: dict[str, TensorParams]
     calibration_samples: int = 0
+    # False for a version-1 plan: it does not say which Flatten nodes are written in NHWC order, and
+    # the rewriter applies the rule where it holds, as it did then (quantize/layout.py)
+    forms_stated: bool = True
 
     def node(self, name: str) -> NodePlan | None:
         return next((n for n in self.nodes if n.name == name), None)
@@ -176,7 +194,7 @@ class QuantPlan:
                 "target_cpu": self.config.target_cpu,
             },
             "calibration_samples": self.calibration_samples,
-            "nodes": [asdict(n) for n in self.nodes],
+            "nodes": [_node_dict(n) for n in self.nodes],
             "tensors": {k: _tensor_dict(v) for k, v in sorted(self.tensors.items())},
         }
 
@@ -221,11 +239,17 @@ class QuantPlan:
                 n.get("reason", ""),
                 list(n.get("quantized_inputs", [])),
                 list(n.get("quantized_outputs", [])),
+                n.get("form", ""),
             )
             for n in data["nodes"]
         ]
+        forms_stated = data["schema_version"] >= 2
+        if not forms_stated:  # version 1: what its rewriter inferred from op types and precisions
+            for n in nodes:
+                if n.op_type == "Gather" and n.precision == INT8:
+                    n.form = ROWS
         tensors = {k: TensorParams(**{**v, "dtype": QType(v["dtype"])}) for k, v in data["tensors"].items()}
-        return cls(data["mode"], config, nodes, tensors, data.get("calibration_samples", 0))
+        return cls(data["mode"], config, nodes, tensors, data.get("calibration_samples", 0), forms_stated)
 
     @classmethod
     def load(cls, path: Path) -> QuantPlan:

@@ -22,8 +22,8 @@ from quantcli.graph import GraphIndex
 from quantcli.quantize import BLOCK_SIZES, modes
 from quantcli.quantize.params import QType
 
-SCHEMA_VERSIONS = (1,)
-from quantcli.quantize.plan import PRECISIONS  # noqa: E402
+SCHEMA_VERSIONS = (1, 2)
+from quantcli.quantize.plan import FORMS, PRECISIONS, ROWS  # noqa: E402
 
 ROLES = ("activation", "weight", "bias", "constant")
 ROLE_DTYPES = {
@@ -53,7 +53,7 @@ _CONFIG = {
     "target_cpu": ("str", TARGETS, False),
 }
 _TOP = ("schema_version", "mode", "config", "calibration_samples", "nodes", "tensors")
-_NODE = ("name", "op_type", "precision", "reason", "quantized_inputs", "quantized_outputs")
+_NODE = ("name", "op_type", "precision", "reason", "quantized_inputs", "quantized_outputs", "form")
 _NODE_REQUIRED = ("name", "op_type", "precision")
 _TENSOR = (
     "role",
@@ -151,6 +151,12 @@ def check_plan_dict(data: Any, source: str = "plan") -> None:
                 + ('; set "mode": "mixed" to run nodes in FP16' if node["precision"] == "fp16" else ""),
             )
         c.value(where, "reason", node.get("reason", ""), "str")
+        form = node.get("form", "")
+        if form:
+            c.value(where, "form", form, "str", tuple(FORMS))
+            op_type, precisions = FORMS[form]
+            if node["op_type"] != op_type or node["precision"] not in precisions:
+                c.fail(where, f"form {form} is for {'/'.join(precisions)} {op_type} nodes only")
         for key in ("quantized_inputs", "quantized_outputs"):
             c.value(where, key, node.get(key, []), "str-list")
 
@@ -248,7 +254,7 @@ def check_plan(plan, model: onnx.ModelProto, source: str | Path) -> None:  # noq
             and plan.mode in ("dynamic", "weights-int4")
             and len(node.input) > 1
         ):
-            weight = node.input[0] if node.op_type == "Gather" else node.input[1]
+            weight = node.input[0] if p.form == ROWS else node.input[1]
             if weight not in p.quantized_inputs:
                 c.fail(where, f"quantized_inputs must name its weight '{weight}' in --mode {plan.mode}")
         for key, names in (("quantized_inputs", node.input), ("quantized_outputs", node.output)):

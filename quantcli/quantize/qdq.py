@@ -38,7 +38,7 @@ from quantcli.quantize.embedding import gather_rows
 from quantcli.quantize.integer_io import io_tensors, record_io_quantization
 from quantcli.quantize.layout import apply_nhwc_flattens, nhwc_flattens
 from quantcli.quantize.params import quantize_array
-from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantPlan, TensorParams
+from quantcli.quantize.plan import FLOAT, INT8, NHWC, ROWS, NodePlan, QuantPlan, TensorParams
 from quantcli.quantize.saturation import quantize_weight
 
 MS_DOMAIN = "com.microsoft"
@@ -66,6 +66,22 @@ def quantized_tensor_names(model: onnx.ModelProto, plan: QuantPlan) -> list[str]
     return wanted
 
 
+def _nhwc_flattens(model: onnx.ModelProto, plan: QuantPlan, precision: dict[str, str]) -> dict[str, tuple]:
+    """The Flatten nodes the plan writes in NHWC order, with the geometry the rewrite needs; a plan
+    of schema version 1, which does not say, gets them where the rule holds (as it did then)."""
+    found = nhwc_flattens(model, GraphIndex(model.graph), precision)
+    if not plan.forms_stated:
+        return found
+    wanted = [n.name for n in plan.nodes if n.form == NHWC]
+    for name in wanted:
+        if name not in found:
+            raise BadPlanError(
+                f"plan writes Flatten '{name}' in NHWC order, but it does not sit between channels-last "
+                "INT8 convolutions and an INT8 Gemm whose weight only it reads"
+            )
+    return {name: found[name] for name in wanted}
+
+
 def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = False) -> onnx.ModelProto:
     """The model with Q/DQ inserted as the plan says; a copy unless `in_place` (saves one copy of
     the weights on a big model)."""
@@ -81,13 +97,9 @@ def rewrite_qdq(model: onnx.ModelProto, plan: QuantPlan, *, in_place: bool = Fal
             wanted.append(t)
     by_name = {n.name: n for n in plan.nodes}
     precision = {n.name: n.precision for n in plan.nodes}
-    apply_nhwc_flattens(out, nhwc_flattens(out, GraphIndex(graph), precision), names)
+    apply_nhwc_flattens(out, _nhwc_flattens(out, plan, precision), names)
     index = GraphIndex(graph)
-    gathers = {
-        n.name
-        for n in graph.node
-        if n.op_type == "Gather" and getattr(by_name.get(n.name), "precision", None) == INT8
-    }
+    gathers = {n.name for n in plan.nodes if n.form == ROWS}
     tables: dict[str, tuple[str, str]] = {}  # table -> (quantized table, per-row scale)
 
     head: list[onnx.NodeProto] = []  # DQ of initializers, Q/DQ of graph inputs

@@ -20,7 +20,7 @@ from quantcli.quantize.layout import REASON as NHWC_FLATTEN_REASON
 from quantcli.quantize.layout import nhwc_flattens, permute_gemm_weight
 from quantcli.quantize.nonfinite import nonfinite_initializers, nonfinite_readers
 from quantcli.quantize.params import QType, calculate_qparams
-from quantcli.quantize.plan import FLOAT, INT8, NodePlan, QuantConfig, QuantPlan, TensorParams
+from quantcli.quantize.plan import FLOAT, INT8, NHWC, ROWS, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import Kind, OpRule, activation_input_indices, rule_for
 from quantcli.quantize.saturation import limit_pairs
 
@@ -77,7 +77,8 @@ def plan_static(
             break
         kept_float.update(dequantized_only)
     permuted: dict[str, tuple[int, int, int]] = {}  # Gemm -> C, H, W of its NHWC-ordered weight
-    for name, (c, h, w, gemm) in nhwc_flattens(model, index, precision).items():
+    flattens = nhwc_flattens(model, index, precision)
+    for name, (c, h, w, gemm) in flattens.items():
         reasons[name] = NHWC_FLATTEN_REASON  # the rewriter applies it (quantize/layout.py)
         permuted[gemm.name] = (c, h, w)
 
@@ -88,7 +89,10 @@ def plan_static(
         rule = rule_for(node)
         plan = NodePlan(node.name, node.op_type, precision[node.name], reasons[node.name])
         nodes.append(plan)
+        if node.name in flattens:
+            plan.form = NHWC
         if plan.precision == INT8 and node.name in tables:
+            plan.form = ROWS
             table = tables[node.name]
             tensors.setdefault(table, TensorParams.for_weight(index.array(table), 0, config))
             plan.quantized_inputs.append(table)
