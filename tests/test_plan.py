@@ -296,13 +296,16 @@ def test_the_plan_states_the_nhwc_flatten_and_the_rewriter_follows_it() -> None:
     assert weight_order(written) > 0.9 and abs(weight_order(q)) < 0.3  # measured 0.97-0.98 and 0.005
 
 
-def test_a_form_the_graph_cannot_take_is_refused() -> None:
+def test_an_nhwc_form_the_edited_plan_no_longer_allows_is_written_plain() -> None:
+    """A node before the Flatten edited to float (what users do by hand): the Flatten is written
+    plain, as the graph now needs, and the model stays valid."""
     model, plan, _ = _flatten_plan()
     data = plan.to_dict()
     gemm = next(n for n in data["nodes"] if n["op_type"] == "Gemm")
     gemm.update(precision="float", quantized_inputs=[], quantized_outputs=[])
-    with pytest.raises(BadPlanError, match="plan writes Flatten .* in NHWC order, but"):
-        _replayed(model, data)
+    written = _replayed(model, data)
+    assert not [n for n in written.graph.node if n.op_type == "Transpose"]
+    assert checker_error(written) is None
 
 
 def test_plan_json_round_trip(tmp_path) -> None:
