@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from functools import partial
 from pathlib import Path
@@ -313,22 +313,8 @@ def _modes_text(names: tuple[str, ...]) -> str:
     return " or ".join(f"--mode {m}" for m in names)
 
 
-# Options a replayed plan records (QuantConfig): allowed when they agree with it.
-_PLAN_FIXED = (
-    "per_channel",
-    "activation_type",
-    "calib_method",
-    "weight_calibration",
-    "reduce_range",
-    "dynamic_op_types",
-    "keep_io_types",
-    "block_size",
-    "weight_symmetric",
-    "int4_compute",
-    "bias_correction",
-    "target_cpu",
-    "integer_io",
-)
+# Options a replayed plan records (QuantConfig's fields, of the same names): allowed when they agree with it.
+_PLAN_FIXED = tuple(f.name for f in fields(QuantConfig))
 # Options that only shape a new plan: a replay reads none of them.
 _NEW_PLAN_ONLY = (
     "fp16_nodes",
@@ -548,20 +534,9 @@ def convert(
                 "more samples (the last 20% are held out)"
             )
 
-    config = QuantConfig(
-        per_channel=options.per_channel,
-        activation_type=options.activation_type,
+    config = QuantConfig(  # the options of the same names
+        **{name: _value(options, name) for name in _PLAN_FIXED if name != "calib_method"},
         calib_method=options.calibration.method.value,
-        weight_calibration=options.weight_calibration,
-        reduce_range=options.reduce_range,
-        target_cpu=options.target_cpu,
-        dynamic_op_types=options.dynamic_op_types,
-        keep_io_types=options.keep_io_types,
-        block_size=options.block_size,
-        weight_symmetric=options.weight_symmetric,
-        int4_compute=options.int4_compute,
-        bias_correction=options.bias_correction,
-        integer_io=options.integer_io,
     )
     replayed = plan is not None
     reference_model, reference_warnings = Path(options.model), []
