@@ -36,9 +36,8 @@ from quantcli.latency import BUDGET_MIN_ROUNDS, Latency, OpTime
 from quantcli.model_io import (
     check_model_path,
     check_outputs,
-    check_valid,
     external_data_files,
-    load_model,
+    load_valid_model,
     same_file,
     staged_model,
 )
@@ -59,7 +58,7 @@ from quantcli.quantize.params import QType
 from quantcli.quantize.plan import FLOAT, NodePlan, QuantConfig, QuantPlan
 from quantcli.quantize.plan_check import check_plan
 from quantcli.quantize.speed import SpeedPlan
-from quantcli.runtime import make_session
+from quantcli.runtime import make_session, release_freed_memory
 from quantcli.text import count
 from quantcli.thresholds import Check, Thresholds, evaluate
 from quantcli.verify import (
@@ -68,6 +67,7 @@ from quantcli.verify import (
     compare_sessions,
     exact_kernel_model,
     nonfinite_notices,
+    recorded_reference,
     requantized_by_onnxruntime,
 )
 
@@ -470,8 +470,7 @@ def convert(
     if options.plan is not None and same_file(Path(options.output), Path(options.plan)):
         raise UsageError(f"{options.output}: -o is the --plan file; choose another path")
     plan = QuantPlan.load(options.plan) if options.plan is not None else None
-    source = load_model(options.model)
-    check_valid(source, options.model)
+    source = load_valid_model(options.model)
     if not source.graph.node:
         raise UnsupportedModelError(
             f"{options.model}: the graph has no nodes (its outputs are its inputs or initializers): "
@@ -546,15 +545,18 @@ def convert(
     if plan is not None:
         options.check_plan_options(plan)
     else:
-        job = PlanJob(model, config, options, split, specs, excluded, reference_model, progress, seconds)
-        planned = mode.plan(job)
+        planned = mode.plan(
+            PlanJob(model, config, options, split, specs, excluded, reference_model, progress, seconds)
+        )  # not kept: it holds the float model, which the rewrite and verification must be able to free
         plan, search, speed = planned.plan, planned.search, planned.speed
+        del planned
     mode = modes.get(plan.mode)  # a plan may be another mode's: --fallback fp16 makes a mixed one
 
     nonfinite = nonfinite_initializers(model)
     if not replayed:  # a replayed plan that quantizes one was refused (plan_check.py)
         keep_nonfinite_float(plan, nonfinite)
     t = time.perf_counter()
+    release_freed_memory()  # what calibration and planning freed, before the rewrite's copies
     before = matmul_weight_bytes(model) if mode.measures_weight_bytes else None
     quantized = mode.rewrite(model, plan)
     weight_bytes = None if before is None else {"before": before, "after": matmul_weight_bytes(quantized)}
@@ -606,12 +608,16 @@ def convert(
             raise InternalError(
                 f"{options.model}: the quantized model fails onnx.checker ({problem}); this is a quantcli bug, please report it"
             )
+        release_freed_memory()  # what planning and the rewrite freed, before sessions are built
+        reference = agreement = None
+        if split.eval:  # the float reference (same numerics, less memory), its outputs recorded
+            # first so that it is released before the converted model is loaded
+            reference = recorded_reference(
+                make_session(reference_model, lean=True),
+                iter_samples(split.eval, specs, options.calib_preprocess),
+            )
         candidate = _candidate_session(staged.path, Path(options.model))
-        agreement = None
         if split.eval:
-            reference = make_session(
-                reference_model, lean=True
-            )  # float reference: same numerics, less memory
             agreement = compare_sessions(
                 reference,
                 candidate,

@@ -19,7 +19,7 @@ import onnx
 from google.protobuf.message import DecodeError, EncodeError
 from onnx import numpy_helper
 
-from quantcli.errors import BadModelError, UsageError
+from quantcli.errors import BadModelError, InternalError, UsageError
 from quantcli.outputs import (
     TEMP_PREFIX,
     check_output_path,
@@ -89,10 +89,28 @@ def load_model(path: str | os.PathLike[str], *, external_data: bool = True) -> o
 
 
 def model_size(model: onnx.ModelProto) -> int:
-    """Serialised size in bytes; above the protobuf limit (where ByteSize() itself raises) a value
-    just over the limit."""
+    """The serialised size in bytes, at most a few bytes a tensor over it, found without
+    serialising the weights: upb's ByteSize() serialises the whole message to measure it, a
+    transient copy of every weight (+512 MB on a 512 MiB model, at every size check). The main
+    graph's raw tensors count by their shapes; the rest is measured. Above the protobuf limit
+    (where ByteSize() raises) a value just over the limit."""
+    weights = 0
+    for t in model.graph.initializer:
+        if t.HasField("raw_data") and t.data_location != onnx.TensorProto.EXTERNAL:
+            try:
+                nbytes = _nbytes(t)
+            except (KeyError, ValueError, TypeError):
+                return _measured_size(model)
+            # the bytes, their tag and length, and a generous bound on the other fields
+            weights += nbytes + 16 + len(t.name.encode()) + 11 * len(t.dims) + len(t.doc_string.encode())
+        else:
+            weights += _measured_size(t) + 6
+    return min(weights + _measured_size(_without_initializers(model)), PROTOBUF_LIMIT + 1)
+
+
+def _measured_size(message) -> int:  # noqa: ANN001 - a protobuf message
     try:
-        return model.ByteSize()
+        return message.ByteSize()
     except EncodeError:
         return PROTOBUF_LIMIT + 1
 
@@ -146,8 +164,19 @@ class StagedModel:
         self.companions.append((tmp, path))
 
 
-@contextlib.contextmanager
 def staged_model(
+    model: onnx.ModelProto, final: Path, *, external: bool | None = None, keep: tuple[Path, ...] = ()
+) -> contextlib.AbstractContextManager[StagedModel]:
+    """`_staged_model` as a context manager that does not keep `model` alive: contextlib's keeps its
+    arguments for the life of the block, which held a converted model (hundreds of MB on a big one)
+    through verification after the caller had let it go."""
+    manager = _staged_model(model, final, external=external, keep=keep)
+    manager.args, manager.kwds = (), {}  # only used to re-create it as a decorator, which this is not
+    return manager
+
+
+@contextlib.contextmanager
+def _staged_model(
     model: onnx.ModelProto, final: Path, *, external: bool | None = None, keep: tuple[Path, ...] = ()
 ) -> Iterator[StagedModel]:
     """Write `model` into a temporary directory beside `final`; rename into place when the block
@@ -229,10 +258,15 @@ def _remove_old_data(final: Path, current: str | None, keep: tuple[Path, ...]) -
 def _write_staged(model: onnx.ModelProto, final: Path, stage: Path, external: bool) -> StagedModel:
     path = stage / "model.onnx"
     if not external:
-        data = serialize_model(model)
-        path.write_bytes(data)
+        if model_size(model) > STREAM_BYTES:
+            with open(path, "wb") as fh:
+                size = write_serialized(model, fh)
+        else:
+            data = serialize_model(model)
+            path.write_bytes(data)
+            size = len(data)
         _fsync(path)
-        return StagedModel(path, len(data), final, None)
+        return StagedModel(path, size, final, None)
     skeleton = _without_initializers(model)
     digest = hashlib.sha256()
     tmp_data = stage / "weights.data"
@@ -267,6 +301,73 @@ def _write_staged(model: onnx.ModelProto, final: Path, stage: Path, external: bo
     path.write_bytes(skeleton.SerializeToString(deterministic=True))
     _fsync(path)
     return StagedModel(path, path.stat().st_size + offset, final, data_name)
+
+
+STREAM_BYTES = 64 << 20  # a bigger model is written a tensor at a time (write_serialized)
+_MODEL_GRAPH = 7  # ModelProto.graph
+_GRAPH_INITIALIZER = 5  # GraphProto.initializer
+
+
+def write_serialized(model: onnx.ModelProto, fh) -> int:  # noqa: ANN001 - a binary file
+    """Write the bytes of model.SerializeToString(deterministic=True) to `fh` one initializer at a
+    time, without the whole serialised copy (upb builds it in one piece: +1x the model at the peak
+    of a big model's write). Fields go in field-number order, as the serialiser writes them, so the
+    bytes are the same. Returns the number of bytes written."""
+    graph = model.graph
+    graph_head = _fields(graph, lambda n: n < _GRAPH_INITIALIZER)
+    graph_tail = _fields(graph, lambda n: n > _GRAPH_INITIALIZER)
+    sizes = [_measured_size(t) for t in graph.initializer]
+    graph_len = len(graph_head) + len(graph_tail)
+    graph_len += sum(len(_key(_GRAPH_INITIALIZER)) + len(_varint(n)) + n for n in sizes)
+    written = 0
+    for part in (
+        _fields(model, lambda n: n < _MODEL_GRAPH),
+        _key(_MODEL_GRAPH) + _varint(graph_len) if model.HasField("graph") else b"",
+        graph_head if model.HasField("graph") else b"",
+    ):
+        fh.write(part)
+        written += len(part)
+    for t, n in zip(graph.initializer, sizes, strict=True):
+        data = t.SerializeToString(deterministic=True)
+        if len(data) != n:
+            raise InternalError(f"initializer '{t.name}' serialised to {len(data)} bytes, measured {n}")
+        for part in (_key(_GRAPH_INITIALIZER) + _varint(n), data):
+            fh.write(part)
+            written += len(part)
+        del data
+    for part in (graph_tail if model.HasField("graph") else b"", _fields(model, lambda n: n > _MODEL_GRAPH)):
+        fh.write(part)
+        written += len(part)
+    return written
+
+
+def _fields(message, keep) -> bytes:  # noqa: ANN001 - a protobuf message, a predicate on field numbers
+    """The serialised fields of `message` whose numbers `keep` accepts."""
+    part = type(message)()
+    for field, value in message.ListFields():
+        if not keep(field.number):
+            continue
+        repeated = getattr(field, "is_repeated", None)  # newer protobuf; `label` before
+        if repeated if repeated is not None else field.label == field.LABEL_REPEATED:
+            getattr(part, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(part, field.name).CopyFrom(value)
+        else:
+            setattr(part, field.name, value)
+    return part.SerializeToString(deterministic=True)
+
+
+def _key(number: int) -> bytes:
+    return _varint(number << 3 | 2)  # a length-delimited field
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -401,17 +502,51 @@ def file_size(path: str | os.PathLike[str]) -> int:
     return Path(path).stat().st_size + sum(f.stat().st_size for f in external_data_files(path))
 
 
-def check_valid(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
-    """onnx.checker's structural check of an input model (not the full shape-inference check);
-    an invalid model is a BadModelError naming the file and the first complaint."""
+CHECK_FILE_BYTES = 64 << 20  # a bigger model file is checked from the file, before it is loaded
+
+
+def load_valid_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """load_model, then check_valid. A big model file gets onnx.checker's structural check from
+    the file before it is loaded: the checker's own copy of the model (it serialises one when given
+    a loaded model) and ours are then never in memory at once (a 512 MiB model: 1.6 -> 1.1 GB
+    peak). What cannot be read as a model is still load_model's error, as for a small file."""
+    p = check_model_path(path)
+    found: Exception | None = None
+    checked = p.stat().st_size > CHECK_FILE_BYTES
+    if checked:
+        try:
+            onnx.checker.check_model(str(p))
+        except (onnx.checker.ValidationError, ValueError) as exc:
+            found = exc  # said once the file is known to load, as check_valid would
+        except Exception:  # noqa: BLE001 - unreadable: load_model says why
+            checked = False
+    model = load_model(p)
+    if found is not None:
+        raise _invalid(p, found) from found
+    check_valid(model, p, structure_checked=checked)
+    return model
+
+
+def _invalid(path: str | os.PathLike[str], exc: Exception) -> BadModelError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return BadModelError(f"{path}: not a valid ONNX model: {first}")
+
+
+def check_valid(
+    model: onnx.ModelProto, path: str | os.PathLike[str], *, structure_checked: bool = False
+) -> None:
+    """onnx.checker's structural check of an input model (not the full shape-inference check),
+    unless `structure_checked` (done from its file); an invalid model is a BadModelError naming
+    the file and the first complaint."""
     try:
-        if model_size(model) > PROTOBUF_LIMIT:
+        if structure_checked:
+            pass
+        elif model_size(model) > PROTOBUF_LIMIT:
             onnx.checker.check_model(str(path))
         else:
             onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadModelError(f"{path}: not a valid ONNX model: {first}") from exc
+        raise _invalid(path, exc) from exc
     # The checker does not compare a tensor's bytes with its shape; reading it later would fail.
     for t in model.graph.initializer:
         if t.HasField("raw_data") and t.data_location != onnx.TensorProto.EXTERNAL:

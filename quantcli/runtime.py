@@ -12,6 +12,24 @@ from quantcli.errors import UnsupportedModelError
 from quantcli.model_io import model_size, serialize_model, staged_model
 
 
+def release_freed_memory() -> None:
+    """Free what a finished stage left behind and hand it back to the operating system: objects
+    held only by reference cycles (measured on a 512 MiB model: the float model's 750 MB stayed
+    alive until the cyclic collector ran, through verification), and the blocks glibc keeps for
+    reuse (freed blocks of up to its dynamic mmap threshold, 32 MB). The next stage's sessions
+    then add to what is really in use. The return to the OS is skipped where there is no glibc."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def make_session(
     model: onnx.ModelProto | bytes | Path, *, threads: int = 0, optimize: bool = True, lean: bool = False
 ):  # noqa: ANN201

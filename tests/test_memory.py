@@ -338,3 +338,39 @@ def test_a_sample_too_large_to_allocate_is_exit_2_outside_calibration(tmp_path: 
     assert code == 2, err
     assert err.count("\n") == 1 and "s0.npz" in err and "40.23 GiB" in err and "[1, 3, 60000, 60000]" in err
     assert peak < _idle_rss() + 64 * MiB, peak / MiB
+
+
+def test_a_model_written_a_tensor_at_a_time_is_the_serialised_bytes(converted) -> None:  # noqa: ANN001
+    """model_io.write_serialized (big models: no whole serialised copy in memory) writes exactly
+    SerializeToString(deterministic=True): fields in number order, graph and initializers included."""
+    import io
+
+    from onnx import helper
+
+    from quantcli.model_io import model_size, write_serialized
+
+    models = [onnx.load(p) for p in sorted(SAMPLES.glob("*.onnx"))] + [
+        onnx.load(c.output) for c in converted.values()
+    ]
+    odd = onnx.load(SAMPLES / "digits_mlp.onnx")
+    odd.doc_string, odd.domain, odd.model_version = "doc", "ai.test", 7
+    odd.graph.doc_string = "graph doc"
+    helper.set_model_props(odd, {"a": "1", "b": "2"})
+    odd.functions.add().CopyFrom(
+        helper.make_function(
+            "local",
+            "f",
+            ["x"],
+            ["y"],
+            [helper.make_node("Relu", ["x"], ["y"])],
+            [helper.make_opsetid("", 17)],
+        )
+    )
+    for model in [*models, odd]:
+        buf = io.BytesIO()
+        written = write_serialized(model, buf)
+        expected = model.SerializeToString(deterministic=True)
+        assert buf.getvalue() == expected and written == len(expected)
+        assert (
+            0 <= model_size(model) - len(expected) <= 64 * len(model.graph.initializer) + 64
+        )  # a close upper bound

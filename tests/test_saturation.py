@@ -441,3 +441,47 @@ def test_depthwise_never_saturates_and_groups_pair_within_a_group() -> None:
     emulated = vpmaddubsw_gemm(np.full((1, 36), 255), kernel_rows(grouped, CONV))[0]
     np.testing.assert_allclose(got, np.minimum(np.round(emulated / 256), 255) * 256)
     assert list(emulated == 2 * 255 * 100) == [False, True, False, True]
+
+
+@pytest.mark.parametrize(
+    "layout, shape, axis",
+    [
+        ("kn", (300, 700), 1),
+        ("kn", (3, 64, 90), 2),
+        ("nk", (500, 300), 0),
+        ("conv", (96, 16, 3, 3), 0),
+        ("kn", (300, 700), None),
+    ],
+)
+def test_weights_fitted_in_slices_are_the_one_pass_integers(
+    layout: str, shape: tuple, axis: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """quantize_weight fits a big weight a slice of output channels at a time (bounded float64
+    temporaries): the integers are those of one pass, and the fit did move some."""
+    from quantcli.quantize import saturation as sat
+    from quantcli.quantize.params import QType
+    from quantcli.quantize.plan import TensorParams
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(shape).astype(np.float32) * rng.uniform(
+        0.1, 3, shape[-1] if layout == "kn" else 1
+    )
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    scale = np.abs(w).max(axis=reduce) / 127 if axis is not None else np.array([np.abs(w).max() / 127])
+    params = TensorParams(
+        "weight",
+        QType.INT8,
+        scale.astype(np.float32).tolist(),
+        [0] * scale.size,
+        axis,
+        None,
+        None,
+        140,
+        layout,
+    )
+    whole = sat._fitted(w, *params.arrays(), params)
+    plain = sat.quantize_weight(w, TensorParams("weight", QType.INT8, params.scale, params.zero_point, axis))
+    assert np.count_nonzero(whole != plain) > 0  # the limit bites
+    for values in (1 << 10, 1 << 14):
+        monkeypatch.setattr(sat, "FIT_VALUES", values)
+        assert np.array_equal(sat.quantize_weight(w, params), whole)

@@ -24,10 +24,11 @@ _SUFFIX = {F32: "fp32", F16: "fp16"}  # the names of inserted Casts' outputs
 
 
 def rewrite_fp16(
-    model: onnx.ModelProto, nodes: list[NodePlan], *, keep_io_types: bool = True
+    model: onnx.ModelProto, nodes: list[NodePlan], *, keep_io_types: bool = True, in_place: bool = False
 ) -> onnx.ModelProto:
-    """A new model (the input is not modified) in which the nodes planned "fp16" compute in float16."""
-    out = copy_model(model)
+    """The model in which the nodes planned "fp16" compute in float16: a new one (the input is not
+    modified) unless `in_place` (the pipeline's own copy: no second copy of a big model's weights)."""
+    out = model if in_place else copy_model(model)
     graph = out.graph
     index = GraphIndex(graph)
     types = elem_types(graph)

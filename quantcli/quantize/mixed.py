@@ -190,4 +190,4 @@ def rewrite_mixed(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     if not fp16_nodes:
         return out
     infer_shapes(out)  # the fp16 rewriter needs the type of every tensor, the new Q/DQ outputs too
-    return rewrite_fp16(out, fp16_nodes, keep_io_types=True)
+    return rewrite_fp16(out, fp16_nodes, keep_io_types=True, in_place=True)

@@ -407,7 +407,7 @@ def _plan_fp16(job: PlanJob) -> Planned:
 def _rewrite_fp16(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     from quantcli.quantize.fp16_rewrite import rewrite_fp16
 
-    return rewrite_fp16(model, plan.nodes, keep_io_types=plan.config.keep_io_types)
+    return rewrite_fp16(model, plan.nodes, keep_io_types=plan.config.keep_io_types, in_place=True)
 
 
 def _fp16_warnings(plan: QuantPlan) -> list[str]:

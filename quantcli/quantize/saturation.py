@@ -268,15 +268,40 @@ def fit_scales(
     return (per_group * best_f).astype(np.float32).reshape(np.shape(scale))
 
 
+FIT_VALUES = 1 << 20  # weight values quantized and fitted at a time (float64 temporaries of 8 MB)
+
+
 def quantize_weight(values: np.ndarray, params) -> np.ndarray:  # noqa: ANN001 - plan.TensorParams
     """An INT8 weight quantized with its parameters, pairs fitted to `params.pair_limit` when set:
-    the one function the rewriters and bias correction quantize weights with."""
-    from quantcli.quantize.params import _along, quantize_array
+    the one function the rewriters and bias correction quantize weights with. The fit works on
+    slices of output channels (each channel's pairs are its own), so a big weight's float64
+    temporaries stay small: the same integers as one pass over the whole weight."""
+    from quantcli.quantize.params import quantize_array
 
     scale, zp = params.arrays()
-    q = quantize_array(values, scale, zp, params.dtype, params.axis, symmetric=True)
     if params.pair_limit is None:
-        return q
+        return quantize_array(values, scale, zp, params.dtype, params.axis, symmetric=True)
+    rows = values.ndim - 1 if params.pair_layout == KN else 0  # the axis of the kernel's rows
+    per_channel = params.axis is not None and scale.size > 1
+    if values.ndim == 0 or (per_channel and params.axis % values.ndim != rows):
+        return _fitted(values, scale, zp, params)
+    n = values.shape[rows]
+    step = max(1, FIT_VALUES // max(1, values.size // max(1, n)))
+    if step >= n:
+        return _fitted(values, scale, zp, params)
+    out = np.empty(values.shape, dtype=params.dtype.numpy)
+    for start in range(0, n, step):
+        part = [slice(None)] * values.ndim
+        part[rows] = slice(start, start + step)
+        s, z = (scale[start : start + step], zp[start : start + step]) if per_channel else (scale, zp)
+        out[tuple(part)] = _fitted(values[tuple(part)], s, z, params)
+    return out
+
+
+def _fitted(values: np.ndarray, scale: np.ndarray, zp: np.ndarray, params) -> np.ndarray:  # noqa: ANN001
+    from quantcli.quantize.params import _along, quantize_array
+
+    q = quantize_array(values, scale, zp, params.dtype, params.axis, symmetric=True)
     qmin, qmax = params.dtype.bounds(True)
     s, z = _along(scale, zp, values.ndim, params.axis)
     real = np.clip(values.astype(np.float64) / s + z, qmin, qmax)
