@@ -556,7 +556,9 @@ def convert(
     if not replayed:  # a replayed plan that quantizes one was refused (plan_check.py)
         keep_nonfinite_float(plan, nonfinite)
     t = time.perf_counter()
-    release_freed_memory()  # what calibration and planning freed, before the rewrite's copies
+    big = input_bytes > RELEASE_BYTES
+    if big:  # what calibration and planning freed, before the rewrite's copies
+        release_freed_memory()
     before = matmul_weight_bytes(model) if mode.measures_weight_bytes else None
     quantized = mode.rewrite(model, plan)
     weight_bytes = None if before is None else {"before": before, "after": matmul_weight_bytes(quantized)}
@@ -608,7 +610,8 @@ def convert(
             raise InternalError(
                 f"{options.model}: the quantized model fails onnx.checker ({problem}); this is a quantcli bug, please report it"
             )
-        release_freed_memory()  # what planning and the rewrite freed, before sessions are built
+        if big:  # what planning and the rewrite freed, before sessions are built
+            release_freed_memory()
         reference = agreement = None
         if split.eval:  # the float reference (same numerics, less memory), its outputs recorded
             # first so that it is released before the converted model is loaded
@@ -739,6 +742,9 @@ def _candidate_session(candidate: Path, source: Path):  # noqa: ANN202 - an onnx
         ) from exc
 
 
+# Above this input size, convert collects cycles and trims the heap between stages (a full
+# collection costs tens of ms in a process holding many objects: not worth it for a small model).
+RELEASE_BYTES = 64 << 20
 _RANDOM_HINT = "pass --eval DIR with real samples to time --check-latency on"
 LATENCY_BUDGET_S = 2.0  # the latency check's timed rounds (a median of at least BUDGET_MIN_ROUNDS)
 AUTO_LATENCY_MAX_BYTES = 256 << 20  # the default check skips larger models (one run takes long)

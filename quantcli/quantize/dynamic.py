@@ -21,12 +21,11 @@ from quantcli.errors import BadPlanError
 from quantcli.graph import GraphIndex, NameAllocator, attr, copy_model, remove_unused_initializers
 from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
 from quantcli.quantize.embedding import embedding_table, gather_rows
-from quantcli.quantize.nonfinite import KEPT as NONFINITE
 from quantcli.quantize.params import QType, quantize_array
 from quantcli.quantize.plan import FLOAT, INT8, ROWS, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import rule_for
 from quantcli.quantize.saturation import limit_pairs, quantize_weight
-from quantcli.quantize.weights import weight_of
+from quantcli.quantize.weights import constant_weight_of, weight_of
 
 KERNEL = "DynamicQuantizeMatMul / MatMulIntegerToFloat (activations quantized at run time)"
 
@@ -43,15 +42,12 @@ def _why_not(node: onnx.NodeProto, index: GraphIndex, op_types: tuple[str, ...])
         return "dynamic mode keeps Conv in float: ConvInteger is slow on onnxruntime's CPU provider; use --mode static"
     if node.op_type not in op_types:
         return f"dynamic mode quantizes {'/'.join(op_types)} only"
-    weight, why_not = weight_of(node, index)
     if node.op_type == "Conv":
+        weight, why_not = weight_of(node, index)
         return why_not or (None if weight else "no weight")
+    weight, why_not = constant_weight_of(node, index, "dynamic mode")
     if weight is None:
-        return (
-            why_not
-            if why_not.startswith(NONFINITE)
-            else f"{why_not} (dynamic mode quantizes constant weights)"
-        )
+        return why_not
     if index.rank(weight) != 2:
         return "weight is not 2-D"
     if node.op_type == "Gemm":

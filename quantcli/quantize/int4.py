@@ -34,11 +34,10 @@ from quantcli.graph import GraphIndex, NameAllocator, attr, copy_model, remove_u
 from quantcli.quantize.blockwise import BITS, block_qparams, n_blocks, pack_nibbles, packed_bytes, to_blocks
 from quantcli.quantize.blockwise import quantize_blocks as quantize_weight_blocks
 from quantcli.quantize.embedding import embedding_table, plan_embedding
-from quantcli.quantize.nonfinite import KEPT as NONFINITE
 from quantcli.quantize.params import QType
 from quantcli.quantize.plan import FLOAT, INT4, NodePlan, QuantConfig, QuantPlan, TensorParams
 from quantcli.quantize.rules import rule_for
-from quantcli.quantize.weights import weight_of
+from quantcli.quantize.weights import constant_weight_of
 
 MS_DOMAIN = "com.microsoft"
 OP_TYPES = ("MatMul", "Gemm")
@@ -55,13 +54,9 @@ def k_axis(node: onnx.NodeProto, index: GraphIndex) -> int:
 
 def _why_not(node: onnx.NodeProto, index: GraphIndex, config: QuantConfig) -> str | None:
     """Why this MatMul/Gemm cannot (or should not) get an INT4 weight; None when it can."""
-    weight, why_not = weight_of(node, index)
+    weight, why_not = constant_weight_of(node, index, "weights-int4")
     if weight is None:
-        return (
-            why_not
-            if why_not.startswith(NONFINITE)
-            else f"{why_not} (weights-int4 quantizes constant weights)"
-        )
+        return why_not
     if index.rank(weight) != 2:
         return "weight is not 2-D (MatMulNBits takes a 2-D weight)"
     if index.elem_type(node.input[0]) not in (None, TensorProto.FLOAT):

@@ -38,6 +38,17 @@ def weight_of(node: onnx.NodeProto, index: GraphIndex) -> tuple[str | None, str]
     return name, ""
 
 
+def constant_weight_of(node: onnx.NodeProto, index: GraphIndex, mode: str) -> tuple[str | None, str]:
+    """weight_of for the modes that quantize constant weights only: why there is none says so
+    (NaN/inf weights say what they hold)."""
+    from quantcli.quantize.nonfinite import KEPT
+
+    weight, why_not = weight_of(node, index)
+    if weight is None and not why_not.startswith(KEPT):
+        why_not = f"{why_not} ({mode} quantizes constant weights)"
+    return weight, why_not
+
+
 def plan_weights_int8(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     index = GraphIndex(model.graph)
     nodes: list[NodePlan] = []
