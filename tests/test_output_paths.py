@@ -468,13 +468,19 @@ def test_a_signal_at_any_moment_exits_cleanly(tmp_path: Path, sig: int, code: in
 
 def test_signals_wait_for_the_outputs_to_be_in_place() -> None:
     """A signal inside the commit of a group of renames is delivered after it, not in the middle."""
+    # Python's own SIGINT handler, whatever this process inherited (a shell's background job
+    # starts with SIGINT ignored, and then no KeyboardInterrupt would ever come)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-            done.append("renames")
-        time.sleep(1)  # the signal is delivered here, at the latest
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                done.append("renames")
+            time.sleep(1)  # the signal is delivered here, at the latest
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert done == ["renames"]
 
 
