@@ -10,7 +10,7 @@ directory), the tools in turn, `--rounds` times:
 
 - `quantcli convert MODEL --mode static --calib DIR --eval DIR -o OUT --json` with quantcli's
   default calibration method, and again with `--calib-method minmax`; the stage seconds are the
-  report's `seconds` (preprocess, calibrate, speed_plan, rewrite, verify, latency, total);
+  report's `seconds` (preprocess, calibrate, speed_plan, plan, rewrite, verify, latency, total);
 - onnxruntime's `quant_pre_process` then `quantize_static` (QDQ, per-channel, UInt8 activations, Int8
   weights, MinMax) on the same calibration files, each step timed.
 
@@ -36,7 +36,7 @@ from _bench_cases import REAL_NAMES, SAMPLE_NAMES, all_cases
 from _bench_convert import ORT_STATIC, TIME_TOOLS, Conversion, Tool, convert
 from _bench_report import cpu_name, quantcli_revision
 
-QUANTCLI_STAGES = ("preprocess", "calibrate", "speed_plan", "rewrite", "verify", "latency", "total")
+QUANTCLI_STAGES = ("preprocess", "calibrate", "speed_plan", "plan", "rewrite", "verify", "latency", "total")
 ORT_STAGES = ("quant_pre_process", "quantize_static")
 
 

@@ -211,9 +211,10 @@ def _plan_static(job: PlanJob) -> Planned:
 
     ranges, speed, excluded, memo = _static_ranges(job)
     if job.options.fallback is None:
-        return Planned(
-            plan_static(job.model, ranges, job.config, keep_float=excluded, memo=memo), speed=speed
-        )
+        t = time.perf_counter()
+        plan = plan_static(job.model, ranges, job.config, keep_float=excluded, memo=memo)
+        job.seconds["plan"] = time.perf_counter() - t
+        return Planned(plan, speed=speed)
     t = time.perf_counter()
     plan, search = _search(job, ranges, excluded)
     job.seconds["search"] = time.perf_counter() - t
