@@ -34,6 +34,7 @@ from quantcli.io_match import io_quantization as read_io_quantization
 from quantcli.kernel_check import KernelCheck, Saturation, kernel_check, mismatch_warning, saturation_warning
 from quantcli.latency import BUDGET_MIN_ROUNDS, Latency, OpTime
 from quantcli.model_io import (
+    LARGE_MODEL_BYTES,
     check_model_path,
     check_outputs,
     external_data_files,
@@ -556,7 +557,8 @@ def convert(
     if not replayed:  # a replayed plan that quantizes one was refused (plan_check.py)
         keep_nonfinite_float(plan, nonfinite)
     t = time.perf_counter()
-    big = input_bytes > RELEASE_BYTES
+    # a full collection costs tens of ms in a process holding many objects: big models only
+    big = input_bytes > LARGE_MODEL_BYTES
     if big:  # what calibration and planning freed, before the rewrite's copies
         release_freed_memory()
     before = matmul_weight_bytes(model) if mode.measures_weight_bytes else None
@@ -742,9 +744,6 @@ def _candidate_session(candidate: Path, source: Path):  # noqa: ANN202 - an onnx
         ) from exc
 
 
-# Above this input size, convert collects cycles and trims the heap between stages (a full
-# collection costs tens of ms in a process holding many objects: not worth it for a small model).
-RELEASE_BYTES = 64 << 20
 _RANDOM_HINT = "pass --eval DIR with real samples to time --check-latency on"
 LATENCY_BUDGET_S = 2.0  # the latency check's timed rounds (a median of at least BUDGET_MIN_ROUNDS)
 AUTO_LATENCY_MAX_BYTES = 256 << 20  # the default check skips larger models (one run takes long)

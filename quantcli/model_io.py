@@ -137,6 +137,11 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> int:
         return staged.size
 
 
+# Above this size a model takes the paths that avoid a transient copy of its weights: written a
+# tensor at a time (write_serialized), checked from its file before it is loaded
+# (load_valid_model), onnxruntime sessions built from a file (runtime.make_session), freed memory
+# released between convert's stages (api.convert).
+LARGE_MODEL_BYTES = 64 << 20
 EXTERNAL_THRESHOLD = 1024  # initializers at least this big go to the external data file
 _ALIGN = 4096  # external tensors start on page boundaries so onnxruntime can map them
 
@@ -258,7 +263,7 @@ def _remove_old_data(final: Path, current: str | None, keep: tuple[Path, ...]) -
 def _write_staged(model: onnx.ModelProto, final: Path, stage: Path, external: bool) -> StagedModel:
     path = stage / "model.onnx"
     if not external:
-        if model_size(model) > STREAM_BYTES:
+        if model_size(model) > LARGE_MODEL_BYTES:
             with open(path, "wb") as fh:
                 size = write_serialized(model, fh)
         else:
@@ -303,7 +308,6 @@ def _write_staged(model: onnx.ModelProto, final: Path, stage: Path, external: bo
     return StagedModel(path, path.stat().st_size + offset, final, data_name)
 
 
-STREAM_BYTES = 64 << 20  # a bigger model is written a tensor at a time (write_serialized)
 _MODEL_GRAPH = 7  # ModelProto.graph
 _GRAPH_INITIALIZER = 5  # GraphProto.initializer
 
@@ -502,9 +506,6 @@ def file_size(path: str | os.PathLike[str]) -> int:
     return Path(path).stat().st_size + sum(f.stat().st_size for f in external_data_files(path))
 
 
-CHECK_FILE_BYTES = 64 << 20  # a bigger model file is checked from the file, before it is loaded
-
-
 def load_valid_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """load_model, then check_valid. A big model file gets onnx.checker's structural check from
     the file before it is loaded: the checker's own copy of the model (it serialises one when given
@@ -512,7 +513,7 @@ def load_valid_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     peak). What cannot be read as a model is still load_model's error, as for a small file."""
     p = check_model_path(path)
     found: Exception | None = None
-    checked = p.stat().st_size > CHECK_FILE_BYTES
+    checked = p.stat().st_size > LARGE_MODEL_BYTES
     if checked:
         try:
             onnx.checker.check_model(str(p))

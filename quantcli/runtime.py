@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from quantcli.errors import UnsupportedModelError
-from quantcli.model_io import model_size, serialize_model, staged_model
+from quantcli.model_io import LARGE_MODEL_BYTES, model_size, serialize_model, staged_model
 
 
 def release_freed_memory() -> None:
@@ -65,7 +65,7 @@ def make_session(
     return _session(ort, str(source) if isinstance(source, Path) else source, opts)
 
 
-SPILL_BYTES = 64 * 2**20
+SPILL_BYTES = LARGE_MODEL_BYTES
 
 
 def _session(ort, source: str | bytes, opts):  # noqa: ANN001, ANN202

@@ -313,7 +313,7 @@ class RecordedOutputs:
                 self.recorded.clear()
                 self.complete = False
                 return
-            self.recorded[_feeds_key(feeds)] = values
+            self.recorded[feeds_key(feeds)] = values
 
     def get_inputs(self) -> list:
         return self.inputs
@@ -325,14 +325,16 @@ class RecordedOutputs:
         return self.meta
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list:
-        values = self.recorded.get(_feeds_key(feeds))
+        values = self.recorded.get(feeds_key(feeds))
         if values is None:
             raise KeyError("a sample the reference outputs were not recorded for")  # a quantcli bug
         by_name = dict(zip(self.names, values, strict=True))
         return [by_name[n] for n in names]
 
 
-def _feeds_key(feeds: dict[str, np.ndarray]) -> bytes:
+def feeds_key(feeds: dict[str, np.ndarray]) -> bytes:
+    """A digest of a sample's feeds (names, dtypes, shapes and values): the key recorded outputs
+    are found by."""
     import hashlib
 
     h = hashlib.sha256()

@@ -23,7 +23,6 @@ with the best figures it measured; the caller exits 3.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -40,7 +39,7 @@ from quantcli.quantize.rules import Kind, rule_for
 from quantcli.text import count as count_of
 from quantcli.text import exclude_flag
 from quantcli.thresholds import Check, Thresholds, evaluate
-from quantcli.verify import Agreement
+from quantcli.verify import Agreement, feeds_key
 
 PRECISIONS = (FLOAT, FP16)  # --fallback choices
 SENSITIVITY_SAMPLES = 32  # calibration samples each sensitivity run uses
@@ -281,13 +280,7 @@ class CachedOutputs:
         return getattr(self.session, name)
 
     def run(self, names, feeds, *args):  # noqa: ANN001, ANN002, ANN201 - InferenceSession.run
-        key = (
-            tuple(names),
-            tuple(
-                (k, v.dtype.str, v.shape, hashlib.sha256(np.ascontiguousarray(v).data).digest())
-                for k, v in sorted(feeds.items())
-            ),
-        )
+        key = (tuple(names), feeds_key(feeds))
         hit = self.cache.get(key)
         if hit is None:
             hit = self.session.run(names, feeds, *args)
