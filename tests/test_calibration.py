@@ -17,6 +17,8 @@ from quantcli.calibration.data import InputSpec, iter_samples, list_samples
 from quantcli.calibration.observers import HistogramObserver, MinMaxObserver
 from quantcli.calibration.ranges import CalibMethod, abs_histogram, compute_range, entropy_threshold
 from quantcli.preprocess import preprocess
+from quantcli.quantize.plan import QuantConfig, QuantPlan
+from quantcli.quantize.static import plan_static, tensors_to_observe
 
 
 def growing_stream(n: int = 500, seed: int = 0) -> list[np.ndarray]:
@@ -167,6 +169,68 @@ def cnn_model_and_samples(n: int = 24):
     specs = InputSpec.from_model(model)
     files = list_samples(DATA / "digits_cnn" / "calib")[:n]
     return model, lambda: iter_samples(files, specs)
+
+
+def model_and_samples(name: str, n: int = 24):
+    model = preprocess(onnx.load(SAMPLES / f"{name}.onnx")).model
+    specs = InputSpec.from_model(model)
+    files = list_samples(DATA / name / "calib")[:n]
+    return model, lambda: iter_samples(files, specs)
+
+
+def same_plans(got, expected) -> None:
+    """The same decisions, and parameters equal up to float rounding in the observed ranges."""
+    assert [(n.name, n.precision, n.reason, n.form) for n in got.nodes] == [
+        (n.name, n.precision, n.reason, n.form) for n in expected.nodes
+    ]
+    assert got.tensors.keys() == expected.tensors.keys()
+    for name, params in expected.tensors.items():
+        np.testing.assert_allclose(got.tensors[name].scale, params.scale, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(got.tensors[name].zero_point, params.zero_point, atol=1, err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_vit"])
+def test_a_static_plan_needs_only_the_tensors_it_reads_observed(name: str) -> None:
+    """Calibration observes the tensors a static plan may read (static.tensors_to_observe), and the
+    plan made from them is the plan made from every tensor's range."""
+    model, samples = model_and_samples(name)
+    config = QuantConfig()
+    minmax = CalibrationConfig(method=CalibMethod.MINMAX)
+    every = collect_ranges(model, samples, minmax)
+    observe = tensors_to_observe(model, config)
+    some = collect_ranges(model, samples, minmax, tensors=observe)
+    assert set(some.ranges) <= observe and some.unobserved.isdisjoint(observe)
+    assert set(some.ranges) | some.unobserved == set(every.ranges)
+    if name == "digits_vit":  # the float Softmax/LayerNorm internals are not observed
+        assert len(some.unobserved) >= 10, sorted(some.unobserved)
+    same_plans(plan_static(model, some, config), plan_static(model, every, config))
+    assert not some.wanted  # no plan asked for a tensor left out
+
+
+def test_a_plan_that_asks_for_an_unobserved_range_observes_it_and_plans_again(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the prediction leave out a tensor a plan reads, convert observes it and plans again:
+    the plan is the one made with every range observed."""
+    from conftest import convert_sample
+
+    from quantcli.quantize import static
+
+    minmax = CalibrationConfig(method=CalibMethod.MINMAX)
+    expected = convert_sample("digits_vit", tmp_path, "all", calibration=minmax, speed_plan=False)
+    predicted = static.tensors_to_observe
+    asked: list[int] = []
+
+    def half(model, config, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        found = sorted(predicted(model, config, **kwargs))
+        asked.append(len(found))
+        return set(found[::2])
+
+    monkeypatch.setattr(static, "tensors_to_observe", half)
+    got = convert_sample("digits_vit", tmp_path, "half", calibration=minmax, speed_plan=False)
+    assert asked and asked[0] > 10
+    same_plans(QuantPlan.load(got.plan), QuantPlan.load(expected.plan))
+    assert got.result.calibration_samples == expected.result.calibration_samples > 0
 
 
 def test_memory_budget_splits_passes_without_changing_ranges() -> None:

@@ -11,7 +11,7 @@ onnx or onnxruntime are imported): planners and rewriters import their modules w
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -51,9 +51,9 @@ class PlanJob:
 
         return lambda: as_inputs_of(self.model, iter_samples(refs, self.specs, self.options.calib_preprocess))
 
-    def calibrate(self, calibration: CalibrationConfig) -> Ranges:
-        """Observed ranges of the model's float tensors over the calibration samples (timed as
-        the `calibrate` stage)."""
+    def calibrate(self, calibration: CalibrationConfig, tensors: Collection[str] | None = None) -> Ranges:
+        """Observed ranges of the model's float tensors (`tensors` alone, when given) over the
+        calibration samples, timed as (part of) the `calibrate` stage."""
         from quantcli.calibration.collect import collect_ranges
         from quantcli.calibration.data import measure_samples
 
@@ -73,8 +73,9 @@ class PlanJob:
             sample_shapes=measure_samples(
                 self.split.calib, self.specs
             ),  # from the headers, before any is read
+            tensors=tensors,
         )
-        self.seconds["calibrate"] = time.perf_counter() - t
+        self.seconds["calibrate"] = self.seconds.get("calibrate", 0.0) + time.perf_counter() - t
         return ranges
 
     def progress_of(self, label: str) -> Callable[[int, int], None] | None:
@@ -180,16 +181,19 @@ def as_inputs_of(
 # --- static and mixed: calibrate, keep float what the target runs slower in integer, then plan ---
 
 
-def _static_ranges(job: PlanJob) -> tuple[Ranges, SpeedPlan | None, dict[str, str], dict]:
-    """The calibrated ranges, the speed plan (when asked) and the nodes kept float around which
-    the accuracy plan is made, and the weight parameters the plans made so far share."""
+def _calibration(job: PlanJob) -> CalibrationConfig:
+    config = job.config
+    return replace(
+        job.options.calibration, symmetric=config.symmetric_activations, levels=2**config.activation_type.bits
+    )
+
+
+def _speed_plan(job: PlanJob, ranges: Ranges) -> tuple[SpeedPlan | None, dict[str, str], dict]:
+    """The speed plan (when asked) made on the calibrated `ranges`, the nodes kept float around
+    which the accuracy plan is made, and the weight parameters the plans made so far share."""
     from quantcli.quantize.static import plan_static
 
     options, config = job.options, job.config
-    calibration = replace(
-        options.calibration, symmetric=config.symmetric_activations, levels=2**config.activation_type.bits
-    )
-    ranges = job.calibrate(calibration)
     memo: dict = {}  # weight parameters shared by the plans made of this model
     excluded, speed = job.excluded, None
     if options.speed_plan:  # the float nodes for speed, then the accuracy plan around them
@@ -203,13 +207,27 @@ def _static_ranges(job: PlanJob) -> tuple[Ranges, SpeedPlan | None, dict[str, st
             speed = speed.without(match_patterns(job.model, options.fp16_nodes))
         excluded = {**speed.keep_float, **excluded}
         job.seconds["speed_plan"] = time.perf_counter() - t
-    return ranges, speed, excluded, memo
+    return speed, excluded, memo
 
 
 def _plan_static(job: PlanJob) -> Planned:
+    """Calibrate the tensors a static plan may read (static.tensors_to_observe) and plan; when a
+    plan asked for a range left unobserved all the same, observe those too and plan again."""
+    from quantcli.quantize.static import tensors_to_observe
+
+    calibration = _calibration(job)
+    ranges = job.calibrate(calibration, tensors_to_observe(job.model, job.config, keep_float=job.excluded))
+    while True:
+        planned = _plan_static_on(job, ranges)
+        if not ranges.wanted:
+            return planned
+        ranges = ranges.with_observed(job.calibrate(calibration, ranges.wanted))
+
+
+def _plan_static_on(job: PlanJob, ranges: Ranges) -> Planned:
     from quantcli.quantize.static import plan_static
 
-    ranges, speed, excluded, memo = _static_ranges(job)
+    speed, excluded, memo = _speed_plan(job, ranges)
     if job.options.fallback is None:
         t = time.perf_counter()
         plan = plan_static(job.model, ranges, job.config, keep_float=excluded, memo=memo)
@@ -290,7 +308,9 @@ def _plan_mixed(job: PlanJob) -> Planned:
     from quantcli.quantize.mixed import candidate_count, match_patterns, node_sensitivity, plan_mixed
     from quantcli.text import count
 
-    ranges, speed, excluded, _ = _static_ranges(job)
+    # its float16 nodes are chosen by the ranges of every float tensor: all are observed
+    ranges = job.calibrate(_calibration(job))
+    speed, excluded, _ = _speed_plan(job, ranges)
     t = time.perf_counter()
     options, model = job.options, job.model
     named = match_patterns(model, options.fp16_nodes)

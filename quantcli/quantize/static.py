@@ -4,6 +4,7 @@ from the calibrated ranges (activations) or the values (weights, constants, INT3
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -15,7 +16,7 @@ from quantcli.quantize.embedding import REASON as EMBEDDING_REASON
 from quantcli.quantize.embedding import embedding_table
 from quantcli.quantize.exact_layers import REASON as EXACT_REASON
 from quantcli.quantize.exact_layers import exact_layers
-from quantcli.quantize.integer_io import plan_io_tensors
+from quantcli.quantize.integer_io import io_tensors, plan_io_tensors
 from quantcli.quantize.layout import REASON as NHWC_FLATTEN_REASON
 from quantcli.quantize.layout import nhwc_flattens, permute_gemm_weight
 from quantcli.quantize.nonfinite import nonfinite_initializers, nonfinite_readers
@@ -58,24 +59,9 @@ def plan_static(
     `keep_float` (name -> reason) stay float and their neighbours are decided accordingly, as do
     the nodes that read a weight holding NaN or inf (quantize/nonfinite.py). `memo`: weight
     parameters kept between calls on the same model and ranges (a search plans it many times)."""
-    keep_float = {**nonfinite_readers(model, nonfinite_initializers(model)), **(keep_float or {})}
     index = GraphIndex(model.graph)
     ranges = _without_sentinels(ranges, index)
-    tables: dict[str, str] = {}
-    for node in model.graph.node:
-        table = embedding_table(node, index)
-        if table is not None:
-            tables[node.name] = table
-
-    # Decisions go in graph order (a node's depends on its producers'); a node whose quantized
-    # output no INT8 node would read is then kept in float and the order replayed, until none is.
-    kept_float: dict[str, str] = dict(keep_float)
-    while True:
-        precision, reasons = _decide_all(model, index, ranges, config, tables, kept_float)
-        dequantized_only = _dequantized_right_away(model, index, precision)
-        if not dequantized_only:
-            break
-        kept_float.update(dequantized_only)
+    precision, reasons, tables = _decisions(model, index, ranges, config, keep_float)
     permuted: dict[str, tuple[int, int, int]] = {}  # Gemm -> C, H, W of its NHWC-ordered weight
     flattens = nhwc_flattens(model, index, precision)
     for name, (c, h, w, gemm) in flattens.items():
@@ -120,6 +106,68 @@ def plan_static(
     return QuantPlan("static", config, nodes, tensors, ranges.samples)
 
 
+def _decisions(
+    model: onnx.ModelProto,
+    index: GraphIndex,
+    ranges: Ranges,
+    config: QuantConfig,
+    keep_float: dict[str, str] | None,
+    tried: set[str] | None = None,
+) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Each node's precision and reason, and the embedding tables of the INT8 Gathers; `tried`
+    collects the nodes that were INT8 in any round of the replay, final or not."""
+    keep_float = {**nonfinite_readers(model, nonfinite_initializers(model)), **(keep_float or {})}
+    tables: dict[str, str] = {}
+    for node in model.graph.node:
+        table = embedding_table(node, index)
+        if table is not None:
+            tables[node.name] = table
+
+    # Decisions go in graph order (a node's depends on its producers'); a node whose quantized
+    # output no INT8 node would read is then kept in float and the order replayed, until none is.
+    kept_float: dict[str, str] = dict(keep_float)
+    while True:
+        precision, reasons = _decide_all(model, index, ranges, config, tables, kept_float)
+        if tried is not None:
+            tried.update(name for name, p in precision.items() if p == INT8)
+        dequantized_only = _dequantized_right_away(model, index, precision)
+        if not dequantized_only:
+            break
+        kept_float.update(dequantized_only)
+    return precision, reasons, tables
+
+
+def tensors_to_observe(
+    model: onnx.ModelProto, config: QuantConfig, *, keep_float: dict[str, str] | None = None
+) -> set[str]:
+    """The tensors whose calibrated ranges and channel statistics a static plan of `model` may
+    read: the inputs and outputs of every node that is INT8 in some round of the decisions when
+    every tensor has a usable range, and the graph's inputs and outputs under --integer-io.
+    Calibration observes these alone, as onnxruntime's calibrator observes only the tensors of the
+    ops it quantizes.
+
+    A real range can only keep more nodes float (a sentinel, a NaN), so the real plan reads a subset
+    of these; should it ask for another tensor all the same, the tensor is in `Ranges.wanted` and
+    the caller observes it and plans again (quantize/modes.py)."""
+    from quantcli.calibration.collect import float_tensors
+
+    index = GraphIndex(model.graph)
+    everything = Ranges({name: (-1.0, 1.0) for name in float_tensors(model)})
+    tried: set[str] = set()
+    _decisions(model, index, everything, config, keep_float, tried)
+    found = {
+        name
+        for node in model.graph.node
+        if node.name in tried
+        for name in (*node.input, *node.output)
+        if name
+    }
+    if config.integer_io:
+        inputs, outputs = io_tensors(model.graph)
+        found.update(inputs, outputs)
+    return found
+
+
 SENTINEL = 1e30  # |x| this large is a "minus infinity" stand-in (torch.finfo(float32).min masks)
 MASK = 1e4  # a Softmax input reaching this far holds an additive attention mask (-10000 masks)
 
@@ -148,7 +196,7 @@ def _without_sentinels(ranges: Ranges, index: GraphIndex) -> Ranges:
             )
         else:
             kept[name] = (lo, hi)
-    return Ranges(kept, ranges.samples, ranges.method, excluded, ranges.channel_means, ranges.channel_energy)
+    return replace(ranges, ranges=kept, excluded=excluded)  # the same `wanted`: asks are recorded
 
 
 def _decide_all(
