@@ -257,6 +257,35 @@ def test_batched_and_single_sample_runs_agree() -> None:
         np.testing.assert_allclose(batched.ranges[k], single.ranges[k], rtol=1e-5, atol=1e-6)
 
 
+def test_the_next_run_computes_while_this_one_is_observed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On more than one CPU a run's outputs are observed while the next run computes on a thread of
+    its own; the statistics are those of runs in turn, and no run is lost or repeated."""
+    import threading
+
+    from quantcli.calibration import collect, fold
+
+    model, samples = cnn_model_and_samples()
+    config = CalibrationConfig(method=CalibMethod.PERCENTILE, batch_size=4)
+    where: list[str] = []
+    run = collect._run
+
+    def recorded(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        where.append(threading.current_thread().name)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(collect, "_run", recorded)
+    monkeypatch.setattr(fold, "observer_threads", lambda: 2)
+    ahead = collect_ranges(model, samples, config)
+    threads, where[:] = list(where), []
+    monkeypatch.setattr(fold, "observer_threads", lambda: 1)  # one CPU: no pool, runs in turn
+    in_turn = collect_ranges(model, samples, config)
+    assert sum(t.startswith("quantcli-calibrate") for t in threads) == 24 // 4
+    assert not any(t.startswith("quantcli-calibrate") for t in where)
+    assert ahead.ranges == in_turn.ranges and ahead.samples == in_turn.samples == 24
+    for name, mean in in_turn.channel_means.items():
+        np.testing.assert_array_equal(ahead.channel_means[name], mean)
+
+
 PEAK_CHILD = """
 import numpy as np, sys, json
 from pathlib import Path
@@ -332,6 +361,18 @@ def test_entropy_keeps_the_range_of_saturating_activations() -> None:
     r = collect_ranges(model, lambda: samples, CalibrationConfig(method=CalibMethod.ENTROPY))
     assert r.ranges["r6"][1] == 6.0 and r.ranges["padded"][1] == 6.0
     assert r.ranges["y"][1] < 12.0  # an ordinary tensor is still clipped by KL
+
+
+def test_a_histogram_bins_at_most_its_values_of_an_update() -> None:
+    """collect_ranges halves runs to read the next one ahead and gives each histogram that share of
+    the values to bin (`values`): 10,000 evenly spread values, at most 1,000 binned, fill at most
+    910 of 2048 bins (stride 11), where all of them fill every bin."""
+    x = np.linspace(0.0, 1.0, 10_000, dtype=np.float32)
+    every, some = HistogramObserver(2048), HistogramObserver(2048, values=1000)
+    every.update(x)
+    some.update(x)
+    assert np.count_nonzero(every.counts) == 2048
+    assert np.count_nonzero(some.counts) <= 910 and abs(some.counts.sum() - x.size) <= 11
 
 
 def test_large_batches_are_binned_from_a_strided_subset(monkeypatch: pytest.MonkeyPatch) -> None:

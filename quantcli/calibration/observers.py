@@ -66,8 +66,9 @@ class MinMaxObserver:
 class HistogramObserver(MinMaxObserver):
     """A streaming histogram of the values seen, plus their exact min and max."""
 
-    def __init__(self, bins: int = DEFAULT_BINS) -> None:
+    def __init__(self, bins: int = DEFAULT_BINS, values: int | None = None) -> None:
         super().__init__()
+        self.values = values  # most values binned of one update (None: HISTOGRAM_VALUES)
         if bins < 16:
             raise ValueError(f"a histogram needs at least 16 bins, not {bins}")
         self.bins = bins
@@ -95,8 +96,9 @@ class HistogramObserver(MinMaxObserver):
             bmin, bmax = float(x.min()), float(x.max())
         self.finite_max = max(self.finite_max, bmax)
         weight = 1
-        if x.size > HISTOGRAM_VALUES:
-            weight = math.ceil(x.size / HISTOGRAM_VALUES) | 1
+        most = HISTOGRAM_VALUES if self.values is None else self.values
+        if x.size > most:
+            weight = math.ceil(x.size / most) | 1
             x = x[::weight]
         if self.width == 0.0:
             lo = min(bmin, self.lo) if self.counts[0] else bmin

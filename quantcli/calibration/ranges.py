@@ -31,8 +31,9 @@ class CalibMethod(str, Enum):
     MSE = "mse"
 
 
-def make_observer(method: CalibMethod, bins: int) -> MinMaxObserver:
-    return MinMaxObserver() if method is CalibMethod.MINMAX else HistogramObserver(bins)
+def make_observer(method: CalibMethod, bins: int, values: int | None = None) -> MinMaxObserver:
+    """The observer a method needs; `values`: most values a histogram bins of one update."""
+    return MinMaxObserver() if method is CalibMethod.MINMAX else HistogramObserver(bins, values)
 
 
 def compute_range(
