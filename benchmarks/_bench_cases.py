@@ -42,15 +42,16 @@ def sample_case(name: str) -> Case:
     return Case(name, model, data / "calib", data / "eval", batches=(1, BIG_BATCH))
 
 
-def real_cases() -> tuple[list[Case], list[str]]:
-    """The exported real models that are ready, and a note for each one that is not."""
+def real_cases(cache: Path | None = None) -> tuple[list[Case], list[str]]:
+    """The exported real models that are ready (in `cache`, default benchmarks/.cache), and a note for
+    each one that is not."""
     try:
         from real_models.cases import TOP1_AGREEMENT
         from real_models.cases import real_cases as listed
     except ImportError:  # benchmarks/real_models not there: look for the directories export.py writes
-        return _detected_real_cases()
+        return _detected_real_cases(cache or HERE / ".cache")
     cases, notes = [], []
-    for real in listed():
+    for real in listed(cache):
         if not (real.ready and real.eval.is_dir()):
             notes.append(f"{real.name}: skipped, not exported (python benchmarks/real_models/export.py)")
             continue
@@ -59,10 +60,10 @@ def real_cases() -> tuple[list[Case], list[str]]:
     return cases, notes
 
 
-def _detected_real_cases() -> tuple[list[Case], list[str]]:
+def _detected_real_cases(cache: Path) -> tuple[list[Case], list[str]]:
     cases, notes = [], []
     for name in REAL_NAMES:
-        root = HERE / ".cache" / name
+        root = cache / name
         if not ((root / "model.onnx").is_file() and (root / "eval").is_dir()):
             notes.append(f"{name}: skipped, {root} has no model.onnx and eval/")
             continue

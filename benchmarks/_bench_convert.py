@@ -1,9 +1,10 @@
 """The conversions the benchmark compares, each run in its own child process.
 
 The parent calls `convert(tool, case, workdir)`; it runs this file as a script,
-`python _bench_convert.py TOOL MODEL CALIB EVAL OUTPUT`, in a fresh temporary working directory (so
-files a converter leaves in its cwd, like onnxruntime's `sym_shape_infer_temp.onnx`, stay out of the
-repository) and times it. The child:
+`python _bench_convert.py TOOL MODEL CALIB EVAL OUTPUT [MODE CALIB ARGS...]` (the brackets: a quantcli
+tool a script makes itself), in a fresh temporary working directory (so files a converter leaves in
+its cwd, like onnxruntime's `sym_shape_infer_temp.onnx`, stay out of the repository) and times it
+(`run_child`, which other scripts' children use too). The child:
 
 - quantcli tools: runs the CLI in-process, `quantcli convert MODEL --mode M [--calib DIR] [ARGS...]
   --eval DIR -o OUT --json` (its JSON report on stdout; `--calib` when the tool calibrates, ARGS the
@@ -12,25 +13,32 @@ repository) and times it. The child:
 - on the way out writes its own peak RSS (VmHWM of /proc/self/status) to `peak_rss_mb` in its cwd.
   Not `os.wait4`'s ru_maxrss: Linux carries the peak of the memory image a process replaces at exec
   into it, and subprocess starts children with vfork, so ru_maxrss would be at least the parent's
-  peak (here the benchmark itself, with every model of a case loaded).
+  peak (here the benchmark itself, with every model of a case loaded); `run_child` returns it only
+  for a child killed before it could write its own.
+
+The onnxruntime helpers (`ort_preprocess`, `qdq_static`, `matmul_nbits`) serve the scripts that run
+onnxruntime's quantizers in children of their own (calibration.py) or in-process (int4.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by the parent: make the sibling modules importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench_cases import Case, Feed, load_feeds  # noqa: E402
+from _bench_cases import Case, Feed, load_feed, load_feeds, sample_files  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,9 @@ QUANTCLI_STATIC_ALL_INT8 = Tool(
     ("--no-speed-plan",),
     needs_calib=True,
 )
+# large_model.py: quantize_static on the model as it is (no quant_pre_process), quantize_dynamic per channel
+ORT_STATIC_PLAIN = Tool("ort-static-plain", "onnxruntime static")
+ORT_DYNAMIC_PER_CHANNEL = Tool("ort-dynamic-per-channel", "onnxruntime dynamic")
 ALL_TOOLS: tuple[Tool, ...] = tuple(
     dict.fromkeys((*TOOLS, *MODES_TOOLS, *TIME_TOOLS, QUANTCLI_STATIC_ALL_INT8))
 )  # each once
@@ -144,6 +155,8 @@ class ChildResult:
     stdout: str
     stderr: str
     wall_s: float
+    timed_out: bool = False  # killed at run_child's time limit
+    max_rss_mb: float = 0.0  # os.wait4's ru_maxrss: at least the parent's peak (the module docstring)
 
 
 # --------------------------------------------------------------------------- parent side
@@ -159,16 +172,49 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_child(argv: Sequence[str], cwd: Path) -> ChildResult:
-    """Run argv to completion in cwd: exit code, output and wall time."""
+def run_child(
+    argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None, timeout_s: float | None = None
+) -> ChildResult:
+    """Run argv to completion in cwd, in a session of its own (its whole process group is killed past
+    timeout_s, or when this process is interrupted): exit code, output and wall time."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        done = subprocess.run(list(argv), cwd=cwd, env=child_env(), stdout=out, stderr=err, check=False)
-        returncode = done.returncode
+        child = subprocess.Popen(
+            list(argv), cwd=cwd, env=env or child_env(), stdout=out, stderr=err, start_new_session=True
+        )
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout_s, kill) if timeout_s is not None else None
+        if timer is not None:
+            timer.start()
+        try:
+            _, status, usage = os.wait4(child.pid, 0)  # not Popen.wait: it polls, and drops the rusage
+        except BaseException:  # interrupted: the child is in a session of its own, so no SIGINT reached it
+            kill()
+            child.wait()
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         wall = time.perf_counter() - start
+        child.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return ChildResult(returncode, out.read(), err.read(), wall)
+        return ChildResult(
+            child.returncode, out.read(), err.read(), wall, killed.is_set(), usage.ru_maxrss / 1024
+        )
+
+
+def first_line(error: BaseException, typed: bool = False) -> str:
+    """The error's first line (its type when it has none); typed: 'TypeName: first line'."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {line}".rstrip(": ") if typed or not line else line
 
 
 def first_error_line(text: str) -> str:
@@ -180,8 +226,9 @@ def first_error_line(text: str) -> str:
 
 def child_argv(tool: Tool, case: Case, output: Path) -> list[str]:
     paths = (case.model, case.calib, case.eval, output)
-    # A quantcli tool made by a script (not in TOOLS_BY_KEY) passes its mode and arguments along.
-    extra = [tool.quantcli_mode or "", *tool.args] if tool.key not in TOOLS_BY_KEY else []
+    # A quantcli tool made by a script (not TOOLS_BY_KEY's) passes its mode, --calib and arguments along.
+    made = tool.quantcli_mode is not None and TOOLS_BY_KEY.get(tool.key) != tool
+    extra = [str(tool.quantcli_mode), "calib" if tool.needs_calib else "", *tool.args] if made else []
     return [sys.executable, "-B", str(Path(__file__).resolve()), tool.key, *map(str, paths), *extra]
 
 
@@ -214,7 +261,7 @@ def convert(tool: Tool, case: Case, workdir: Path) -> Conversion:
 # --------------------------------------------------------------------------- child side
 
 
-def _preprocess(model: str, output: str) -> tuple[str, list[str]]:
+def ort_preprocess(model: str, output: str) -> tuple[str, list[str]]:
     """quant_pre_process as onnxruntime recommends; when its symbolic shape inference fails, again
     without it; when that fails too, the model as it is. Returns the model to quantize and notes."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -225,8 +272,7 @@ def _preprocess(model: str, output: str) -> tuple[str, list[str]]:
         try:
             quant_pre_process(model, output, **kwargs)
         except Exception as e:  # noqa: BLE001 - any failure is a result to report
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            notes.append(f"{call} failed: {first}")
+            notes.append(f"{call} failed: {first_line(e)}")
             continue
         if notes:
             notes.append(f"{call} worked; quantized its output")
@@ -235,41 +281,54 @@ def _preprocess(model: str, output: str) -> tuple[str, list[str]]:
     return model, notes
 
 
-def ort_static(model: str, calib: str, output: str) -> list[str]:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+def feed_reader(feeds: Iterable[Feed]):  # noqa: ANN201 - an onnxruntime CalibrationDataReader
+    """onnxruntime's CalibrationDataReader over feeds, one per get_next (a generator: read as asked)."""
+    from onnxruntime.quantization import CalibrationDataReader
 
-    class NpzReader(CalibrationDataReader):
-        """The calibration .npz files, one feed per sample."""
-
-        def __init__(self, feeds: list[Feed]) -> None:
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
             self._feeds = iter(feeds)
 
         def get_next(self) -> Feed | None:
             return next(self._feeds, None)
 
-    start = time.perf_counter()
-    source, notes = _preprocess(model, str(Path(output).with_suffix(".pre.onnx")))
-    STAGE_SECONDS["quant_pre_process"] = time.perf_counter() - start
-    start = time.perf_counter()
-    reader = NpzReader(load_feeds(Path(calib)))
+    return Reader()
+
+
+def qdq_static(
+    model: str, output: str, feeds: Iterable[Feed], method: str = "MinMax", extra: dict | None = None
+) -> None:
+    """quantize_static as the benchmarks run it (QDQ, per-channel, UInt8 activations, Int8 weights),
+    calibrating with the CalibrationMethod of that name."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     quantize_static(
-        source,
+        model,
         output,
-        reader,
+        feed_reader(feeds),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
+        calibrate_method=getattr(CalibrationMethod, method),
+        extra_options=extra,
     )
+
+
+def ort_static(model: str, calib: str, output: str) -> list[str]:
+    start = time.perf_counter()
+    source, notes = ort_preprocess(model, str(Path(output).with_suffix(".pre.onnx")))
+    STAGE_SECONDS["quant_pre_process"] = time.perf_counter() - start
+    start = time.perf_counter()
+    qdq_static(source, output, load_feeds(Path(calib)))
     STAGE_SECONDS["quantize_static"] = time.perf_counter() - start  # reading the samples included
     return notes
+
+
+def ort_static_plain(model: str, calib: str, output: str) -> list[str]:
+    """quantize_static (MinMax) on the model as it is, no quant_pre_process; samples read one at a time."""
+    qdq_static(model, output, map(load_feed, sample_files(Path(calib))))
+    return []
 
 
 STAGE_SECONDS: dict[str, float] = {}  # a child's stages, timed where a converter has them (ort_static)
@@ -280,6 +339,13 @@ def ort_dynamic(model: str, calib: str, output: str) -> list[str]:
     from onnxruntime.quantization import quantize_dynamic
 
     quantize_dynamic(model, output)
+    return []
+
+
+def ort_dynamic_per_channel(model: str, calib: str, output: str) -> list[str]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(model, output, per_channel=True, weight_type=QuantType.QInt8)
     return []
 
 
@@ -295,21 +361,30 @@ def occ_fp16(model: str, calib: str, output: str) -> list[str]:
 ORT_INT4_ARGS = {"bits": 4, "block_size": 32, "is_symmetric": False}  # accuracy_level: its default
 
 
-def ort_int4(model: str, calib: str, output: str) -> list[str]:
-    """MatMulNBitsQuantizer (RTN, blockwise along K) with ORT_INT4_ARGS; the note states the settings
-    the quantizer holds, and the MatMul/Gemm nodes it did not convert."""
+def matmul_nbits(model: str, output: str, **settings: object):  # noqa: ANN201 - the quantizer
+    """onnxruntime's MatMulNBitsQuantizer (RTN, blockwise along K) on the model with these settings
+    (bits=4, block_size, is_symmetric, ...), its output saved; returns the quantizer."""
     import logging
-    from collections import Counter
 
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     # it logs a line per node at INFO
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    quantizer = MatMulNBitsQuantizer(onnx.load(model), **ORT_INT4_ARGS)
+    quantizer = MatMulNBitsQuantizer(onnx.load(model), **settings)
     quantizer.process()
     quantizer.model.save_model_to_file(output, use_external_data_format=False)
-    config = quantizer.algo_config
+    return quantizer
+
+
+def ort_int4(model: str, calib: str, output: str) -> list[str]:
+    """matmul_nbits with ORT_INT4_ARGS; the note states the settings the quantizer holds, and the
+    MatMul/Gemm nodes it did not convert."""
+    from collections import Counter
+
+    import onnx
+
+    config = matmul_nbits(model, output, **ORT_INT4_ARGS).algo_config
     settings = ", ".join(
         f"{name}={getattr(config, name, None)}"
         for name in ("bits", "block_size", "is_symmetric", "accuracy_level", "quant_format")
@@ -327,6 +402,8 @@ CHILD_ENTRIES: dict[str, Callable[[str, str, str], list[str]]] = {
     ORT_DYNAMIC.key: ort_dynamic,
     OCC_FP16.key: occ_fp16,
     ORT_INT4.key: ort_int4,
+    ORT_STATIC_PLAIN.key: ort_static_plain,
+    ORT_DYNAMIC_PER_CHANNEL.key: ort_dynamic_per_channel,
 }
 
 
@@ -338,23 +415,33 @@ def quantcli_convert(tool: Tool, model: str, calib: str, eval_dir: str, output: 
     main.main(args=args, prog_name="quantcli")
 
 
+def memory_mb(field: str) -> float | None:
+    """A figure of /proc/self/status in MB (VmHWM: this process's peak resident set; VmRSS: the current)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set size (VmHWM), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
+    peak = memory_mb("VmHWM")
+    if peak is None:
+        import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak
 
 
 def child_main(argv: Sequence[str]) -> int:
     key, model, calib, eval_dir, output, *extra = argv
-    tool = (
-        TOOLS_BY_KEY[key]
-        if key in TOOLS_BY_KEY
-        else Tool(key, key, extra[0], tuple(extra[1:]), needs_calib=True)
-    )
+    if extra:  # a script's own quantcli tool (child_argv)
+        tool = Tool(key, key, extra[0], tuple(extra[2:]), needs_calib=extra[1] == "calib")
+    else:
+        tool = TOOLS_BY_KEY.get(key, Tool(key, key))
     try:
         if tool.quantcli_mode is not None:
             quantcli_convert(tool, model, calib, eval_dir, output)

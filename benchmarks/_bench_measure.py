@@ -24,11 +24,6 @@ def make_session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 @dataclass
 class Accuracy:
     labels: float | None  # accuracy vs labels.npy
@@ -44,14 +39,18 @@ def run_outputs(session: ort.InferenceSession, feeds: list[Feed], output: str | 
     return np.stack([np.asarray(r, dtype=np.float64).reshape(-1) for r in rows])
 
 
-def score(values: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, classifier: bool) -> Accuracy:
+def cosines(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each sample's cosine similarity of its outputs ([samples, -1]) to the reference's."""
     norms = np.linalg.norm(values, axis=1) * np.linalg.norm(reference, axis=1)
-    cosine = np.sum(values * reference, axis=1) / np.maximum(norms, 1e-30)
+    return np.sum(values * reference, axis=1) / np.maximum(norms, 1e-30)
+
+
+def score(values: np.ndarray, reference: np.ndarray, labels: np.ndarray | None, classifier: bool) -> Accuracy:
     top1 = values.argmax(axis=1)
     return Accuracy(
         labels=None if labels is None else float(np.mean(top1 == labels)),
         top1_agree=float(np.mean(top1 == reference.argmax(axis=1))) if classifier else None,
-        cosine=float(np.mean(cosine)),
+        cosine=float(np.mean(cosines(values, reference))),
     )
 
 

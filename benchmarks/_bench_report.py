@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import shlex
+import sys
 from collections import Counter
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -103,11 +107,10 @@ def cell(row: Row, column: str) -> str:
     return values[column]
 
 
-def text_table(result: CaseResult) -> str:
-    cols = columns(result)
-    cells = [cols] + [[cell(r, c) for c in cols] for r in result.rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(cols))]
-    left = {0, len(cols) - 1} if cols[-1] == "error" else {0}
+def plain_table(head: Sequence[str], rows: list[list[str]], left: Container[int] = (0,)) -> str:
+    """Aligned columns under a rule, the columns numbered in `left` left-aligned, the others right."""
+    cells = [list(head), *rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(head))]
 
     def fmt(line: list[str]) -> str:
         parts = [
@@ -118,11 +121,23 @@ def text_table(result: CaseResult) -> str:
     return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(c) for c in cells[1:]])
 
 
+def md_table(head: Sequence[str], rows: list[list[str]], left: Container[int] = (0,)) -> str:
+    aligns = ["---" if i in left else "---:" for i in range(len(head))]
+    return "\n".join("| " + " | ".join(line) + " |" for line in [list(head), aligns, *rows])
+
+
+def _error_left(cols: list[str]) -> set[int]:
+    return {0, len(cols) - 1} if cols[-1] == "error" else {0}
+
+
+def text_table(result: CaseResult) -> str:
+    cols = columns(result)
+    return plain_table(cols, [[cell(r, c) for c in cols] for r in result.rows], _error_left(cols))
+
+
 def markdown_table(result: CaseResult) -> str:
     cols = columns(result)
-    aligns = ["---" if c in ("tool", "error") else "---:" for c in cols]
-    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join(aligns) + " |"]
-    return "\n".join(lines + ["| " + " | ".join(cell(r, c) for c in cols) + " |" for r in result.rows])
+    return md_table(cols, [[cell(r, c) for c in cols] for r in result.rows], _error_left(cols))
 
 
 def case_title(result: CaseResult) -> str:
@@ -229,6 +244,18 @@ def cpu_name() -> str:
     )
 
 
+def cpu_flags() -> list[str]:
+    """Every flag /proc/cpuinfo lists for the first CPU ([] where there is no /proc/cpuinfo)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                return value.split()
+    except OSError:
+        pass
+    return []
+
+
 def _version(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -274,7 +301,14 @@ def quantcli_revision() -> str:
     )
 
 
-def header_lines(command: str, settings: str, load: str, tools: list[Tool]) -> list[str]:
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """How the script was run (argv: its arguments, default sys.argv's), as a shell command."""
+    return shlex.join(["python", os.path.relpath(script), *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_header(command: str, load: str | None = None) -> list[str]:
+    """The lines every benchmark's output starts with: the CPU, the versions (quantcli's with its
+    revision), the command and the load average (default: now)."""
     import onnx
     import onnxruntime
 
@@ -286,10 +320,27 @@ def header_lines(command: str, settings: str, load: str, tools: list[Tool]) -> l
         f"onnxconverter-common {_version('onnxconverter-common')}, numpy {_version('numpy')}, "
         f"Python {platform.python_version()}",
         f"command: {command}",
+        f"load average (1 min) {load or f'{os.getloadavg()[0]:.2f}'}",
+    ]
+
+
+def write_json(path: Path | str | None, header: list[str], figures: dict[str, object]) -> None:
+    """When a --json FILE is given: the CPU, its full flag list, the header lines and the script's figures."""
+    if path is not None:
+        document = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "header": header, **figures}
+        Path(path).write_text(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def header_lines(command: str, settings: str, load: str, tools: list[Tool]) -> list[str]:
+    return [
+        *run_header(command, load),
         f"latency: onnxruntime CPU provider, 1 intra-op thread, all graph optimizations; {WARMUP_RUNS} warm-up "
         f"runs per model, then {settings}; every model of a case in one process, one run each per round, "
         "in a random order every round (seeded); medians",
-        f"load average (1 min) {load}",
     ] + (
         [
             f"onnxruntime quantize_dynamic is run with its defaults: {dynamic_defaults()} "

@@ -32,8 +32,10 @@ onnxruntime has no MSE method: quantcli's ``mse`` is compared with its other met
 An out-of-memory child is reported as ``OOM``, one past the time limit as ``timeout``.
 Every child imports quantcli from a copy of ``quantcli/`` taken at the start, so edits made
 to the tree while the benchmark runs do not mix two versions in one table.
+The report starts with the benchmarks' shared header (``_bench_report.run_header``: CPU, versions,
+command, load); ``--json FILE`` also writes every figure (``_bench_report.write_json``).
 All outputs go to a temporary directory; nothing is written into the repository except the
-optional ``--markdown`` file.
+optional ``--markdown`` and ``--json`` files.
 """
 
 from __future__ import annotations
@@ -42,34 +44,48 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
-import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from real_models.cases import TOP1_AGREEMENT, real_cases  # noqa: E402 - needs HERE on sys.path
+from _bench_cases import (
+    REAL_NAMES,
+    REPO,
+    SAMPLE_NAMES,
+    Case,
+    Feed,
+    all_cases,
+    load_feed,
+    load_feeds,
+    load_labels,
+    sample_files,
+)
+from _bench_convert import (
+    child_env,
+    feed_reader,
+    first_error_line,
+    first_line,
+    memory_mb,
+    ort_preprocess,
+    peak_rss_mb,
+    qdq_static,
+    run_child,
+)
+from _bench_measure import Accuracy, make_session, run_outputs, score
+from _bench_report import command_line, log, md_table, plain_table, run_header, write_json
 
 QUANTCLI, ORT, FP32 = "quantcli", "onnxruntime", "fp32"
 METHODS = ("minmax", "entropy", "percentile", "mse")
 ORT_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 HISTOGRAM_METHODS = ("entropy", "percentile")
-SAMPLE_MODELS = ("digits_cnn", "digits_vit", "digits_mlp")
 SCALING_SAMPLES = (100, 500)
 SCALING_TARGET = 1.1
 OK, OOM, TIMEOUT, FAILED = "ok", "OOM", "timeout", "FAILED"
@@ -82,63 +98,21 @@ OOM_MARKERS = (
 )
 
 
-# --------------------------------------------------------------------------- cases
+# --------------------------------------------------------------------------- cases and samples
 
 
-@dataclass(frozen=True)
-class Case:
-    """One model to calibrate: the FP32 model, its calibration and evaluation samples."""
-
-    name: str
-    model: Path
-    calib: Path
-    eval: Path
-    classifier: bool
-    real: bool = False
-    ready_marker: Path | None = None
-
-    @property
-    def ready(self) -> bool:
-        marker = self.ready_marker or self.model
-        return marker.is_file() and self.model.is_file()
-
-
-def all_cases() -> list[Case]:
-    cases = []
-    for name in SAMPLE_MODELS:
-        data = REPO / "calibration_data" / name
-        cases.append(Case(name, REPO / "sample_models" / f"{name}.onnx", data / "calib", data / "eval", True))
-    for rc in real_cases():
-        cases.append(
-            Case(
-                rc.name, rc.model, rc.calib, rc.eval, rc.metric == TOP1_AGREEMENT, True, rc.root / "meta.json"
-            )
-        )
-    return cases
-
-
-def wait_for(cases: list[Case], minutes: float, poll_s: float = 30.0) -> list[str]:
-    """Wait (polling every poll_s) until every case is ready or `minutes` pass; notes for the missing ones."""
+def ready_cases(names: Sequence[str], minutes: float, poll_s: float = 30.0) -> tuple[list[Case], list[str]]:
+    """The named cases, once every real one is exported or `minutes` pass (polling every poll_s);
+    notes for the ones still missing."""
     deadline = time.monotonic() + minutes * 60
     while True:
-        missing = [c for c in cases if not c.ready]
+        cases, notes = all_cases()
+        missing = [n for n in names if n not in {c.name for c in cases}]
         if not missing or time.monotonic() >= deadline:
-            return [f"{c.name}: {c.model} not exported after {minutes:g} min, skipped" for c in missing]
-        names = ", ".join(c.name for c in missing)
-        log(f"waiting for {names} (polling every {poll_s:.0f} s) ...")
+            notes = [f"{n} (waited {minutes:g} min)" for n in notes if n.split(":", 1)[0] in names]
+            return [c for c in cases if c.name in names], notes
+        log(f"waiting for {', '.join(missing)} (polling every {poll_s:.0f} s) ...")
         time.sleep(poll_s)
-
-
-# --------------------------------------------------------------------------- samples
-
-
-def sample_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.glob("*.npz"))
-
-
-def load_sample(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {k: data[k] for k in data.files}
 
 
 def write_scaled_samples(source: Path, dest: Path, count: int, seed: int = 0) -> None:
@@ -148,24 +122,13 @@ def write_scaled_samples(source: Path, dest: Path, count: int, seed: int = 0) ->
     rng = np.random.default_rng(seed)
     dest.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        sample = load_sample(files[i % len(files)])
+        sample = load_feed(files[i % len(files)])
         if i >= len(files):
             for key, value in sample.items():
                 if value.dtype.kind == "f":
                     noise = rng.standard_normal(value.shape) * (0.01 * float(value.std()) or 1e-3)
                     sample[key] = (value + noise).astype(value.dtype)
         np.savez(dest / f"sample_{i:04d}.npz", **sample)
-
-
-class NpzReader:
-    """onnxruntime CalibrationDataReader over the first `limit` .npz files, read one at a time."""
-
-    def __init__(self, directory: str, limit: int) -> None:
-        self._files = iter(sample_files(Path(directory))[:limit])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        path = next(self._files, None)
-        return None if path is None else load_sample(path)
 
 
 # --------------------------------------------------------------------------- child processes
@@ -187,15 +150,9 @@ class Task:
     percentile: float = 99.99
 
 
-def memory_mb(field_name: str) -> float:
-    """A Vm* field of /proc/self/status in MB (0 if unreadable)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+def calib_feeds(task: Task) -> Iterator[Feed]:
+    """The task's first `samples` calibration samples, read one at a time."""
+    return map(load_feed, sample_files(Path(task.calib))[: task.samples])
 
 
 def child_qc_calibrate(task: Task) -> dict[str, Any]:
@@ -218,14 +175,8 @@ def child_qc_calibrate(task: Task) -> dict[str, Any]:
 
 
 def child_ort_prepare(task: Task) -> dict[str, Any]:
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    try:
-        quant_pre_process(task.model, task.output)
-        return {"note": ""}
-    except Exception as exc:  # noqa: BLE001 - symbolic shape inference raises a bare Exception
-        quant_pre_process(task.model, task.output, skip_symbolic_shape=True)
-        return {"note": f"quant_pre_process needed skip_symbolic_shape=True ({first_line(exc)})"}
+    model, notes = ort_preprocess(task.model, task.output)
+    return {"model": model, "notes": notes}
 
 
 def child_ort_calibrate(task: Task) -> dict[str, Any]:
@@ -233,7 +184,7 @@ def child_ort_calibrate(task: Task) -> dict[str, Any]:
 
     method = getattr(CalibrationMethod, ORT_METHODS[task.method])
     extra = {"percentile": task.percentile} if task.method == "percentile" else {}
-    reader = NpzReader(task.calib, task.samples)
+    reader = feed_reader(calib_feeds(task))
     with tempfile.TemporaryDirectory(prefix="ort-calib.", dir=os.getcwd()) as tmp:
         base = memory_mb("VmRSS")
         start = time.perf_counter()
@@ -279,21 +230,9 @@ def child_qc_convert(task: Task) -> dict[str, Any]:
 
 
 def child_ort_quantize(task: Task) -> dict[str, Any]:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     extra = {"CalibPercentile": task.percentile} if task.method == "percentile" else {}
     start = time.perf_counter()
-    quantize_static(
-        task.model,
-        task.output,
-        NpzReader(task.calib, task.samples),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=getattr(CalibrationMethod, ORT_METHODS[task.method]),
-        extra_options=extra,
-    )
+    qdq_static(task.model, task.output, calib_feeds(task), ORT_METHODS[task.method], extra)
     return {"wall_s": time.perf_counter() - start}
 
 
@@ -304,11 +243,6 @@ CHILD_TASKS: dict[str, Callable[[Task], dict[str, Any]]] = {
     "qc-convert": child_qc_convert,
     "ort-quantize": child_ort_quantize,
 }
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
 def is_oom(text: str) -> bool:
@@ -323,8 +257,9 @@ def child_main(task_json: str) -> int:
     try:
         result = CHILD_TASKS[task.kind](task)
     except Exception as exc:  # noqa: BLE001 - every failure is a result to report
-        result = {"error": first_line(exc), "oom": isinstance(exc, MemoryError) or is_oom(first_line(exc))}
-    result["peak_rss_mb"] = memory_mb("VmHWM")
+        error = first_line(exc, typed=True)
+        result = {"error": error, "oom": isinstance(exc, MemoryError) or is_oom(error)}
+    result["peak_rss_mb"] = peak_rss_mb()
     quantcli = sys.modules.get("quantcli")
     if quantcli is not None and quantcli.__file__:
         result["quantcli"] = str(Path(quantcli.__file__).parent)
@@ -358,9 +293,8 @@ class Runner:
         self.mem_limit_bytes = int(mem_limit_gb * 2**30)
         self.timeout_s = timeout_s
         self.source = source  # the directory holding the copy of quantcli/ the children import
-        self.env = os.environ | {
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
-        }
+        env = child_env()
+        self.env = env | {"PYTHONPATH": os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))}
         self.foreign: set[str] = set()  # quantcli packages children imported other than `source`
         self._count = 0
 
@@ -372,58 +306,26 @@ class Runner:
     def run(self, task: Task) -> Outcome:
         cwd = Path(tempfile.mkdtemp(prefix=f"{task.kind}.", dir=self.workdir))
         argv = [sys.executable, "-B", str(Path(__file__).resolve()), "--child", json.dumps(asdict(task))]
-        with open(cwd / "stdout.txt", "w+") as out, open(cwd / "stderr.txt", "w+") as err:
-            child = subprocess.Popen(
-                argv, cwd=cwd, env=self.env, stdout=out, stderr=err, start_new_session=True
-            )
-            timed_out, status, usage = self._wait(child)
-            err.seek(0)
-            stderr = err.read()
-        peak = usage.ru_maxrss / 1024
+        child = run_child(argv, cwd, self.env, self.timeout_s)
         result_path = Path(task.result)
         result = json.loads(result_path.read_text()) if result_path.exists() else {}
-        imported = result.get("quantcli")
+        imported = result.pop("quantcli", None)
         if imported and Path(imported) != self.source / "quantcli":
             self.foreign.add(imported)
-        peak = result.get("peak_rss_mb", peak)
-        if timed_out:
+        peak = result.get("peak_rss_mb", child.max_rss_mb)  # rusage's figure: a child killed before writing
+        if child.timed_out:
             return Outcome(TIMEOUT, result, f"killed after {self.timeout_s / 60:g} min", peak)
         if "error" in result:
             return Outcome(OOM if result.get("oom") else FAILED, result, result["error"], peak)
-        code = os.waitstatus_to_exitcode(status)
+        code = child.returncode
         if code != 0 or not result:
-            tail = [line for line in stderr.splitlines() if line.strip()][-1:] or [f"exit {code}"]
             killed = code == -signal.SIGKILL  # the kernel's OOM killer, as nothing else here sends SIGKILL
-            status_name = OOM if killed or is_oom(stderr) else FAILED
-            return Outcome(status_name, result, f"exit {code}: {tail[0].strip()}", peak)
+            status_name = OOM if killed or is_oom(child.stderr) else FAILED
+            return Outcome(status_name, result, f"exit {code}: {first_error_line(child.stderr)}", peak)
         return Outcome(OK, result, "", peak)
-
-    def _wait(self, child: subprocess.Popen[str]) -> tuple[bool, int, Any]:
-        """Wait for the child (os.wait4, for its rusage); kill its process group past the time limit."""
-        deadline = time.monotonic() + self.timeout_s
-        timed_out = False
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() >= deadline:
-                os.killpg(child.pid, signal.SIGKILL)
-                pid, status, usage = os.wait4(child.pid, 0)
-                timed_out = True
-                break
-            time.sleep(0.1)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        return timed_out, status, usage
 
 
 # --------------------------------------------------------------------------- accuracy (this process)
-
-
-@dataclass
-class Accuracy:
-    cosine: float
-    top1_agree: float | None
-    labels: float | None
 
 
 class Scorer:
@@ -431,35 +333,13 @@ class Scorer:
 
     def __init__(self, case: Case) -> None:
         self.case = case
-        self.samples = [load_sample(p) for p in sample_files(case.eval)]
-        labels_path = case.eval / "labels.npy"
-        self.labels = np.load(labels_path) if labels_path.exists() else None
-        self.output_name, self.reference = self._outputs(case.model, None)
-
-    def _outputs(self, model: Path, name: str | None) -> tuple[str, np.ndarray]:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        name = name or session.get_outputs()[0].name
-        rows = [session.run([name], s)[0].reshape(-1) for s in self.samples]
-        return name, np.stack(rows).astype(np.float64)
-
-    def accuracy(self, outputs: np.ndarray) -> Accuracy:
-        ref = self.reference
-        norms = np.linalg.norm(outputs, axis=1) * np.linalg.norm(ref, axis=1)
-        cosine = float(np.mean(np.sum(outputs * ref, axis=1) / np.maximum(norms, 1e-30)))
-        top1 = outputs.argmax(axis=1)
-        agree = float(np.mean(top1 == ref.argmax(axis=1))) if self.case.classifier else None
-        labels = float(np.mean(top1 == self.labels)) if self.labels is not None else None
-        return Accuracy(cosine, agree, labels)
-
-    def fp32(self) -> Accuracy:
-        return self.accuracy(self.reference)
+        self.feeds = load_feeds(case.eval)
+        self.labels = load_labels(case)
+        self.reference = run_outputs(make_session(case.model), self.feeds, case.output)
 
     def score(self, model: Path) -> Accuracy:
-        return self.accuracy(self._outputs(model, self.output_name)[1])
+        outputs = run_outputs(make_session(model), self.feeds, self.case.output)
+        return score(outputs, self.reference, self.labels, self.case.classifier)
 
 
 # --------------------------------------------------------------------------- one case
@@ -501,19 +381,20 @@ def run_case(case: Case, runner: Runner, args: argparse.Namespace) -> CaseResult
     out = CaseResult()
     work = Path(tempfile.mkdtemp(prefix=f"{case.name}.", dir=runner.workdir))
     scorer = Scorer(case)
-    out.rows.append(Row(case.name, FP32, "-", 0, accuracy=scorer.fp32()))
+    fp32 = score(scorer.reference, scorer.reference, scorer.labels, case.classifier)
+    out.rows.append(Row(case.name, FP32, "-", 0, accuracy=fp32))
     n = args.samples
 
     ort_methods = [m for m in args.methods if m in ORT_METHODS]
-    ort_model = work / "ort_preprocessed.onnx"
     if ort_methods:
         log(f"[{case.name}] onnxruntime quant_pre_process ...")
-        prep = runner.run(runner.task("ort-prep", case.model, output=str(ort_model)))
+        prep = runner.run(runner.task("ort-prep", case.model, output=str(work / "ort_preprocessed.onnx")))
         if not prep.ok:
             out.notes.append(f"{case.name}: quant_pre_process {prep.status}: {prep.error}")
             ort_methods = []
-        elif prep.result.get("note"):
-            out.notes.append(f"{case.name}: {prep.result['note']}")
+        else:
+            ort_model = prep.result["model"]
+            out.notes += [f"{case.name}: {note}" for note in prep.result["notes"]]
 
     common = {"calib": str(case.calib), "samples": n, "percentile": args.percentile}
     for method in args.methods:
@@ -613,7 +494,7 @@ def target_speed_memory(rows: list[Row], cases: list[Case], methods: Sequence[st
     """The issue's target: entropy/percentile calibration no slower than onnxruntime's and at most
     half its peak RSS, on the real models."""
     lines = []
-    for case in (c for c in cases if c.real):
+    for case in (c for c in cases if c.name in REAL_NAMES):
         for method in (m for m in HISTOGRAM_METHODS if m in methods):
             qc, ort_row = find(rows, case.name, QUANTCLI, method), find(rows, case.name, ORT, method)
             if qc is None or ort_row is None or qc.calib is None or ort_row.calib is None:
@@ -807,25 +688,6 @@ def scaling_cells(results: list[Scaling]) -> list[list[str]]:
     return table
 
 
-def text_table(headers: Sequence[str], rows: list[list[str]], left: int = 3) -> str:
-    cells = [list(headers)] + rows
-    widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
-
-    def fmt(line: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        ).rstrip()
-
-    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(c) for c in cells[1:]])
-
-
-def markdown_table(headers: Sequence[str], rows: list[list[str]], left: int = 3) -> str:
-    aligns = ["---" if i < left else "---:" for i in range(len(headers))]
-    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(aligns) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 LEGEND = [
     "calib s: wall time of the calibration alone (quantcli: collect_ranges on the preprocessed model; "
     "onnxruntime: create_calibrator + collect_data + compute_data on the quant_pre_process'd model); "
@@ -841,16 +703,6 @@ LEGEND = [
 ]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def quantcli_fingerprint() -> str:
     """A hash of quantcli's source files: other work may change them while the benchmark runs."""
     digest = hashlib.sha256()
@@ -860,35 +712,15 @@ def quantcli_fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
-def quantcli_revision() -> str:
-    """The git commit, and whether quantcli/ has uncommitted changes."""
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return ""
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
-    dirty = git("status", "--porcelain", "--", "quantcli")
-    return f"{commit}{' + uncommitted changes in quantcli/' if dirty else ''}"
-
-
-def header_lines(command: str, args: argparse.Namespace, cases: list[Case], source: str) -> list[str]:
-    import onnxruntime
-
-    import quantcli
+def header_lines(command: str, args: argparse.Namespace, cases: list[Case], fingerprint: str) -> list[str]:
     from quantcli.calibration.collect import CalibrationConfig
 
     defaults = CalibrationConfig()
     evals = ", ".join(f"{c.name} {len(sample_files(c.eval))}" for c in cases)
     return [
-        f"CPU: {cpu_name()} ({os.cpu_count()} logical cores) | onnxruntime {onnxruntime.__version__} | "
-        f"quantcli {quantcli.__version__} at {source} | numpy {np.__version__} | "
-        f"Python {platform.python_version()}",
-        f"command: {command}",
-        f"each child under RLIMIT_AS {args.mem_limit_gb:g} GB and a {args.timeout_minutes:g} min wall-clock limit; "
+        *run_header(command),
+        f"each child under RLIMIT_AS {args.mem_limit_gb:g} GB and a {args.timeout_minutes:g} min wall-clock limit, "
+        f"importing quantcli from a copy of quantcli/ taken at the start (sources {fingerprint}); "
         f"{args.samples} calibration samples; held-out samples: {evals}",
         f"settings: quantcli defaults ({defaults.bins} bins, up to {defaults.batch_size} samples per run on "
         f"models with a free batch axis, --calib-memory {defaults.memory_budget_bytes // 2**20} MB); "
@@ -917,15 +749,15 @@ SCALING_DATA = (
 
 
 def render_text(r: Report) -> str:
-    parts = [*r.header, "", text_table(HEADERS, [row_cells(x) for x in r.rows]), ""]
+    parts = [*r.header, "", plain_table(HEADERS, [row_cells(x) for x in r.rows], range(3)), ""]
     parts += [
         "Accuracy of static INT8, quantcli vs onnxruntime quantize_static, same method and samples:",
         "",
     ]
-    parts += [text_table(PAIR_HEADERS, r.pairs, left=2), ""]
+    parts += [plain_table(PAIR_HEADERS, r.pairs, range(2)), ""]
     if r.scaling:
         parts += ["quantcli peak RSS vs number of calibration samples:", SCALING_DATA, ""]
-        parts += [text_table(SCALING_HEADERS, scaling_cells(r.scaling), left=2), ""]
+        parts += [plain_table(SCALING_HEADERS, scaling_cells(r.scaling), range(2)), ""]
     parts += [
         "Target: entropy/percentile calibration on 200 samples no slower than onnxruntime's and peak RSS "
         "at most half of onnxruntime's (MiniLM, EfficientNet-Lite0):"
@@ -943,13 +775,13 @@ def render_markdown(r: Report) -> str:
     parts = ["# Calibration: quantcli vs onnxruntime.quantization", ""]
     parts += [f"- {line}" for line in r.header]
     parts += ["", "## Calibration time, memory and static INT8 accuracy", ""]
-    parts += [markdown_table(HEADERS, [row_cells(x) for x in r.rows]), ""]
+    parts += [md_table(HEADERS, [row_cells(x) for x in r.rows], range(3)), ""]
     parts += [f"- {line}" for line in LEGEND]
     parts += ["", "## Accuracy side by side (same method, same samples)", ""]
-    parts += [markdown_table(PAIR_HEADERS, r.pairs, left=2), ""]
+    parts += [md_table(PAIR_HEADERS, r.pairs, range(2)), ""]
     if r.scaling:
         parts += ["## quantcli peak RSS vs number of calibration samples", "", SCALING_DATA, ""]
-        parts += [markdown_table(SCALING_HEADERS, scaling_cells(r.scaling), left=2), ""]
+        parts += [md_table(SCALING_HEADERS, scaling_cells(r.scaling), range(2)), ""]
     parts += ["## Targets", ""]
     parts += [
         "Entropy/percentile calibration on 200 samples no slower than onnxruntime's, peak RSS at most half:",
@@ -966,10 +798,6 @@ def render_markdown(r: Report) -> str:
 
 
 # --------------------------------------------------------------------------- main
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def parse_args(argv: Sequence[str] | None, case_names: list[str]) -> argparse.Namespace:
@@ -998,6 +826,7 @@ def parse_args(argv: Sequence[str] | None, case_names: list[str]) -> argparse.Na
         "--wait-minutes", type=float, default=20.0, help="wait this long for real models being exported"
     )
     parser.add_argument("--markdown", type=Path, help="also write the report as Markdown to this file")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if args.samples < 1:
         parser.error("--samples must be at least 1")
@@ -1033,27 +862,31 @@ def run_all(cases: list[Case], runner: Runner, args: argparse.Namespace, notes: 
     )
 
 
+def figures(report: Report) -> dict[str, Any]:
+    """The report for --json: every row's child outcomes and accuracy, the scaling check, the verdicts."""
+    document = asdict(report)
+    del document["header"]  # write_json puts it first
+    document["scaling"] = [asdict(s) | {"ratio": s.ratio} for s in report.scaling]
+    return document
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:
         return child_main(argv[1])
-    cases = all_cases()
-    args = parse_args(argv, [c.name for c in cases])
-    cases = [c for c in cases if not args.cases or c.name in args.cases]
-    command = shlex.join(["python", os.path.relpath(__file__), *argv])
-    notes = wait_for([c for c in cases if c.real], args.wait_minutes)
-    cases = [c for c in cases if c.ready]
-    source, fingerprint = quantcli_revision(), quantcli_fingerprint()
+    args = parse_args(argv, [*SAMPLE_NAMES, *REAL_NAMES])
+    cases, notes = ready_cases(args.cases or [*SAMPLE_NAMES, *REAL_NAMES], args.wait_minutes)
+    fingerprint = quantcli_fingerprint()
+    header = header_lines(command_line(__file__, argv), args, cases, fingerprint)
     with tempfile.TemporaryDirectory(prefix="calibration-bench.") as tmp:
         # Other work may edit quantcli/ while this runs: every child imports a copy taken now.
         snapshot = Path(tmp) / "src"
         shutil.copytree(
             REPO / "quantcli", snapshot / "quantcli", ignore=shutil.ignore_patterns("__pycache__")
         )
-        sys.path.insert(0, str(snapshot))
         runner = Runner(Path(tmp), args.mem_limit_gb, args.timeout_minutes * 60, snapshot)
         report = run_all(cases, runner, args, notes)
-        report.header = header_lines(command, args, cases, f"{source} (sources {fingerprint})")
+        report.header = header
     if quantcli_fingerprint() != fingerprint:
         report.notes.append(
             f"quantcli/ changed while this benchmark ran; every row was measured on the copy taken at the "
@@ -1063,6 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown is not None:
         args.markdown.write_text(render_markdown(report))
         log(f"wrote {args.markdown}")
+    write_json(args.json, report.header, figures(report))
     return 0
 
 

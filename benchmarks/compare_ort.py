@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -65,10 +64,20 @@ from _bench_convert import (
     Conversion,
     Tool,
     convert,
+    first_line,
 )
 from _bench_kernels import analyze, total_macs
-from _bench_measure import first_line, make_session, median_latencies, run_outputs, score
-from _bench_report import TITLE, CaseResult, Row, header_lines, render_markdown, render_text
+from _bench_measure import make_session, median_latencies, run_outputs, score
+from _bench_report import (
+    TITLE,
+    CaseResult,
+    Row,
+    command_line,
+    header_lines,
+    log,
+    render_markdown,
+    render_text,
+)
 from _bench_weights import matmul_weight_bytes
 
 MIN_ROUNDS = 30
@@ -90,10 +99,6 @@ PRESETS = {
         weights=True,
     ),
 }
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- one case
@@ -322,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     preset = PRESETS[args.preset]
     cases, tools, notes = selected(args)
-    command = shlex.join(["python", os.path.relpath(__file__)] + list(sys.argv[1:] if argv is None else argv))
+    command = command_line(__file__, argv)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     results: list[CaseResult] = []

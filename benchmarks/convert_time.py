@@ -23,10 +23,7 @@ onnxruntime's quantizer does not do (the `verify` and `latency` columns). The he
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -34,22 +31,10 @@ from pathlib import Path
 
 from _bench_cases import REAL_NAMES, SAMPLE_NAMES, all_cases
 from _bench_convert import ORT_STATIC, TIME_TOOLS, Conversion, Tool, convert
-from _bench_report import cpu_name, quantcli_revision
+from _bench_report import command_line, run_header, write_json
 
 QUANTCLI_STAGES = ("preprocess", "calibrate", "speed_plan", "plan", "rewrite", "verify", "latency", "total")
 ORT_STAGES = ("quant_pre_process", "quantize_static")
-
-
-def cpu_flags() -> list[str]:
-    """Every flag /proc/cpuinfo lists for the first CPU ([] where there is no /proc/cpuinfo)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags":
-                return value.split()
-    except OSError:
-        pass
-    return []
 
 
 def summary(tool: Tool, runs: list[Conversion]) -> dict[str, object]:
@@ -126,12 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 1")
     cases, notes = all_cases()
     cases = [c for c in cases if c.name in args.cases]
-    header = [
-        f"CPU: {cpu_name()}",
-        f"quantcli {quantcli_revision()}; Python {platform.python_version()}",
-        f"command: {shlex.join(['python', *sys.argv])}",
-        f"load average (1 min) {os.getloadavg()[0]:.2f}",
-    ]
+    header = run_header(command_line(__file__, argv))
     print("\n".join(header + notes), flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="convert-time-") as tmp:
@@ -148,16 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 if f.is_file():
                     f.unlink()
     print(f"\nload average (1 min) at the end {os.getloadavg()[0]:.2f}")
-    if args.json:
-        document = {
-            "cpu": cpu_name(),
-            "cpu_flags": cpu_flags(),
-            "header": header,
-            "rounds": args.rounds,
-            "cases": results,
-            "notes": notes,
-        }
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+    write_json(args.json, header, {"rounds": args.rounds, "cases": results, "notes": notes})
     return 0
 
 

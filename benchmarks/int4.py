@@ -3,22 +3,24 @@
 A dev script, not a test. From the repository root, once benchmarks/real_models/export.py has
 written benchmarks/.cache/minilm:
 
-    python benchmarks/int4.py [--cache benchmarks/.cache] [--rounds 50]
+    python benchmarks/int4.py [--cache benchmarks/.cache] [--rounds 50] [--json FILE]
 
 Both tools run in blocks of 32 and 128, symmetric and asymmetric, in this process, from the same
 FP32 model; onnxruntime's `MatMulNBitsQuantizer(model, block_size=B, is_symmetric=S)` with its
-other defaults (MatMul only, round to nearest on min/max, no accuracy_level). One table:
+other defaults (MatMul only, round to nearest on min/max, no accuracy_level). One table, under the
+benchmarks' header (CPU, versions, command, load):
 
 - size: output file / FP32 file;
 - MatMul weights: bytes of the MatMul/Gemm weights as stored (float weights, or MatMulNBits'
   packed values + scales + zero points), and their ratio to FP32's;
 - cosine: of the `embedding` output vs FP32 on the eval samples (mean and minimum);
-- latency: median over `--rounds` interleaved rounds (every model once per round, the order
-  rotated), onnxruntime CPU provider, one intra-op thread, batch 1, divided by FP32's median; an
-  FP32 control session timed alongside shows the noise of the ratios.
+- latency: median over `--rounds` interleaved rounds (every model once per round, in a seeded
+  random order), onnxruntime CPU provider, one intra-op thread, batch 1, divided by FP32's median;
+  an FP32 control session timed alongside shows the noise of the ratios.
 
 quantcli also stores the word-embedding table (half of MiniLM's parameters) INT8 per row;
 onnxruntime's quantizer leaves it float, which is most of the difference in file size.
+`--json FILE` also writes the header, the CPU's flags and every figure of the table.
 """
 
 from __future__ import annotations
@@ -28,15 +30,15 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
-from _bench_cases import Case, load_feeds
-from _bench_measure import make_session, median_latencies, run_outputs
+from _bench_cases import HERE, REPO, Case, load_feeds, real_cases, sample_files
+from _bench_convert import matmul_nbits
+from _bench_measure import cosines, make_session, median_latencies, run_outputs
+from _bench_report import command_line, log, run_header, write_json
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's quantcli, not an installed one
 
 from quantcli.api import ConvertOptions, convert  # noqa: E402
@@ -54,14 +56,10 @@ class Row:
     seconds: float = 0.0
     size_ratio: float = 1.0
     weight_bytes: int = 0
+    weight_ratio: float = 1.0
     cosine: float = 1.0
     cosine_min: float = 1.0
     latency: float = 1.0
-    notes: list[str] = field(default_factory=list)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def quantcli_int4(case: Case, block: int, symmetric: bool, out: Path) -> Row:
@@ -77,27 +75,19 @@ def quantcli_int4(case: Case, block: int, symmetric: bool, out: Path) -> Row:
 
 
 def ort_int4(case: Case, block: int, symmetric: bool, out: Path) -> Row:
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
     key = f"ort b{block} {'sym' if symmetric else 'asym'}"
     path = out / f"ort_{block}_{int(symmetric)}.onnx"
     t = time.perf_counter()
-    quantizer = MatMulNBitsQuantizer(onnx.load(case.model), block_size=block, is_symmetric=symmetric)
-    quantizer.process()
-    quantizer.model.save_model_to_file(str(path))
+    matmul_nbits(str(case.model), str(path), block_size=block, is_symmetric=symmetric)
     return Row(key, path, time.perf_counter() - t)
 
 
-def cosine_per_sample(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(values, axis=1) * np.linalg.norm(reference, axis=1)
-    return np.sum(values * reference, axis=1) / np.maximum(norms, 1e-30)
-
-
 def minilm_case(cache: Path) -> Case:
-    root = cache / "minilm"
-    if not (root / "model.onnx").is_file() or not (root / "eval").is_dir():
-        raise SystemExit(f"{root}: no model.onnx and eval/; run python benchmarks/real_models/export.py")
-    return Case("minilm", root / "model.onnx", root / "calib", root / "eval", "embedding", classifier=False)
+    cases, notes = real_cases(cache)
+    case = next((c for c in cases if c.name == "minilm"), None)
+    if case is None:
+        raise SystemExit("; ".join(n for n in notes if n.startswith("minilm")))
+    return case
 
 
 def run(case: Case, rounds: int, out: Path) -> tuple[list[Row], float, float]:
@@ -114,8 +104,9 @@ def run(case: Case, rounds: int, out: Path) -> tuple[list[Row], float, float]:
     for r in rows:
         r.size_ratio = r.path.stat().st_size / fp32_bytes
         r.weight_bytes = matmul_weight_bytes(onnx.load(r.path))
-        cosines = cosine_per_sample(run_outputs(sessions[r.key], feeds, case.output), reference)
-        r.cosine, r.cosine_min = float(cosines.mean()), float(cosines.min())
+        r.weight_ratio = r.weight_bytes / rows[0].weight_bytes
+        each = cosines(run_outputs(sessions[r.key], feeds, case.output), reference)
+        r.cosine, r.cosine_min = float(each.mean()), float(each.min())
     log(f"latency: {len(sessions) + 1} sessions, {rounds} interleaved rounds ...")
     medians = median_latencies(sessions | {CONTROL: make_session(case.model)}, feeds[0], rounds)
     for r in rows:
@@ -124,33 +115,47 @@ def run(case: Case, rounds: int, out: Path) -> tuple[list[Row], float, float]:
 
 
 def render(rows: list[Row], fp32_ms: float, control: float, rounds: int, samples: int) -> str:
-    fp32_weights = rows[0].weight_bytes
     lines = [
         f"all-MiniLM-L6-v2, {samples} eval samples; latency: batch 1, 1 thread, median of {rounds} interleaved "
-        f"rounds, FP32 {fp32_ms * 1e3:.2f} ms, FP32 control ratio {control:.3f}",
+        f"rounds, FP32 {fp32_ms:.2f} ms, FP32 control ratio {control:.3f}",
         f"{'model':<20} {'convert s':>9} {'size':>7} {'MatMul weights B':>17} {'ratio':>7} "
         f"{'cosine':>8} {'cos min':>8} {'latency':>8}",
     ]
     for r in rows:
         lines.append(
             f"{r.key:<20} {r.seconds:>9.2f} {r.size_ratio:>7.3f} {r.weight_bytes:>17,} "
-            f"{r.weight_bytes / fp32_weights:>7.3f} {r.cosine:>8.5f} {r.cosine_min:>8.5f} {r.latency:>8.3f}"
+            f"{r.weight_ratio:>7.3f} {r.cosine:>8.5f} {r.cosine_min:>8.5f} {r.latency:>8.3f}"
         )
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=REPO / "benchmarks" / ".cache")
+    parser.add_argument("--cache", type=Path, default=HERE / ".cache")
     parser.add_argument("--rounds", type=int, default=50, help="latency rounds (at least 30)")
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
     if args.rounds < 30:
         parser.error("--rounds must be at least 30")
     logging.disable(logging.INFO)  # onnxruntime's quantizer logs every node
     case = minilm_case(args.cache)
+    header = run_header(command_line(__file__, argv))
     with tempfile.TemporaryDirectory() as tmp:
         rows, fp32_s, control = run(case, args.rounds, Path(tmp))
-        print(render(rows, fp32_s, control, args.rounds, len(load_feeds(case.eval))))
+    samples = len(sample_files(case.eval))
+    print("\n".join([*header, "", render(rows, fp32_s * 1e3, control, args.rounds, samples)]))
+    figures = [{k: v for k, v in asdict(r).items() if k != "path"} for r in rows]
+    write_json(
+        args.json,
+        header,
+        {
+            "rounds": args.rounds,
+            "samples": samples,
+            "fp32_ms": fp32_s * 1e3,
+            "control": control,
+            "rows": figures,
+        },
+    )
 
 
 if __name__ == "__main__":

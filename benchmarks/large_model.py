@@ -2,27 +2,29 @@
 
 Dev script, not a test. Builds an MLP of 8 MatMul layers with 4096x4096 float32 weights (512 MiB of
 weights) in a temporary directory, writes 16 calibration samples, then converts it in child
-processes with quantcli in each of `--modes` (static, dynamic, fp16, weights-int8 by default; the
-calibrated modes on the samples, every mode evaluated on them) and with onnxruntime.quantization's
-quantize_static (QDQ, per-channel, MinMax) and quantize_dynamic, and prints wall time and peak RSS
-(VmHWM) of each as a multiple of the model size, beside issue #18's bound (2x the model + 200 MB).
+processes (`_bench_convert.py`) with quantcli in each of `--modes` (static, dynamic, fp16,
+weights-int8 by default; the calibrated modes on the samples, every mode evaluated on them) and with
+onnxruntime.quantization's quantize_static (QDQ, per-channel, MinMax, no quant_pre_process) and
+quantize_dynamic (per-channel), and prints wall time and peak RSS (VmHWM) of each as a multiple of the
+model size, beside issue #18's bound (2x the model + 200 MB).
 
-    python benchmarks/large_model.py [--layers 8] [--width 4096] [--modes static,dynamic]
+    python benchmarks/large_model.py [--layers 8] [--width 4096] [--samples 16] [--modes static,dynamic] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import onnx
+from _bench_cases import Case
+from _bench_convert import ORT_DYNAMIC_PER_CHANNEL, ORT_STATIC_PLAIN, Tool, convert
+from _bench_report import command_line, run_header, write_json
 from onnx import TensorProto, helper, numpy_helper
+
+CALIBRATED = ("static", "mixed", "fp16")  # the modes converted with --calib (fp16: its overflow check)
 
 
 def build(path: Path, layers: int, width: int) -> None:
@@ -46,59 +48,35 @@ def build(path: Path, layers: int, width: int) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
-QUANTCLI = """
-    from quantcli.api import ConvertOptions, convert
-    from pathlib import Path
-    calibrated = MODE in ("static", "mixed", "fp16")
-    convert(ConvertOptions(model=Path(MODEL), output=Path(OUT), mode=MODE, eval=Path(CALIB),
-                           calib=Path(CALIB) if calibrated else None))
-"""
-CHILD = {
-    "onnxruntime static": """
-        import glob, numpy as np
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                              QuantType, quantize_static)
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.it = iter(sorted(glob.glob(CALIB + "/*.npz")))
-            def get_next(self):
-                f = next(self.it, None)
-                return None if f is None else {"input": np.load(f)["input"]}
-        quantize_static(MODEL, OUT, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
-    """,
-    "onnxruntime dynamic": """
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        quantize_dynamic(MODEL, OUT, per_channel=True, weight_type=QuantType.QInt8)
-    """,
-}
-
-FOOTER = """
-import json, time
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(json.dumps({"seconds": time.perf_counter() - T0, "peak_kib": int(hwm)}))
-"""
+def tools(modes: str) -> list[Tool]:
+    quantcli = [
+        Tool(f"quantcli-{m}", f"quantcli {m}", m, needs_calib=m in CALIBRATED) for m in modes.split(",") if m
+    ]
+    return [*quantcli, ORT_STATIC_PLAIN, ORT_DYNAMIC_PER_CHANNEL]
 
 
-def run_child(tool: str, model: Path, out: Path, calib: Path, cwd: Path) -> dict:
-    code = "import time; T0 = time.perf_counter()\n"
-    code += f"MODEL, OUT, CALIB = {str(model)!r}, {str(out)!r}, {str(calib)!r}\n"
-    if tool.startswith("quantcli "):
-        code += f"MODE = {tool.split()[1]!r}\n" + textwrap.dedent(QUANTCLI) + FOOTER
-    else:
-        code += textwrap.dedent(CHILD[tool]) + FOOTER
-    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {
-            "error": proc.stderr.strip().splitlines()[-1]
-            if proc.stderr.strip()
-            else f"exit {proc.returncode}"
-        }
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def measure(tool: Tool, case: Case, size: int, bound: int, workdir: Path) -> dict[str, object]:
+    """One conversion in its child process: wall time, peak RSS (and / the model, within the bound), output."""
+    done = convert(tool, case, workdir)
+    row: dict[str, object] = {"tool": tool.label, "seconds": done.wall_s, "error": done.error}
+    if done.output is not None and done.peak_rss_mb is not None:
+        peak = done.peak_rss_mb * 2**20
+        row |= {"peak_rss_mib": done.peak_rss_mb, "x_model": peak / size, "in_bound": peak <= bound}
+        row["output_mib"] = done.output.stat().st_size / 2**20
+        done.output.unlink()
+    return row
 
 
-def main() -> None:
+def line(row: dict) -> str:
+    if "peak_rss_mib" not in row:
+        return f"{row['tool']:<26} failed: {row['error'] or 'no peak RSS'}"
+    return (
+        f"{row['tool']:<26} {row['seconds']:>8.1f} {row['peak_rss_mib']:>13.0f} {row['x_model']:>8.2f} "
+        f"{'yes' if row['in_bound'] else 'NO':>9} {row['output_mib']:>8.0f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--width", type=int, default=4096)
@@ -106,7 +84,11 @@ def main() -> None:
     parser.add_argument(
         "--modes", default="static,dynamic,fp16,weights-int8", help="quantcli's modes, comma-separated"
     )
-    args = parser.parse_args()
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    header = run_header(command_line(__file__, argv))
+    print("\n".join([*header, ""]), flush=True)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         model = d / "big.onnx"
@@ -125,19 +107,12 @@ def main() -> None:
         print(
             f"{'tool':<26} {'seconds':>8} {'peak RSS MiB':>13} {'x model':>8} {'in bound':>9} {'out MiB':>8}"
         )
-        tools = [f"quantcli {m}" for m in args.modes.split(",") if m] + list(CHILD)
-        for tool in tools:
-            out = d / f"{tool.replace(' ', '_')}.onnx"
-            r = run_child(tool, model, out, calib, d)
-            if "error" in r:
-                print(f"{tool:<26} failed: {r['error']}")
-                continue
-            peak = r["peak_kib"] * 1024
-            print(
-                f"{tool:<26} {r['seconds']:>8.1f} {peak / 2**20:>13.0f} {peak / size:>8.2f} "
-                f"{'yes' if peak <= bound else 'NO':>9} {out.stat().st_size / 2**20:>8.0f}"
-            )
-            out.unlink(missing_ok=True)
+        case = Case("big", model, calib, calib)  # evaluated on the calibration samples
+        for tool in tools(args.modes):
+            rows.append(measure(tool, case, size, bound, d))
+            print(line(rows[-1]), flush=True)
+    figures = {"layers": args.layers, "width": args.width, "samples": args.samples, "model_bytes": size}
+    write_json(args.json, header, figures | {"bound_bytes": bound, "rows": rows})
 
 
 if __name__ == "__main__":
