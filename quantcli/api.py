@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -63,12 +64,13 @@ from quantcli.runtime import make_session, release_freed_memory
 from quantcli.text import count
 from quantcli.thresholds import Check, Thresholds, evaluate
 from quantcli.verify import (
+    OVERLAP_BYTES,
     Agreement,
+    ReferenceRecording,
     checker_error,
     compare_sessions,
     exact_kernel_model,
     nonfinite_notices,
-    recorded_reference,
     requantized_by_onnxruntime,
 )
 
@@ -117,8 +119,10 @@ class ConvertOptions:
     exclude_nodes: tuple[str, ...] = ()  # static/mixed: shell patterns on node names kept float
     exclude_op_types: tuple[str, ...] = ()  # static/mixed: op types kept float
     # static/mixed: keep in float the nodes the target's cost table says run slower in integer
-    # (quantize/speed.py)
+    # (quantize/speed.py); `cost_table`: one the user measured (quantcli measure-costs), in place
+    # of the shipped table of its kind
     speed_plan: bool = True
+    cost_table: Path | None = None
 
     def __post_init__(self) -> None:
         self._coerce()
@@ -141,6 +145,13 @@ class ConvertOptions:
             raise UsageError(f"--fp16-count {self.fp16_count}: must be 0 or more")
         self._check_mode_options()
         self._check_fallback()
+        if self.cost_table is not None:
+            if not self.speed_plan:
+                raise UsageError("--cost-table prices the speed plan: drop --no-speed-plan or the table")
+            if self.plan is None:  # a replay is refused below, with the other new-plan options
+                from quantcli.quantize.speed import read_table
+
+                read_table(self.cost_table, self.target_cpu)  # a bad file or kind: said before any work
 
     def _check_fallback(self) -> None:
         """--fallback searches for a plan meeting accuracy bounds: it needs one; its own options need it."""
@@ -162,7 +173,7 @@ class ConvertOptions:
         """The Python API takes what the CLI takes: paths as str or os.PathLike, enums by their
         names, lists as comma-separated text; a wrong value is a UsageError naming the option."""
         put = partial(object.__setattr__, self)
-        for name in ("model", "output", "save_plan", "plan"):
+        for name in ("model", "output", "save_plan", "plan", "cost_table"):
             value = getattr(self, name)
             if value is not None:
                 put(name, _path(value, name))
@@ -330,6 +341,7 @@ _NEW_PLAN_ONLY = (
     "exclude_nodes",
     "exclude_op_types",
     "speed_plan",
+    "cost_table",
 )
 _CALIBRATION_FIELDS = {
     "calib_method": "method",
@@ -461,6 +473,15 @@ def convert(
     options: ConvertOptions, *, progress: Callable[[str, int, int], None] | None = None
 ) -> ConvertResult:
     """Quantize `options.model` into `options.output`; raises QuantcliError subclasses on bad input."""
+    with contextlib.ExitStack() as cleanup:  # what runs beside the stages stops with the conversion
+        return _convert(options, progress, cleanup)
+
+
+def _convert(
+    options: ConvertOptions,
+    progress: Callable[[str, int, int], None] | None,
+    cleanup: contextlib.ExitStack,
+) -> ConvertResult:
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     # Cheap checks first: a bad output path or plan is reported before a big model is read.
@@ -542,15 +563,26 @@ def convert(
     reference_model, reference_warnings = Path(options.model), []
     if ComputeInFloat32.name in pre.applied and split.eval:
         reference_model, reference_warnings = _float_reference(Path(options.model), model)
+    # The reference's outputs on the evaluation samples are recorded once calibration (which keeps
+    # every core busy) is done, while planning and the rewrite go on (verify.ReferenceRecording).
+    recording = ReferenceRecording(
+        reference_model,
+        lambda: iter_samples(split.eval, specs, options.calib_preprocess),
+        background=bool(split.eval) and input_bytes <= OVERLAP_BYTES,
+    )
+    cleanup.callback(recording.close)
     search = speed = None
     if plan is not None:
         options.check_plan_options(plan)
     else:
-        planned = mode.plan(
-            PlanJob(model, config, options, split, specs, excluded, reference_model, progress, seconds)
-        )  # not kept: it holds the float model, which the rewrite and verification must be able to free
+        job = PlanJob(model, config, options, split, specs, excluded, reference_model, progress, seconds)
+        job.calibrated = recording.start
+        planned = mode.plan(job)
+        del job  # not kept, nor the result: they hold the float model, which the rewrite and
+        # verification must be able to free
         plan, search, speed = planned.plan, planned.search, planned.speed
         del planned
+    recording.start()  # a mode that does not calibrate, or a replayed plan: from here
     mode = modes.get(plan.mode)  # a plan may be another mode's: --fallback fp16 makes a mixed one
 
     nonfinite = nonfinite_initializers(model)
@@ -617,10 +649,7 @@ def convert(
         reference = agreement = None
         if split.eval:  # the float reference (same numerics, less memory), its outputs recorded
             # first so that it is released before the converted model is loaded
-            reference = recorded_reference(
-                make_session(reference_model, lean=True),
-                iter_samples(split.eval, specs, options.calib_preprocess),
-            )
+            reference = recording.result()
         candidate = _candidate_session(staged.path, Path(options.model))
         if split.eval:
             agreement = compare_sessions(

@@ -269,6 +269,7 @@ _CONVERT_SECTIONS_START: dict[str, list[str]] = {
         "bias_correction",
         "integer_io",
         "speed_plan",
+        "cost_table",
     ],
     "Accuracy budget (static; exclusions also mixed)": [
         "fallback",
@@ -574,6 +575,12 @@ def _summary_target(markdown: str | None) -> tuple[Path | None, bool]:
     "reason is in the plan.",
 )
 @click.option(
+    "--cost-table",
+    type=_PATH,
+    help="static/mixed: a cost table measured on the CPU the model will run on (quantcli measure-costs), "
+    "in place of the shipped one of its kind, for the speed plan.",
+)
+@click.option(
     "--integer-io",
     is_flag=True,
     help="static: the model takes and returns the quantized tensors (uint8/int8) instead of float; "
@@ -681,6 +688,7 @@ def convert(
     exclude_nodes: str,
     exclude_op_types: str,
     speed_plan: bool,
+    cost_table: Path | None,
     min_cosine: tuple[tuple[str, float], ...],
     max_abs_error: tuple[tuple[str, float], ...],
     min_sqnr: tuple[tuple[str, float], ...],
@@ -776,6 +784,7 @@ def convert(
             exclude_nodes=exclude_nodes,
             exclude_op_types=exclude_op_types,
             speed_plan=speed_plan,
+            cost_table=cost_table,
             thresholds=_thresholds(
                 min_cosine,
                 max_abs_error,
@@ -1026,6 +1035,79 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+@main.command("measure-costs")
+@click.option(
+    "--kind",
+    type=click.Choice(["avx2", "vnni", "arm"]),
+    help="The CPU kind the table is for (default: this CPU's: avx2 for x86 without VNNI).",
+)
+@click.option("-o", "--output", required=True, type=_OUT, help="The table to write (JSON).")
+@click.option(
+    "--budget",
+    type=click.FloatRange(min=0.0),
+    default=0.25,
+    show_default=True,
+    help="Seconds of timing per shape (at least 15 interleaved rounds each).",
+)
+@click.option("--quick", is_flag=True, help="A coarser grid: about 4x faster, less exact.")
+@click.option("--json", "json_output", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def measure_costs(
+    kind: str | None, output: str, budget: float, quick: bool, json_output: bool, quiet: bool, debug: bool
+) -> None:
+    """Time onnxruntime's float and integer kernels on this CPU and write a cost table.
+
+    Run it on the CPU your models will run on; `quantcli convert --cost-table FILE` then plans for
+    speed with it (static, mixed) on any machine, without timing anything there. About 10 minutes
+    on 2 cores (--quick: about 2); keep the machine otherwise idle.
+
+    \b
+    Example:
+      quantcli measure-costs -o costs-vnni.json
+      quantcli convert model.onnx --calib calib/ --target-cpu vnni --cost-table costs-vnni.json -o model_int8.onnx
+    """
+
+    def body() -> int:
+        import json
+
+        from quantcli import report
+        from quantcli.cpu import host_features
+        from quantcli.errors import UsageError
+        from quantcli.outputs import check_outputs, output_path, write_bytes_atomic
+        from quantcli.quantize.cost_measure import FULL, QUICK, measure
+
+        target = output_path(output)
+        check_outputs({"-o": target}, [])
+        host = host_features()
+        chosen = kind or {"vnni": "vnni", "arm": "arm", "avx512": "avx2", "avx2": "avx2"}.get(host.kind)
+        if chosen is None:
+            raise UsageError(f"this CPU is {host.kind}: say which kind the table is for with --kind")
+        verbose = not quiet and not json_output and sys.stderr.isatty()
+        command = f"quantcli measure-costs --kind {chosen} -o {output}" + (" --quick" if quick else "")
+        command += f" --budget {budget:g}" if budget != 0.25 else ""
+        table = measure(
+            chosen,
+            budget_s=budget,
+            grid=QUICK if quick else FULL,
+            command=command,
+            progress=(lambda line: print(line, file=sys.stderr)) if verbose else None,
+        )
+        try:
+            write_bytes_atomic(target, (json.dumps(table, indent=1) + "\n").encode())
+        except OSError as exc:
+            raise UsageError(f"{target}: cannot write output: {exc.strerror or exc}") from exc
+        shapes = sum(len(rows) for rows in table["ops"].values())
+        seconds = table["measured"]["seconds"]
+        if json_output:
+            report.render_json({"output": str(target), "kind": chosen, "shapes": shapes, "seconds": seconds})
+        else:
+            print(f"wrote {target}: a {chosen} cost table, {shapes} shapes timed in {seconds} s")
+        return 0
+
+    _run("measure-costs", json_output, debug, body)
 
 
 if __name__ == "__main__":  # pragma: no cover

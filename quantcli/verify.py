@@ -7,6 +7,7 @@ integer inputs/outputs are compared in float32.
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -295,7 +296,9 @@ class RecordedOutputs:
     weights in onnxruntime at a time, not two (a 512 MiB model: about 0.6 GB less peak memory).
     It answers what compare_sessions asks of a session (metadata, and `run` on those samples)."""
 
-    def __init__(self, session, samples: Iterable[dict[str, np.ndarray]]) -> None:  # noqa: ANN001 - onnxruntime session
+    def __init__(  # noqa: ANN001 - onnxruntime session
+        self, session, samples: Iterable[dict[str, np.ndarray]], stop: threading.Event | None = None
+    ) -> None:
         # plain copies: onnxruntime's NodeArg objects point into the session they came from
         self.inputs = [_Arg(a.name, a.type, a.shape) for a in session.get_inputs()]
         self.outputs = [_Arg(a.name, a.type, a.shape) for a in session.get_outputs()]
@@ -306,6 +309,10 @@ class RecordedOutputs:
         size = 0
         io = match_io(session, session, strict=False)
         for i, sample in enumerate(samples):
+            if stop is not None and stop.is_set():  # the conversion ended without it
+                self.recorded.clear()
+                self.complete = False
+                return
             feeds = io.feeds(sample, "reference")
             values = run_session(session, self.names, feeds, "reference", i)
             size += sum(getattr(v, "nbytes", 0) for v in values)
@@ -344,11 +351,53 @@ def feeds_key(feeds: dict[str, np.ndarray]) -> bytes:
     return h.digest()
 
 
-def recorded_reference(session, samples: Iterable[dict[str, np.ndarray]]):  # noqa: ANN001, ANN201
+def recorded_reference(
+    session, samples: Iterable[dict[str, np.ndarray]], stop: threading.Event | None = None
+):  # noqa: ANN001, ANN201
     """`session`'s outputs on `samples` recorded (RecordedOutputs), or the session itself when they
     do not fit RECORD_BYTES."""
-    recorded = RecordedOutputs(session, samples)
+    recorded = RecordedOutputs(session, samples, stop)
     return recorded if recorded.complete else session
+
+
+# Up to this size (the model file), the reference is recorded while the conversion goes on: its
+# session (about the model's size again) is then held beside the planner's model and the rewrite's
+# copy. Past it, recording waits for verification, as the memory bound on big models needs.
+OVERLAP_BYTES = 256 << 20
+
+
+class ReferenceRecording:
+    """The float reference's outputs on the evaluation samples (`recorded_reference`): recorded on
+    a thread of its own from `start` on when `background` (planning and the rewrite leave a core
+    idle: all-MiniLM-L6-v2, 100 samples, about 1.5 s of verification hidden), otherwise when
+    `result` is first asked for. `close` stops a recording still under way (at its next sample)."""
+
+    def __init__(
+        self, model, samples: Callable[[], Iterable[dict[str, np.ndarray]]], *, background: bool
+    ) -> None:  # noqa: ANN001 - a model path or bytes, as make_session takes
+        self._model, self._samples, self._background = model, samples, background
+        self._future = None
+        self._stop = threading.Event()
+
+    def _record(self):  # noqa: ANN202 - RecordedOutputs or an onnxruntime session
+        from quantcli.runtime import make_session
+
+        return recorded_reference(make_session(self._model, lean=True), self._samples(), self._stop)
+
+    def start(self) -> None:
+        if not self._background or self._future is not None:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantcli-reference")
+        self._future = runner.submit(self._record)
+        runner.shutdown(wait=False)  # the thread ends with the recording
+
+    def result(self):  # noqa: ANN201 - what compare_sessions takes as its reference
+        return self._record() if self._future is None else self._future.result()
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def run_session(session, names: list[str], feeds: dict[str, np.ndarray], which: str, index: int) -> list:  # noqa: ANN001

@@ -44,6 +44,7 @@ class PlanJob:
     reference_model: Path | bytes  # the float model the accuracy search measures against
     progress: Progress | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    calibrated: Callable[[], None] | None = None  # called when a calibration is done
 
     def samples(self, refs: list) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
         """A source of `refs` as feeds of the preprocessed model."""
@@ -76,6 +77,8 @@ class PlanJob:
             tensors=tensors,
         )
         self.seconds["calibrate"] = self.seconds.get("calibrate", 0.0) + time.perf_counter() - t
+        if self.calibrated is not None:
+            self.calibrated()
         return ranges
 
     def progress_of(self, label: str) -> Callable[[int, int], None] | None:
@@ -197,10 +200,13 @@ def _speed_plan(job: PlanJob, ranges: Ranges) -> tuple[SpeedPlan | None, dict[st
     memo: dict = {}  # weight parameters shared by the plans made of this model
     excluded, speed = job.excluded, None
     if options.speed_plan:  # the float nodes for speed, then the accuracy plan around them
-        from quantcli.quantize.speed import plan_speed
+        from quantcli.quantize.speed import plan_speed, read_table
 
         t = time.perf_counter()
-        speed = plan_speed(job.model, plan_static(job.model, ranges, config, keep_float=excluded, memo=memo))
+        given = None if options.cost_table is None else read_table(options.cost_table, config.target_cpu)
+        speed = plan_speed(
+            job.model, plan_static(job.model, ranges, config, keep_float=excluded, memo=memo), given
+        )
         if options.fp16_nodes:  # mixed: what the user names comes first
             from quantcli.quantize.mixed import match_patterns
 
@@ -486,6 +492,7 @@ _STATIC = (
     "exclude_nodes",
     "exclude_op_types",
     "speed_plan",
+    "cost_table",
 )
 _DOUBLE = (11,)  # onnx.TensorProto.DOUBLE: fp16/bf16 convert float32 values; float16 is theirs to leave
 

@@ -4,7 +4,7 @@ choice brings.
 
 On x86 CPUs without VNNI, onnxruntime's integer kernels are slower than its float ones for
 depthwise and grouped convolutions, convolutions over few channels and small MatMuls (measured:
-quantize/costs/avx2.json, from scripts/measure_costs.py). Where integer is slower, a static plan
+quantize/costs/avx2.json, from `quantcli measure-costs`). Where integer is slower, a static plan
 that quantizes every node makes a model slower than FP32.
 
 The decision reads a cost table shipped with the package, measured per CPU kind, never live
@@ -18,7 +18,10 @@ a binary labelling with a penalty per differing neighbour pair: a minimum s-t cu
 optimum of this model (Kolmogorov & Zabih, "What energy functions can be minimized via graph cuts?").
 
 A target whose kind has no table is not planned for speed (said in the report); target `any`
-keeps float where integer is slower on any kind that has a table.
+keeps float where integer is slower on any kind that has a table. A table measured on the CPU a
+model will run on (`quantcli measure-costs`, quantize/cost_measure.py) and given with
+`convert --cost-table FILE` takes the place of the shipped one of its kind (or of the one missing):
+still no live timing at conversion, and the plan's reasons name the file.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from importlib import resources
+from pathlib import Path
 
 import onnx
 
@@ -40,6 +44,7 @@ from quantcli.quantize.plan import INT8, QuantPlan
 from quantcli.quantize.rules import Kind, rule_for
 
 KINDS_OF_TARGET = {"any": ("avx2", "vnni", "arm"), "avx2": ("avx2",), "vnni": ("vnni",), "arm": ("arm",)}
+ALL_KINDS = KINDS_OF_TARGET["any"]
 # integer kernels that can return float (MatMulIntegerToFloat, QGemm): a float reader of their
 # output needs no DequantizeLinear
 FLOAT_OUTPUT_OPS = ("MatMul", "Gemm")
@@ -57,17 +62,48 @@ CONV_CLASSES = {
 
 @dataclass(frozen=True, eq=False)
 class CostTable:
-    """Measured float and integer times of op classes on one CPU kind (scripts/measure_costs.py)."""
+    """Measured float and integer times of op classes on one CPU kind (`quantcli measure-costs`)."""
 
     kind: str
     measured: dict
     ops: dict
     layout: dict
+    source: str = ""  # the file a user gave (--cost-table); "" for a shipped table
 
     @property
     def label(self) -> str:
         m = self.measured
-        return f"{self.kind} (onnxruntime {m.get('onnxruntime', '?')}, {m.get('date', '?')})"
+        where = f", {self.source}" if self.source else ""
+        return f"{self.kind} (onnxruntime {m.get('onnxruntime', '?')}, {m.get('date', '?')}{where})"
+
+    @classmethod
+    def from_dict(cls, data: object, source: str = "") -> CostTable:
+        """A table from its JSON (`quantcli measure-costs`); ValueError saying what is wrong."""
+        if not isinstance(data, dict) or data.get("schema") != 1:
+            raise ValueError("no schema 1 table: write one with quantcli measure-costs")
+        kind, ops, layout = data.get("kind"), data.get("ops"), data.get("layout")
+        if kind not in ALL_KINDS:
+            raise ValueError(f"kind {kind!r}: not one of {', '.join(ALL_KINDS)}")
+        if not isinstance(ops, dict) or not ops:
+            raise ValueError("no 'ops' timings")
+        for op_class, rows in ops.items():
+            if op_class not in (*CONV_CLASSES, "MatMul"):
+                raise ValueError(f"unknown op class {op_class!r}")
+            keys = ("m", "k") if op_class == "MatMul" else ("c", "hw")
+            needed = (*keys, "macs", "elements", "float_us", "int_us", "crossing_us")
+            if not isinstance(rows, list) or not rows:
+                raise ValueError(f"no timings for {op_class}")
+            for row in rows:
+                if not isinstance(row, dict) or not all(_positive(row.get(k)) for k in needed[:4]):
+                    raise ValueError(f"a {op_class} timing lacks one of {', '.join(needed)}")
+                if not all(isinstance(row.get(k), (int, float)) for k in needed[4:]):
+                    raise ValueError(f"a {op_class} timing lacks one of {', '.join(needed)}")
+        if not isinstance(layout, dict) or not all(
+            isinstance(layout.get(k), (int, float)) for k in ("float_ns", "int_ns")
+        ):
+            raise ValueError("no 'layout' timings (float_ns, int_ns)")
+        measured = data.get("measured") if isinstance(data.get("measured"), dict) else {}
+        return cls(kind, measured, ops, layout, source)
 
     def times(self, op_class: str, features: tuple[float, float], macs: float) -> tuple[float, float]:
         """(float, integer) microseconds of a node: the nearest measured shape of its class (in log
@@ -124,21 +160,45 @@ class CostTable:
         return max(self.layout["int_ns"] - self.layout["float_ns"], 0.0) * elements / 1e3
 
 
+def _positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
 @cache
 def load_table(kind: str) -> CostTable | None:
     """The shipped table of a CPU kind, or None where none was measured."""
     path = resources.files("quantcli.quantize") / "costs" / f"{kind}.json"
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
-    return CostTable(data["kind"], data["measured"], data["ops"], data["layout"])
+    return CostTable.from_dict(json.loads(path.read_text()))
 
 
-def tables_for(target: str) -> tuple[list[CostTable], list[str]]:
-    """The tables that decide for `target`, and the kinds it covers that have none."""
+def read_table(path: Path, target: str) -> CostTable:
+    """A table a user measured (`quantcli convert --cost-table FILE`), for a kind `target` covers;
+    a file that is not one is a BadDataError, a kind the target does not run on a UsageError."""
+    from quantcli.errors import BadDataError, UsageError
+
+    try:
+        table = CostTable.from_dict(json.loads(Path(path).read_text()), source=Path(path).name)
+    except OSError as exc:
+        raise BadDataError(f"{path}: cannot read the cost table ({exc.strerror or exc})") from None
+    except ValueError as exc:  # json.JSONDecodeError is one
+        raise BadDataError(f"{path}: not a quantcli cost table ({str(exc).splitlines()[0]})") from None
+    kinds = KINDS_OF_TARGET.get(target, ())
+    if table.kind not in kinds:
+        raise UsageError(
+            f"--cost-table {path} was measured on {table.kind}; --target-cpu {target} runs on "
+            f"{', '.join(kinds)}: choose --target-cpu {table.kind} or any"
+        )
+    return table
+
+
+def tables_for(target: str, given: CostTable | None = None) -> tuple[list[CostTable], list[str]]:
+    """The tables that decide for `target` (`given` in place of the shipped table of its kind),
+    and the kinds it covers that have none."""
     tables, missing = [], []
     for kind in KINDS_OF_TARGET.get(target, ()):
-        table = load_table(kind)
+        table = given if given is not None and given.kind == kind else load_table(kind)
         if table is None:
             missing.append(kind)
         else:
@@ -388,9 +448,10 @@ class SpeedPlan:
         return replace(self, keep_float={k: v for k, v in self.keep_float.items() if k not in names})
 
 
-def plan_speed(model: onnx.ModelProto, plan: QuantPlan) -> SpeedPlan:
-    """Which INT8 Conv/MatMul/Gemm nodes of `plan` to keep in float for speed on its target."""
-    tables, missing = tables_for(plan.config.target_cpu)
+def plan_speed(model: onnx.ModelProto, plan: QuantPlan, given: CostTable | None = None) -> SpeedPlan:
+    """Which INT8 Conv/MatMul/Gemm nodes of `plan` to keep in float for speed on its target
+    (`given`: a table the user measured, in place of the shipped one of its kind)."""
+    tables, missing = tables_for(plan.config.target_cpu, given)
     if plan.config.activation_type is not QType.UINT8:
         why = (
             f"the cost tables time UINT8 activations (onnxruntime's U8S8 kernels), not "
