@@ -251,21 +251,58 @@ def fit_scales(
         imp = imp[cols]
     x = codes(rows[np.ix_(kept, cols)], g)
     chunk = max(1, _EXACT_ELEMENTS // (8 * max(1, x.shape[1])))
+    starts = range(0, x.shape[0], chunk)
+    # The pairs over the limit at f = 1 are the only ones a wider scale can leave over it (rounding
+    # is monotone: |round(v / f)| <= |round(v)| for f >= 1): each factor fits those alone, which is
+    # what fit_pairs does with the whole chunk (the same pairs, the same arithmetic), at a fraction
+    # of the passes.
+    over_at_1 = [np.nonzero(pair_excess(np.round(x[a : a + chunk]), limit) > 0) for a in starts]
     best_err = np.full(n_groups, np.inf)
     best_f = np.ones(n_groups)
     for t in np.linspace(0.0, 1.0, _GRID):
         f_group = 1.0 + t * (f_max - 1.0)
         err = np.zeros(n_groups)
-        for start in range(0, x.shape[0], chunk):
+        for start, candidates in zip(starts, over_at_1, strict=True):
             xs, gs = x[start : start + chunk], g[start : start + chunk]
             f = f_group[gs][:, None]
             real = np.clip(xs / f, -qmax, qmax)
-            q = fit_pairs(np.round(real), real, limit, imp, qmax)
+            q = _fit_over(np.round(real), real, candidates, limit, imp, qmax)
             np.add.at(err, gs, np.sum(imp * (q * f - xs) ** 2, axis=1))
         better = at_risk & (err < best_err)
         best_err = np.where(better, err, best_err)
         best_f = np.where(better, f_group, best_f)
     return (per_group * best_f).astype(np.float32).reshape(np.shape(scale))
+
+
+def _fit_over(
+    q: np.ndarray,
+    real: np.ndarray,
+    candidates: tuple[np.ndarray, np.ndarray],
+    limit: int,
+    importance: np.ndarray,
+    qmax: int,
+) -> np.ndarray:
+    """fit_pairs(q, real, limit, importance, qmax) when only the pairs `candidates` (rows, pair
+    columns) can be over the limit: `q` fitted in place."""
+    rows, pairs = candidates
+    if rows.size == 0:
+        return q
+    qp, rp = kernel_pairs(q), kernel_pairs(real)
+    first, second = qp[rows, pairs, 0], qp[rows, pairs, 1]
+    zero = first.dtype.type(0)
+    pos = np.maximum(first, zero) + np.maximum(second, zero)
+    neg = -(np.minimum(first, zero) + np.minimum(second, zero))
+    over = np.maximum(np.maximum(pos - limit, neg - limit), 0) > 0
+    r, c = rows[over], pairs[over]
+    if r.size == 0:
+        return q
+    sign = np.where(qp[r, c, 0].astype(np.int32) + qp[r, c, 1] > 0, 1.0, -1.0)
+    a, b = np.abs(rp[r, c, 0].astype(np.float64)), np.abs(rp[r, c, 1].astype(np.float64))
+    w = kernel_pairs(np.asarray(importance, dtype=np.float64).reshape(1, -1))[0]
+    fitted = _fit(a, b, w[c, 0], w[c, 1], limit, qmax)
+    qp[r, c, 0] = (sign * fitted).astype(q.dtype)
+    qp[r, c, 1] = (sign * (limit - fitted)).astype(q.dtype)
+    return q
 
 
 FIT_VALUES = 1 << 20  # weight values quantized and fitted at a time (float64 temporaries of 8 MB)
