@@ -18,7 +18,7 @@ from quantcli.calibration.collect import CalibrationConfig
 from quantcli.calibration.data import LAYOUTS, InputSpec, SampleSplit, iter_samples, split_samples
 from quantcli.calibration.images import ImagePreprocess
 from quantcli.calibration.ranges import CalibMethod
-from quantcli.cpu import DEFAULT_TARGET, TARGETS
+from quantcli.cpu import DEFAULT_TARGET, HOST, TARGETS, host_target
 from quantcli.errors import (
     BadDataError,
     BadModelError,
@@ -183,7 +183,9 @@ class ConvertOptions:
                 put(name, Path(value))
         put("mode", None if self.mode is None else _choice(self.mode, "mode", modes.names()))
         put("activation_type", QType(_choice(self.activation_type, "activation_type", _ACTIVATION_TYPES)))
-        put("target_cpu", _choice(self.target_cpu, "target_cpu", TARGETS))
+        put("target_cpu", _choice(self.target_cpu, "target_cpu", (*TARGETS, HOST)))
+        if self.target_cpu == HOST:  # this CPU's kind, from here on (cpu.host_target)
+            put("target_cpu", host_target())
         put("weight_calibration", _choice(self.weight_calibration, "weight_calibration", ("minmax", "mse")))
         put("calib_layout", _choice(self.calib_layout, "calib_layout", LAYOUTS))
         put("int4_compute", _choice(self.int4_compute, "int4_compute", ("float", "int8")))

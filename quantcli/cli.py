@@ -87,7 +87,7 @@ try:
     import click
 
     from quantcli import __version__
-    from quantcli.cpu import DEFAULT_TARGET, TARGETS
+    from quantcli.cpu import DEFAULT_TARGET, HOST, TARGETS
     from quantcli.errors import ExitCode, QuantcliError
     from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, modes
 except (KeyboardInterrupt, _Terminated) as _exc:
@@ -511,10 +511,10 @@ def _summary_target(markdown: str | None) -> tuple[Path | None, bool]:
 )
 @click.option(
     "--target-cpu",
-    type=click.Choice(list(TARGETS)),
+    type=click.Choice([*TARGETS, HOST]),
     default=DEFAULT_TARGET,
     show_default=True,
-    help="CPU kind the model is made for: any/avx2 keep every INT8 weight pair within what x86 CPUs without VNNI add exactly; vnni/arm keep full-range weights.",
+    help="CPU kind the model is made for: any/avx2 keep every INT8 weight pair within what x86 CPUs without VNNI add exactly; vnni/arm keep full-range weights; host: this CPU's kind (recorded as that kind).",
 )
 @click.option(
     "--dynamic-op-types",
@@ -1074,7 +1074,7 @@ def measure_costs(
         import json
 
         from quantcli import report
-        from quantcli.cpu import host_features
+        from quantcli.cpu import host_features, host_target
         from quantcli.errors import UsageError
         from quantcli.outputs import check_outputs, output_path, write_bytes_atomic
         from quantcli.quantize.cost_measure import FULL, QUICK, measure
@@ -1082,8 +1082,8 @@ def measure_costs(
         target = output_path(output)
         check_outputs({"-o": target}, [])
         host = host_features()
-        chosen = kind or {"vnni": "vnni", "arm": "arm", "avx512": "avx2", "avx2": "avx2"}.get(host.kind)
-        if chosen is None:
+        chosen = kind or host_target(host)
+        if chosen not in ("avx2", "vnni", "arm"):
             raise UsageError(f"this CPU is {host.kind}: say which kind the table is for with --kind")
         verbose = not quiet and not json_output and sys.stderr.isatty()
         command = f"quantcli measure-costs --kind {chosen} -o {output}" + (" --quick" if quick else "")

@@ -28,11 +28,23 @@ TARGETS = {
     "arm": "ARM64 only: full-range INT8 weights, which x86 CPUs without VNNI may saturate",
 }
 DEFAULT_TARGET = "any"
+# --target-cpu host: the converting CPU is the target. Resolved once, when converting, to its kind
+# (host_target); the plan and the model record that kind, so a replay elsewhere is the same model.
+HOST = "host"
 
 
 def target_saturates(target: str) -> bool:
     """Whether the target includes CPUs whose U8S8 kernels add pairs in a saturating int16."""
     return target in ("any", "avx2")
+
+
+def host_target(features: CpuFeatures | None = None) -> str:
+    """The target that is this CPU (`host_features`): vnni, arm, avx2 for x86 without VNNI (its
+    U8S8 kernels add pairs in int16 whatever else it has), any where the kind is unknown."""
+    kind = (features or host_features()).kind
+    return {"vnni": "vnni", "arm": "arm", "avx512": "avx2", "avx2": "avx2", "x86": "avx2"}.get(
+        kind, DEFAULT_TARGET
+    )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import pytest
 from conftest import DATA, SAMPLE_NAMES, SAMPLES, convert_sample, quantcli
 from onnx import TensorProto, helper, numpy_helper
 
-from quantcli.cpu import _detected, host_features, parse_features
+from quantcli.cpu import _detected, host_features, host_target, parse_features
 from quantcli.inspect.saturation import LIMIT_8BIT, u8s8_layers
 from quantcli.quantize.plan import QuantPlan
 from quantcli.quantize.saturation import (
@@ -330,6 +330,25 @@ def test_host_features_are_an_input(monkeypatch) -> None:
     assert parse_features("arm", "x").u8s8_saturates is False
     assert parse_features("avx2,avx512f,avx512bw", "x").kind == "avx512"
     assert parse_features("avx512f", "x").u8s8_saturates is True
+
+
+@pytest.mark.parametrize(
+    ("features", "target"),
+    [("avx2", "avx2"), ("avx2 avx512f avx512bw", "avx2"), ("avx2 avx512_vnni", "vnni"), ("aarch64", "arm")],
+)
+def test_target_host_is_this_cpus_kind_recorded_as_that_kind(
+    tmp_path: Path, monkeypatch, features: str, target: str
+) -> None:
+    """--target-cpu host resolves to the converting CPU's kind when converting: the plan and the
+    model record that kind (a replay elsewhere makes the same model), and the weights follow it:
+    full range on VNNI and ARM, within the pair limit on x86 without VNNI."""
+    monkeypatch.setenv("QUANTCLI_CPU_FEATURES", features)
+    assert host_target() == target
+    c = convert_sample("digits_mlp", tmp_path, "host", target_cpu="host", speed_plan=False)
+    assert QuantPlan.load(c.plan).config.target_cpu == target == c.result.saturation.target_cpu
+    assert {p.key: p.value for p in onnx.load(c.output).metadata_props}["quantcli.target_cpu"] == target
+    limits = {p.pair_limit for _, p, _ in _weights(c).values() if p.dtype.value == "int8"}
+    assert limits == ({None} if target in ("vnni", "arm") else {128})
 
 
 def test_full_range_on_a_cpu_without_vnni_is_measured_on_both_kernels(full_range) -> None:
