@@ -573,13 +573,14 @@ def _convert(
         background=bool(split.eval) and input_bytes <= OVERLAP_BYTES,
     )
     cleanup.callback(recording.close)
-    search = speed = None
+    search = speed = nonfinite = None
     if plan is not None:
         options.check_plan_options(plan)
     else:
         job = PlanJob(model, config, options, split, specs, excluded, reference_model, progress, seconds)
         job.calibrated = recording.start
         planned = mode.plan(job)
+        nonfinite = job.nonfinite if "nonfinite" in vars(job) else None  # when a planner read them
         del job  # not kept, nor the result: they hold the float model, which the rewrite and
         # verification must be able to free
         plan, search, speed = planned.plan, planned.search, planned.speed
@@ -587,7 +588,8 @@ def _convert(
     recording.start()  # a mode that does not calibrate, or a replayed plan: from here
     mode = modes.get(plan.mode)  # a plan may be another mode's: --fallback fp16 makes a mixed one
 
-    nonfinite = nonfinite_initializers(model)
+    if nonfinite is None:
+        nonfinite = nonfinite_initializers(model)
     if not replayed:  # a replayed plan that quantizes one was refused (plan_check.py)
         keep_nonfinite_float(plan, nonfinite)
     t = time.perf_counter()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -80,6 +81,20 @@ class PlanJob:
         if self.calibrated is not None:
             self.calibrated()
         return ranges
+
+    @cached_property
+    def nonfinite(self) -> dict[str, tuple[int, int]]:
+        """The model's float initializers holding NaN or inf (quantize/nonfinite.py), read once:
+        every value of every weight is looked at."""
+        from quantcli.quantize.nonfinite import nonfinite_initializers
+
+        return nonfinite_initializers(self.model)
+
+    def memo(self) -> dict:
+        """A new memo for plans of this model (static.plan_static), the non-finite scan in it."""
+        from quantcli.quantize.static import NONFINITE
+
+        return {NONFINITE: self.nonfinite}
 
     def progress_of(self, label: str) -> Callable[[int, int], None] | None:
         progress = self.progress
@@ -197,7 +212,7 @@ def _speed_plan(job: PlanJob, ranges: Ranges) -> tuple[SpeedPlan | None, dict[st
     from quantcli.quantize.static import plan_static
 
     options, config = job.options, job.config
-    memo: dict = {}  # weight parameters shared by the plans made of this model
+    memo = job.memo()  # weight parameters shared by the plans made of this model
     excluded, speed = job.excluded, None
     if options.speed_plan:  # the float nodes for speed, then the accuracy plan around them
         from quantcli.quantize.speed import plan_speed, read_table
@@ -222,7 +237,8 @@ def _plan_static(job: PlanJob) -> Planned:
     from quantcli.quantize.static import tensors_to_observe
 
     calibration = _calibration(job)
-    ranges = job.calibrate(calibration, tensors_to_observe(job.model, job.config, keep_float=job.excluded))
+    observe = tensors_to_observe(job.model, job.config, keep_float=job.excluded, nonfinite=job.nonfinite)
+    ranges = job.calibrate(calibration, observe)
     while True:
         planned = _plan_static_on(job, ranges)
         if not ranges.wanted:
@@ -265,7 +281,7 @@ def _search(job: PlanJob, ranges: Ranges, excluded: dict[str, str]) -> tuple[Qua
 
     options, model, split = job.options, job.model, job.split
     reference = CachedOutputs(make_session(job.reference_model, lean=True))
-    memo: dict = {}  # weight parameters, shared by every plan of the search
+    memo = job.memo()  # weight parameters, shared by every plan of the search
 
     def measure(plan: QuantPlan) -> Agreement:
         candidate = target_session(rewrite(model, plan), plan.config)

@@ -58,10 +58,14 @@ def plan_static(
     """Decide each node's precision and each quantized tensor's parameters; the nodes in
     `keep_float` (name -> reason) stay float and their neighbours are decided accordingly, as do
     the nodes that read a weight holding NaN or inf (quantize/nonfinite.py). `memo`: weight
-    parameters kept between calls on the same model and ranges (a search plans it many times)."""
+    parameters and that scan of every weight value, kept between calls on the same model and
+    ranges (the speed plan and a search plan it several times)."""
     index = GraphIndex(model.graph)
     ranges = _without_sentinels(ranges, index)
-    precision, reasons, tables = _decisions(model, index, ranges, config, keep_float)
+    if memo is not None and NONFINITE not in memo:  # read once for the plans sharing the memo
+        memo[NONFINITE] = nonfinite_initializers(model)
+    nonfinite = memo[NONFINITE] if memo is not None else nonfinite_initializers(model)
+    precision, reasons, tables = _decisions(model, index, ranges, config, keep_float, nonfinite)
     permuted: dict[str, tuple[int, int, int]] = {}  # Gemm -> C, H, W of its NHWC-ordered weight
     flattens = nhwc_flattens(model, index, precision)
     for name, (c, h, w, gemm) in flattens.items():
@@ -112,11 +116,13 @@ def _decisions(
     ranges: Ranges,
     config: QuantConfig,
     keep_float: dict[str, str] | None,
+    nonfinite: dict[str, tuple[int, int]],
     tried: set[str] | None = None,
 ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-    """Each node's precision and reason, and the embedding tables of the INT8 Gathers; `tried`
-    collects the nodes that were INT8 in any round of the replay, final or not."""
-    keep_float = {**nonfinite_readers(model, nonfinite_initializers(model)), **(keep_float or {})}
+    """Each node's precision and reason, and the embedding tables of the INT8 Gathers; the readers
+    of `nonfinite` initializers stay float; `tried` collects the nodes that were INT8 in any round
+    of the replay, final or not."""
+    keep_float = {**nonfinite_readers(model, nonfinite), **(keep_float or {})}
     tables: dict[str, str] = {}
     for node in model.graph.node:
         table = embedding_table(node, index)
@@ -138,7 +144,11 @@ def _decisions(
 
 
 def tensors_to_observe(
-    model: onnx.ModelProto, config: QuantConfig, *, keep_float: dict[str, str] | None = None
+    model: onnx.ModelProto,
+    config: QuantConfig,
+    *,
+    keep_float: dict[str, str] | None = None,
+    nonfinite: dict[str, tuple[int, int]] | None = None,
 ) -> set[str]:
     """The tensors whose calibrated ranges and channel statistics a static plan of `model` may
     read: the inputs and outputs of every node that is INT8 in some round of the decisions when
@@ -154,7 +164,9 @@ def tensors_to_observe(
     index = GraphIndex(model.graph)
     everything = Ranges({name: (-1.0, 1.0) for name in float_tensors(model)})
     tried: set[str] = set()
-    _decisions(model, index, everything, config, keep_float, tried)
+    if nonfinite is None:
+        nonfinite = nonfinite_initializers(model)
+    _decisions(model, index, everything, config, keep_float, nonfinite, tried)
     found = {
         name
         for node in model.graph.node
@@ -168,6 +180,7 @@ def tensors_to_observe(
     return found
 
 
+NONFINITE = "nonfinite initializers"  # the memo's entry for them (not a weight's key: those are tuples)
 SENTINEL = 1e30  # |x| this large is a "minus infinity" stand-in (torch.finfo(float32).min masks)
 MASK = 1e4  # a Softmax input reaching this far holds an additive attention mask (-10000 masks)
 
