@@ -355,11 +355,14 @@ def quantize_weight(values: np.ndarray, params) -> np.ndarray:  # noqa: ANN001 -
     if step >= n:
         return _fitted(values, scale, zp, params)
     out = np.empty(values.shape, dtype=params.dtype.numpy)
-    for start in range(0, n, step):
+
+    def fit_slice(start: int) -> None:  # the slices are disjoint: on threads
         part = [slice(None)] * values.ndim
         part[rows] = slice(start, start + step)
         s, z = (scale[start : start + step], zp[start : start + step]) if per_channel else (scale, zp)
         out[tuple(part)] = _fitted(values[tuple(part)], s, z, params)
+
+    _in_threads(fit_slice, list(range(0, n, step)))
     return out
 
 
