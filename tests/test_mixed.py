@@ -115,6 +115,11 @@ def test_fp16_node_on_overflowing_activation_stays_float32(tmp_path) -> None:  #
     assert by_name["big"].precision == FLOAT
     assert "h reaches 100000, beyond float16's 65504" in by_name["big"].reason
     assert by_name["small"].precision == FLOAT  # reads h too
+    # h left unobserved by a static calibration (static.tensors_to_observe): not taken as in range,
+    # but asked for, so that the caller observes it and plans again
+    partial = Ranges({"x": (-1.0, 1.0), "y": (-1.0, 1.0)}, 8, unobserved=frozenset({"h"}))
+    plan = plan_mixed(model, partial, QuantConfig(), named=["big"], sensitivity={}, count=0)
+    assert {n.name: n for n in plan.nodes}["big"].precision == FLOAT and partial.wanted == {"h"}
 
 
 def test_cli_errors(tmp_path) -> None:  # noqa: ANN001
