@@ -31,7 +31,7 @@ from pathlib import Path
 
 from _bench_cases import REAL_NAMES, SAMPLE_NAMES, all_cases
 from _bench_convert import ORT_STATIC, TIME_TOOLS, Conversion, Tool, convert
-from _bench_report import command_line, run_header, write_json
+from _bench_report import command_line, md_table, plain_table, run_header, write_json
 
 QUANTCLI_STAGES = ("preprocess", "calibrate", "speed_plan", "plan", "rewrite", "verify", "latency", "total")
 ORT_STAGES = ("quant_pre_process", "quantize_static")
@@ -67,13 +67,14 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
 
 
-def table(case: str, model_mb: float, rows: list[dict[str, object]]) -> str:
+def cells(rows: list[dict[str, object]]) -> tuple[list[str], list[list[str]]]:
+    """The table's head and one line of cells per tool (a failed one: its error, the rest '-')."""
     ort_wall = next((r["wall_s"] for r in rows if r["tool"] == ORT_STATIC.key), None)
     head = ["tool", "wall s", "/ ort", "peak RSS MB", *QUANTCLI_STAGES, *ORT_STAGES]
-    lines = [head]
+    lines = []
     for r in rows:
         if r["error"]:
-            lines.append([str(r["label"]), f"FAILED: {r['error']}"])
+            lines.append([str(r["label"]), f"FAILED: {r['error']}", *["-"] * (len(head) - 2)])
             continue
         wall, secs = r["wall_s"], r["seconds"]
         ratio = f"{wall / ort_wall:.2f}" if wall and ort_wall else "-"
@@ -86,13 +87,30 @@ def table(case: str, model_mb: float, rows: list[dict[str, object]]) -> str:
                 *(f"{secs[s]:.2f}" if s in secs else "-" for s in (*QUANTCLI_STAGES, *ORT_STAGES)),
             ]
         )
-    widths = [max(len(line[i]) for line in lines if i < len(line)) for i in range(len(head))]
-    text = [f"{case} ({model_mb:.1f} MB)"]
-    for line in lines:
-        text.append(
-            "  ".join(cell.ljust(widths[i]) if i < len(widths) else cell for i, cell in enumerate(line))
-        )
-    return "\n".join(text)
+    return head, lines
+
+
+def table(case: str, model_mb: float, rows: list[dict[str, object]]) -> str:
+    head, lines = cells(rows)
+    return f"{case} ({model_mb:.1f} MB)\n" + plain_table(head, lines)
+
+
+def markdown(header: list[str], notes: list[str], results: list[dict], end_load: str) -> str:
+    text = [
+        "# Conversion time and memory (issue #18)",
+        "",
+        *(f"- {line}" for line in [*header, end_load, *notes]),
+    ]
+    text += [
+        "",
+        "Wall time of the whole child process (Python start and imports included) and its peak RSS;",
+        "quantcli's stage seconds from its `--json` report (its `verify` and `latency` checks are work",
+        "onnxruntime's quantizer does not do); `/ ort`: wall time over onnxruntime's. Medians of the rounds.",
+    ]
+    for r in results:
+        head, lines = cells(r["tools"])
+        text += ["", f"## {r['case']} ({r['model_mb']:.1f} MB)", "", md_table(head, lines)]
+    return "\n".join(text) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=1, help="conversions per tool (medians; default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the tables as Markdown")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -127,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
             for f in Path(tmp).glob(f"{case.name}.*"):  # outputs of this case: not needed any more
                 if f.is_file():
                     f.unlink()
-    print(f"\nload average (1 min) at the end {os.getloadavg()[0]:.2f}")
+    end_load = f"load average (1 min) at the end {os.getloadavg()[0]:.2f}"
+    print("\n" + end_load)
     write_json(args.json, header, {"rounds": args.rounds, "cases": results, "notes": notes})
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(header, notes, results, end_load))
     return 0
 
 
