@@ -226,18 +226,14 @@ def fit_scales(
 
     n_rows = rows.shape[0]
     k_even = rows.shape[1] // 2 * 2
-    step_rows = max(1, _EXACT_ELEMENTS // 2 // max(1, rows.shape[1]))  # two chunks on threads at once
-
-    def extremes(a: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's largest same-sign pair sum, and whether a rounded pair is over the limit."""
+    worst_row = np.zeros(n_rows)
+    over_row = np.zeros(n_rows, dtype=bool)
+    step_rows = max(1, _EXACT_ELEMENTS // max(1, rows.shape[1]))
+    for a in range(0, n_rows, step_rows):
         x = codes(rows[a : a + step_rows], groups[a : a + step_rows])
         pos, neg = same_sign_sums(x)
-        worst = np.maximum(pos.max(axis=1, initial=0), neg.max(axis=1, initial=0))
-        return worst, pair_excess(np.round(x), limit).max(axis=1, initial=0) > 0
-
-    found = _in_threads(extremes, list(range(0, n_rows, step_rows)))
-    worst_row = np.concatenate([w for w, _ in found]) if found else np.zeros(0)
-    over_row = np.concatenate([o for _, o in found]) if found else np.zeros(0, dtype=bool)
+        worst_row[a : a + step_rows] = np.maximum(pos.max(axis=1, initial=0), neg.max(axis=1, initial=0))
+        over_row[a : a + step_rows] = pair_excess(np.round(x), limit).max(axis=1, initial=0) > 0
     n_groups = per_group.size
     worst = np.zeros(n_groups)
     np.maximum.at(worst, groups, worst_row)
@@ -257,49 +253,25 @@ def fit_scales(
     chunk = max(1, _EXACT_ELEMENTS // (8 * max(1, x.shape[1])))
     starts = range(0, x.shape[0], chunk)
     # The pairs over the limit at f = 1 are the only ones a wider scale can leave over it (rounding
-    # is monotone: |round(v / f)| <= |round(v)| for f >= 1): each factor fits those alone (row_errors),
-    # which is what fit_pairs does with the whole chunk (the same pairs, the same arithmetic), at a
-    # fraction of the passes.
-    factors = [1.0 + t * (f_max - 1.0) for t in np.linspace(0.0, 1.0, _GRID)]
-
-    def row_errors(start: int) -> list[np.ndarray]:
-        """Each factor's error of every row of one chunk (the chunks are independent)."""
-        xs, gs = x[start : start + chunk], g[start : start + chunk]
-        candidates = np.nonzero(pair_excess(np.round(xs), limit) > 0)
-        errors = []
-        for f_group in factors:
+    # is monotone: |round(v / f)| <= |round(v)| for f >= 1): each factor fits those alone, which is
+    # what fit_pairs does with the whole chunk (the same pairs, the same arithmetic), at a fraction
+    # of the passes.
+    over_at_1 = [np.nonzero(pair_excess(np.round(x[a : a + chunk]), limit) > 0) for a in starts]
+    best_err = np.full(n_groups, np.inf)
+    best_f = np.ones(n_groups)
+    for t in np.linspace(0.0, 1.0, _GRID):
+        f_group = 1.0 + t * (f_max - 1.0)
+        err = np.zeros(n_groups)
+        for start, candidates in zip(starts, over_at_1, strict=True):
+            xs, gs = x[start : start + chunk], g[start : start + chunk]
             f = f_group[gs][:, None]
             real = np.clip(xs / f, -qmax, qmax)
             q = _fit_over(np.round(real), real, candidates, limit, imp, qmax)
-            errors.append(np.sum(imp * (q * f - xs) ** 2, axis=1))
-        return errors
-
-    # Chunks on threads (numpy's loops run without the GIL), their errors summed in chunk order:
-    # the same sums, so the same scales, as one thread.
-    chunks = _in_threads(row_errors, list(starts))
-    best_err = np.full(n_groups, np.inf)
-    best_f = np.ones(n_groups)
-    for i, f_group in enumerate(factors):
-        err = np.zeros(n_groups)
-        for start, errors in zip(starts, chunks, strict=True):
-            np.add.at(err, g[start : start + chunk], errors[i])
+            np.add.at(err, gs, np.sum(imp * (q * f - xs) ** 2, axis=1))
         better = at_risk & (err < best_err)
         best_err = np.where(better, err, best_err)
         best_f = np.where(better, f_group, best_f)
     return (per_group * best_f).astype(np.float32).reshape(np.shape(scale))
-
-
-def _in_threads(work, items: list) -> list:  # noqa: ANN001 - a function of one item
-    """[work(item) for item in items], on the CPUs this process may use."""
-    from quantcli.calibration.fold import observer_threads
-
-    threads = min(observer_threads(), len(items))
-    if threads <= 1:
-        return [work(item) for item in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="quantcli-fit") as pool:
-        return list(pool.map(work, items))
 
 
 def _fit_over(
@@ -355,14 +327,11 @@ def quantize_weight(values: np.ndarray, params) -> np.ndarray:  # noqa: ANN001 -
     if step >= n:
         return _fitted(values, scale, zp, params)
     out = np.empty(values.shape, dtype=params.dtype.numpy)
-
-    def fit_slice(start: int) -> None:  # the slices are disjoint: on threads
+    for start in range(0, n, step):
         part = [slice(None)] * values.ndim
         part[rows] = slice(start, start + step)
         s, z = (scale[start : start + step], zp[start : start + step]) if per_channel else (scale, zp)
         out[tuple(part)] = _fitted(values[tuple(part)], s, z, params)
-
-    _in_threads(fit_slice, list(range(0, n, step)))
     return out
 
 
