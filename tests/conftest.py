@@ -103,6 +103,21 @@ def converted_modes(tmp_path_factory: pytest.TempPathFactory):
     return get
 
 
+def threads_calling(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[str]:
+    """Wrap `owner.name` to record the name of the thread of each call (in call order)."""
+    import threading
+
+    calls: list[str] = []
+    original = getattr(owner, name)
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
 def quantcli(*args: object, cwd: Path) -> subprocess.CompletedProcess:
     """Run the CLI as a user would: a separate process, output captured, not a terminal."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}

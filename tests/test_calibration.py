@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import onnx
 import pytest
-from conftest import DATA, ROOT, SAMPLES
+from conftest import DATA, ROOT, SAMPLES, threads_calling
 
 from quantcli.calibration.collect import CalibrationConfig, collect_ranges, estimated_bytes, tensor_groups
 from quantcli.calibration.data import InputSpec, iter_samples, list_samples
@@ -260,20 +260,11 @@ def test_batched_and_single_sample_runs_agree() -> None:
 def test_the_next_run_computes_while_this_one_is_observed(monkeypatch: pytest.MonkeyPatch) -> None:
     """On more than one CPU a run's outputs are observed while the next run computes on a thread of
     its own; the statistics are those of runs in turn, and no run is lost or repeated."""
-    import threading
-
     from quantcli.calibration import collect, fold
 
     model, samples = cnn_model_and_samples()
     config = CalibrationConfig(method=CalibMethod.PERCENTILE, batch_size=4)
-    where: list[str] = []
-    run = collect._run
-
-    def recorded(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        where.append(threading.current_thread().name)
-        return run(*args, **kwargs)
-
-    monkeypatch.setattr(collect, "_run", recorded)
+    where = threads_calling(monkeypatch, collect, "_run")
     monkeypatch.setattr(fold, "observer_threads", lambda: 2)
     ahead = collect_ranges(model, samples, config)
     threads, where[:] = list(where), []

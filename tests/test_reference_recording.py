@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import convert_sample
+from conftest import convert_sample, threads_calling
 
 from quantcli import api
 from quantcli.errors import InternalError
@@ -24,14 +24,7 @@ def test_the_reference_recorded_alongside_gives_the_same_agreement(
 ) -> None:
     import quantcli.verify as verify
 
-    where: list[str] = []
-    record = verify.recorded_reference
-
-    def recorded(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        where.append(threading.current_thread().name)
-        return record(*args, **kwargs)
-
-    monkeypatch.setattr(verify, "recorded_reference", recorded)
+    where = threads_calling(monkeypatch, verify, "recorded_reference")
     alongside = convert_sample("digits_cnn", tmp_path, "alongside")
     monkeypatch.setattr(api, "OVERLAP_BYTES", 0)  # every model: recorded at verification
     in_turn = convert_sample("digits_cnn", tmp_path, "in_turn")
