@@ -580,7 +580,7 @@ def _convert(
         job = PlanJob(model, config, options, split, specs, excluded, reference_model, progress, seconds)
         job.calibrated = recording.start
         planned = mode.plan(job)
-        nonfinite = job.nonfinite if "nonfinite" in vars(job) else None  # when a planner read them
+        nonfinite = job.nonfinite  # read once: a static planner has, for its plans
         del job  # not kept, nor the result: they hold the float model, which the rewrite and
         # verification must be able to free
         plan, search, speed = planned.plan, planned.search, planned.speed

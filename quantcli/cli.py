@@ -87,7 +87,7 @@ try:
     import click
 
     from quantcli import __version__
-    from quantcli.cpu import DEFAULT_TARGET, HOST, TARGETS
+    from quantcli.cpu import DEFAULT_TARGET, HOST, TABLE_KINDS, TARGETS
     from quantcli.errors import ExitCode, QuantcliError
     from quantcli.quantize import BLOCK_SIZES, DEFAULT_BLOCK_SIZE, FP16_COUNT, modes
 except (KeyboardInterrupt, _Terminated) as _exc:
@@ -1040,7 +1040,7 @@ class _progress:
 @main.command("measure-costs")
 @click.option(
     "--kind",
-    type=click.Choice(["avx2", "vnni", "arm"]),
+    type=click.Choice(list(TABLE_KINDS)),
     help="The CPU kind the table is for (default: this CPU's: avx2 for x86 without VNNI).",
 )
 @click.option("-o", "--output", required=True, type=_OUT, help="The table to write (JSON).")
@@ -1076,14 +1076,15 @@ def measure_costs(
         from quantcli import report
         from quantcli.cpu import host_features, host_target
         from quantcli.errors import UsageError
-        from quantcli.outputs import check_outputs, output_path, write_bytes_atomic
+        from quantcli.model_io import write_output_bytes
+        from quantcli.outputs import check_outputs, output_path
         from quantcli.quantize.cost_measure import FULL, QUICK, measure
 
         target = output_path(output)
         check_outputs({"-o": target}, [])
         host = host_features()
         chosen = kind or host_target(host)
-        if chosen not in ("avx2", "vnni", "arm"):
+        if chosen not in TABLE_KINDS:
             raise UsageError(f"this CPU is {host.kind}: say which kind the table is for with --kind")
         verbose = not quiet and not json_output and sys.stderr.isatty()
         command = f"quantcli measure-costs --kind {chosen} -o {output}" + (" --quick" if quick else "")
@@ -1095,10 +1096,7 @@ def measure_costs(
             command=command,
             progress=(lambda line: print(line, file=sys.stderr)) if verbose else None,
         )
-        try:
-            write_bytes_atomic(target, (json.dumps(table, indent=1) + "\n").encode())
-        except OSError as exc:
-            raise UsageError(f"{target}: cannot write output: {exc.strerror or exc}") from exc
+        write_output_bytes((json.dumps(table, indent=1) + "\n").encode(), target)
         shapes = sum(len(rows) for rows in table["ops"].values())
         seconds = table["measured"]["seconds"]
         if json_output:

@@ -28,6 +28,7 @@ TARGETS = {
     "arm": "ARM64 only: full-range INT8 weights, which x86 CPUs without VNNI may saturate",
 }
 DEFAULT_TARGET = "any"
+TABLE_KINDS = ("avx2", "vnni", "arm")  # the CPU kinds a speed cost table is measured for (`any` runs on all)
 # --target-cpu host: the converting CPU is the target. Resolved once, when converting, to its kind
 # (host_target); the plan and the model record that kind, so a replay elsewhere is the same model.
 HOST = "host"

@@ -122,8 +122,9 @@ def serialize_model(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
-def write_model_bytes(data: bytes, path: str | os.PathLike[str]) -> int:
-    """Write a serialised model atomically; returns the number of bytes written."""
+def write_output_bytes(data: bytes, path: str | os.PathLike[str]) -> int:
+    """Write an output atomically (a serialised model, a cost table); returns the number of bytes
+    written. A failure is a UsageError naming the file."""
     try:
         write_bytes_atomic(Path(path), data)
     except OSError as exc:

@@ -310,17 +310,17 @@ class RecordedOutputs:
         io = match_io(session, session, strict=False)
         for i, sample in enumerate(samples):
             if stop is not None and stop.is_set():  # the conversion ended without it
-                self.recorded.clear()
-                self.complete = False
-                return
+                break
             feeds = io.feeds(sample, "reference")
             values = run_session(session, self.names, feeds, "reference", i)
             size += sum(getattr(v, "nbytes", 0) for v in values)
             if size > RECORD_BYTES:
-                self.recorded.clear()
-                self.complete = False
-                return
+                break
             self.recorded[feeds_key(feeds)] = values
+        else:
+            return
+        self.recorded.clear()
+        self.complete = False
 
     def get_inputs(self) -> list:
         return self.inputs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -131,15 +132,17 @@ def collect_ranges(
         # when even one sample does not fit, one sample per run and the tensors split into passes.
         per_sample = max(1, sum(sizes.get(n, 0) for n in names))
         free_batch = _has_free_batch_axis(model)
-        budget = config.memory_budget_bytes
-        full = max(1, min(config.batch_size, budget // per_sample)) if free_batch else 1
+
+        def samples_per_run(budget: int) -> int:
+            return max(1, min(config.batch_size, budget // per_sample)) if free_batch else 1
+
+        full = samples_per_run(config.memory_budget_bytes)
         # With CPUs to spare, the next run computes while this one's outputs are observed (the
         # observers and onnxruntime's kernels each leave cores idle: EfficientNet-Lite0, 200
         # samples, 1.5-1.7 of 2 cores busy before); two runs' outputs then share the budget.
-        ahead = pool is not None and 2 * per_sample <= budget
-        if ahead:
-            budget //= 2
-        batch = max(1, min(config.batch_size, budget // per_sample)) if free_batch else 1
+        ahead = pool is not None and 2 * per_sample <= config.memory_budget_bytes
+        budget = config.memory_budget_bytes // (2 if ahead else 1)
+        batch = samples_per_run(budget)
         groups = tensor_groups(names, sizes, budget // batch)
         # A histogram bins a strided subset of each run's values (observers.HISTOGRAM_VALUES); a run
         # halved to share the budget bins its share of what the full run would, no more per sample.
@@ -379,19 +382,14 @@ def _runs(session, out_names: list[str], batches: Iterable[tuple[dict, int]], ah
             yield _run(session, out_names, feeds, strict=n == 1), feeds, n
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantcli-calibrate") as runner:
+        started = ((runner.submit(_run, session, out_names, feeds, n == 1), feeds, n) for feeds, n in batches)
         pending = None
         try:
-            for feeds, n in batches:
-                started = runner.submit(_run, session, out_names, feeds, n == 1), feeds, n
-                if pending is not None:
-                    future, *rest = pending
-                    pending = None
-                    yield future.result(), *rest
-                pending = started
-            if pending is not None:
-                future, *rest = pending
-                pending = None
-                yield future.result(), *rest
+            for following in itertools.chain(started, [None]):
+                if pending is not None:  # `following` was submitted first: it runs while the caller works
+                    (future, feeds, n), pending = pending, None
+                    yield future.result(), feeds, n
+                pending = following
         finally:
             if pending is not None:  # interrupted: the run under way finishes, its outputs are dropped
                 pending[0].cancel()

@@ -174,7 +174,7 @@ def _why_not_fp16(
         if t in index.initializers:
             peak = float(np.abs(index.array(t)).max(initial=0.0))
         else:
-            if t not in ranges.ranges and t in ranges.unobserved:  # static calibration left it out
+            if t in ranges.unobserved:  # static calibration left it out
                 return ranges.why_missing(t)  # recorded: the caller observes it and plans again
             lo, hi = ranges.ranges.get(t, (0.0, 0.0))
             peak = max(abs(lo), abs(hi))

@@ -38,13 +38,13 @@ from pathlib import Path
 
 import onnx
 
+from quantcli.cpu import TABLE_KINDS
 from quantcli.graph import GraphIndex, attr
 from quantcli.quantize.params import QType
 from quantcli.quantize.plan import INT8, QuantPlan
 from quantcli.quantize.rules import Kind, rule_for
 
-KINDS_OF_TARGET = {"any": ("avx2", "vnni", "arm"), "avx2": ("avx2",), "vnni": ("vnni",), "arm": ("arm",)}
-ALL_KINDS = KINDS_OF_TARGET["any"]
+KINDS_OF_TARGET = {"any": TABLE_KINDS, **{kind: (kind,) for kind in TABLE_KINDS}}
 # integer kernels that can return float (MatMulIntegerToFloat, QGemm): a float reader of their
 # output needs no DequantizeLinear
 FLOAT_OUTPUT_OPS = ("MatMul", "Gemm")
@@ -82,8 +82,8 @@ class CostTable:
         if not isinstance(data, dict) or data.get("schema") != 1:
             raise ValueError("no schema 1 table: write one with quantcli measure-costs")
         kind, ops, layout = data.get("kind"), data.get("ops"), data.get("layout")
-        if kind not in ALL_KINDS:
-            raise ValueError(f"kind {kind!r}: not one of {', '.join(ALL_KINDS)}")
+        if kind not in TABLE_KINDS:
+            raise ValueError(f"kind {kind!r}: not one of {', '.join(TABLE_KINDS)}")
         if not isinstance(ops, dict) or not ops:
             raise ValueError("no 'ops' timings")
         for op_class, rows in ops.items():
@@ -94,9 +94,12 @@ class CostTable:
             if not isinstance(rows, list) or not rows:
                 raise ValueError(f"no timings for {op_class}")
             for row in rows:
-                if not isinstance(row, dict) or not all(_positive(row.get(k)) for k in needed[:4]):
-                    raise ValueError(f"a {op_class} timing lacks one of {', '.join(needed)}")
-                if not all(isinstance(row.get(k), (int, float)) for k in needed[4:]):
+                shape, times = needed[:4], needed[4:]
+                if not (
+                    isinstance(row, dict)
+                    and all(_positive(row.get(k)) for k in shape)
+                    and all(isinstance(row.get(k), (int, float)) for k in times)
+                ):
                     raise ValueError(f"a {op_class} timing lacks one of {', '.join(needed)}")
         if not isinstance(layout, dict) or not all(
             isinstance(layout.get(k), (int, float)) for k in ("float_ns", "int_ns")
